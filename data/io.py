@@ -1,0 +1,159 @@
+"""Image reading and atomic file writing.
+
+Reading conventions
+-------------------
+* ``read_gray_reference`` reproduces the field's reference evaluator (CDDFuse ``utils/Evaluator.py``,
+  ``image_read_cv2(path, 'GRAY')``): ``cv2.imread`` default flag (3-channel BGR, 8-bit), cast to float32,
+  OpenCV BGR->GRAY on the float array, ``np.round`` (half to even). Fusion metrics read images this way so
+  their numbers are comparable with published tables.
+* ``read_ir`` gives the infrared image as uint8 (H, W). 1- or 3-channel files are accepted (3-channel IR is
+  reduced to its luma as above). **16-bit rule:** 16-bit files are reduced to 8 bits by keeping the upper byte
+  (``v >> 8``), exactly what ``cv2.imread`` does, so the image fused is the image the reference evaluator scores.
+* ``read_visible`` gives (luma float32 (H, W) in 0..255, BGR uint8 (H, W, 3) or None for a grey image).
+  The luma is ITU-R BT.601 Y = 0.299 R + 0.587 G + 0.114 B (OpenCV's BGR->GRAY / the Y of YCbCr).
+
+Writing
+-------
+Everything the project writes goes to a temporary sibling first and is renamed into place, so an interrupted
+run never leaves a half-written file that a later run mistakes for a finished one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _imread(path: Path, flags: int) -> np.ndarray:
+    # cv2.imread does not understand non-ASCII paths on every platform; imdecode on the bytes always works.
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, flags) if data.size else None
+    if image is None:
+        raise ValueError(f"cannot decode image: {path}")
+    return image
+
+
+def read_gray_reference(path: str | Path) -> np.ndarray:
+    """Read an image exactly as the reference evaluator does. Returns float32 (H, W) of whole numbers 0..255."""
+    bgr = _imread(Path(path), cv2.IMREAD_COLOR).astype(np.float32)
+    return np.round(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+
+
+def luma(bgr: np.ndarray) -> np.ndarray:
+    """BT.601 luma of a BGR image (uint8 or float), as float32 (H, W), not rounded."""
+    return cv2.cvtColor(bgr.astype(np.float32, copy=False), cv2.COLOR_BGR2GRAY)
+
+
+def read_ir(path: str | Path) -> np.ndarray:
+    """Infrared image as uint8 (H, W); see the module docstring for the 3-channel and 16-bit rules."""
+    return read_gray_reference(path).astype(np.uint8)
+
+
+def read_visible(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Visible image as (luma float32 (H, W) in 0..255, BGR uint8 (H, W, 3) or None when the image is grey).
+
+    A 3-channel file whose three channels are identical counts as grey.
+    """
+    bgr = _imread(Path(path), cv2.IMREAD_COLOR)
+    if np.array_equal(bgr[..., 0], bgr[..., 1]) and np.array_equal(bgr[..., 1], bgr[..., 2]):
+        return bgr[..., 0].astype(np.float32), None
+    return luma(bgr), bgr
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file; raises ValueError if it does not decode."""
+    image = _imread(Path(path), cv2.IMREAD_UNCHANGED)
+    return int(image.shape[1]), int(image.shape[0])
+
+
+def restore_colour(fused_luma: np.ndarray, vis_bgr: np.ndarray | None) -> np.ndarray:
+    """Turn a fused luma (float, 0..255 scale) into the 8-bit image to save.
+
+    For a colour visible image the fused image keeps the visible chroma: in YCbCr only Y is replaced. Because
+    R, G and B each depend on Y with coefficient 1 (BT.601), replacing Y is the same as adding
+    (Y_fused - Y_visible) to every channel, which is what this does. Values are clipped to 0..255 and rounded,
+    never min-max stretched.
+    """
+    fused_luma = np.asarray(fused_luma, dtype=np.float32)
+    if vis_bgr is None:
+        return np.clip(np.round(fused_luma), 0, 255).astype(np.uint8)
+    delta = fused_luma - luma(vis_bgr)
+    out = vis_bgr.astype(np.float32) + delta[..., None]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``, on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Encode ``image`` (uint8, grey or BGR) by the file's extension and write it atomically."""
+    path = Path(path)
+    ok, buf = cv2.imencode(path.suffix or ".png", image)
+    if not ok:
+        raise ValueError(f"cannot encode image for {path}")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Build a directory under a temporary name and rename it onto ``path`` when the block succeeds.
+
+    An existing ``path`` is replaced. On error the temporary directory is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

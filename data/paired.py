@@ -1,0 +1,92 @@
+"""Paired-folder reader for the fusion test sets (``TNO/{ir,vi}``, ``RoadScene/{ir,vi}``, ``MRI_CT/{CT,MRI}`` ...).
+
+Pairs are matched by file stem. Which folder plays the infrared role and which the visible role is data: for the
+medical sets the functional image (CT, PET, SPECT) takes the "ir" role and MRI the "vis" role, as in the
+reference evaluator's ``test_MIF.py``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import DatasetError
+from .io import IMAGE_EXTENSIONS, image_size
+from .types import Pair
+
+# Folder names recognised for each role when a dataset root is given without explicit folder names.
+IR_DIR_NAMES: tuple[str, ...] = ("ir", "Ir", "IR", "infrared", "Infrared", "CT", "PET", "SPECT")
+VIS_DIR_NAMES: tuple[str, ...] = ("vi", "Vis", "vis", "VI", "visible", "Visible", "MRI")
+
+
+def _images_by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if path.stem in found:
+            problems.append(f"two images share the stem '{path.stem}': {found[path.stem]} and {path}")
+            continue
+        found[path.stem] = path
+    return found
+
+
+def resolve_pair_dirs(root: str | Path, ir_dir: str | None = None, vis_dir: str | None = None) -> tuple[Path, Path]:
+    """Find the two role folders under ``root``: the given names, or the first recognised name for each role."""
+    root = Path(root)
+
+    def pick(given: str | None, names: Sequence[str], role: str) -> Path:
+        if given is not None:
+            return root / given
+        for name in names:
+            if (root / name).is_dir():
+                return root / name
+        raise DatasetError(str(root), [f"no {role} folder: expected one of {', '.join(names)} (or name it explicitly)"])
+
+    return pick(ir_dir, IR_DIR_NAMES, "infrared/functional"), pick(vis_dir, VIS_DIR_NAMES, "visible/MRI")
+
+
+def find_pairs(ir_dir: str | Path, vis_dir: str | Path, *, check_images: bool = True) -> list[Pair]:
+    """Match the images of two folders by stem and validate them.
+
+    Checks, all before returning: both folders exist, every stem exists on both sides, stems are unique per
+    folder, every image decodes, and the two images of a pair have the same size. Every problem found is
+    reported in one ``DatasetError``.
+    """
+    ir_dir, vis_dir = Path(ir_dir), Path(vis_dir)
+    problems: list[str] = []
+    for folder in (ir_dir, vis_dir):
+        if not folder.is_dir():
+            problems.append(f"folder does not exist: {folder}")
+    if problems:
+        raise DatasetError(f"pairs {ir_dir} + {vis_dir}", problems)
+    ir_files = _images_by_stem(ir_dir, problems)
+    vis_files = _images_by_stem(vis_dir, problems)
+    for stem in sorted(set(ir_files) - set(vis_files)):
+        problems.append(f"{ir_files[stem]} has no partner in {vis_dir}")
+    for stem in sorted(set(vis_files) - set(ir_files)):
+        problems.append(f"{vis_files[stem]} has no partner in {ir_dir}")
+    stems = sorted(set(ir_files) & set(vis_files))
+    if not stems and not problems:
+        problems.append(f"no image pairs found in {ir_dir} and {vis_dir}")
+    pairs = [Pair(stem, ir_files[stem], vis_files[stem]) for stem in stems]
+    if check_images:
+        problems.extend(check_pair_images(pairs))
+    if problems:
+        raise DatasetError(f"pairs {ir_dir} + {vis_dir}", problems)
+    return pairs
+
+
+def check_pair_images(pairs: Sequence[Pair]) -> list[str]:
+    """Decode every image header of every pair; return one problem line per unreadable file or size mismatch."""
+    problems: list[str] = []
+    for pair in pairs:
+        sizes = {}
+        for path in (pair.ir, pair.vis):
+            try:
+                sizes[path] = image_size(path)
+            except (ValueError, OSError) as err:
+                problems.append(f"unreadable image {path}: {err}")
+        if len(sizes) == 2 and sizes[pair.ir] != sizes[pair.vis]:
+            (w1, h1), (w2, h2) = sizes[pair.ir], sizes[pair.vis]
+            problems.append(f"size mismatch for '{pair.stem}': {pair.ir} is {w1}x{h1}, {pair.vis} is {w2}x{h2}")
+    return problems
