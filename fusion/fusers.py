@@ -40,8 +40,10 @@ FUSERS: Registry = Registry("fuser")
 
 def create_fuser(name: str, **kwargs) -> Fuser:
     """Build a registered fuser, e.g. ``create_fuser("mean")`` or ``create_fuser("dae_fuse", checkpoint=path)``."""
-    from . import baselines, fuse  # noqa: F401  (importing them registers their fusers)
+    from . import baselines  # noqa: F401  (importing it registers the simple fusers)
 
+    if name not in FUSERS:  # checkpoint fusers pull in torch: import them only when asked for
+        from . import fuse  # noqa: F401
     return FUSERS.get(name)(**kwargs)
 
 

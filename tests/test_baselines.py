@@ -1,0 +1,65 @@
+"""Simple fusers and the shared colour rule (fuse Y, keep the visible Cb/Cr)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from data.io import luma, read_visible, restore_colour, write_image
+from data.types import Pair
+from fusion.fusers import FUSERS, create_fuser, fuse_arrays, fuse_pair
+
+
+@pytest.fixture
+def pair_arrays():
+    rng = np.random.default_rng(0)
+    ir = rng.integers(0, 256, (12, 17)).astype(np.float32)
+    vis_bgr = rng.integers(0, 256, (12, 17, 3)).astype(np.uint8)
+    return ir, vis_bgr
+
+
+def test_registry_has_the_four_baselines():
+    create_fuser("ir")  # triggers registration
+    assert {"ir", "vis", "mean", "max"} <= set(FUSERS.names())
+    with pytest.raises(KeyError, match="known: .*mean"):
+        create_fuser("median")
+
+
+@pytest.mark.parametrize("name, rule", [("ir", lambda a, b: a), ("vis", lambda a, b: b),
+                                        ("mean", lambda a, b: (a + b) / 2), ("max", np.maximum)])
+def test_grey_fusion_follows_the_rule(name, rule, pair_arrays):
+    ir, vis_bgr = pair_arrays
+    vis = vis_bgr[..., 0].astype(np.float32)
+    fused = fuse_arrays(create_fuser(name), ir, vis, None)
+    assert fused.dtype == np.uint8 and fused.shape == ir.shape
+    np.testing.assert_array_equal(fused, np.clip(np.round(rule(ir, vis)), 0, 255).astype(np.uint8))
+
+
+def test_colour_visible_keeps_its_chroma(pair_arrays):
+    ir, vis_bgr = pair_arrays
+    vis_y = luma(vis_bgr)
+    assert np.array_equal(fuse_arrays(create_fuser("vis"), ir, vis_y, vis_bgr), vis_bgr)
+    fused = fuse_arrays(create_fuser("mean"), ir, vis_y, vis_bgr)
+    assert fused.shape == vis_bgr.shape
+    # Luma is the fused rule; chroma (Cr, Cb) is the visible one wherever no channel saturated.
+    ok = (fused > 0).all(-1) & (fused < 255).all(-1)
+    np.testing.assert_allclose(luma(fused)[ok], ((ir + vis_y) / 2)[ok], atol=0.6)
+    ycc_f = cv2.cvtColor(fused, cv2.COLOR_BGR2YCrCb).astype(int)
+    ycc_v = cv2.cvtColor(vis_bgr, cv2.COLOR_BGR2YCrCb).astype(int)
+    assert np.abs(ycc_f[ok][:, 1:] - ycc_v[ok][:, 1:]).max() <= 1
+
+
+def test_fused_values_are_clipped_not_stretched():
+    out = restore_colour(np.array([[-20.0, 0.4, 127.5, 300.0]], np.float32), None)
+    np.testing.assert_array_equal(out, [[0, 0, 128, 255]])
+
+
+def test_fuse_pair_reads_files(tmp_path, pair_arrays):
+    ir, vis_bgr = pair_arrays
+    write_image(tmp_path / "a_ir.png", ir.astype(np.uint8))
+    write_image(tmp_path / "a_vis.png", vis_bgr)
+    fused = fuse_pair(create_fuser("max"), Pair("a", tmp_path / "a_ir.png", tmp_path / "a_vis.png"))
+    y, bgr = read_visible(tmp_path / "a_vis.png")
+    assert bgr is not None
+    expected = restore_colour(np.maximum(ir, y), bgr)
+    np.testing.assert_array_equal(fused, expected)
