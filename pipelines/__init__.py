@@ -1,0 +1,1 @@
+"""Pipelines that join data/, fusion/ and detection/. They hold orchestration only: no model or metric logic."""

@@ -1,0 +1,480 @@
+"""The product's main job: rank fusion checkpoints and simple baselines by the mAP@50 they give a detector.
+
+``run_pipeline(PipelineConfig(...))`` is what ``python pipelines/run_m3fd.py`` calls. It only orchestrates:
+the data layer reads and validates M3FD (``data.m3fd``), fusers fuse (``fusion.fusers`` / ``fusion.fuse``),
+``fusion.metrics`` scores, ``detection`` exports, trains and evaluates, and ``pipelines.report`` writes tables.
+
+Every finished stage is recorded (``pipelines.stages``): a repeated run with the same inputs does no fusing and
+no detector training that already finished, and a killed run picks up where it stopped. One failing candidate
+is reported with its error; the others still run. A bad dataset fails before any heavy work.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from data.io import atomic_write_json, atomic_write_text, read_gray_reference, read_ir, read_visible
+from data.types import CLASS_NAMES
+
+from . import report
+from .stages import StageStore, content_key, file_sha256
+
+LOGGER = logging.getLogger("pipelines.m3fd")
+PRESETS_FILE = Path(__file__).with_name("presets.yaml")
+DEFAULT_BASELINES: tuple[str, ...] = ("ir", "vis", "mean", "max")
+SINGLE_MODALITY: tuple[str, ...] = ("ir", "vis")
+GRID_SCENES = 4  # scenes shown in the side-by-side grid of fused images
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a run depends on; saved in results.json."""
+
+    out: Path = Path("runs/m3fd")
+    data: Path | None = None          # M3FD root; None -> $M3FD_ROOT, else built-in synthetic scenes
+    checkpoints: list[Path] = field(default_factory=list)  # DAE-Fuse checkpoints; none -> train one here
+    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
+    preset: str = "quick"
+    seeds: list[int] | None = None    # None -> the preset's seeds
+    epochs: int | None = None         # overrides of the detector preset
+    imgsz: int | None = None
+    batch: int | None = None
+    model: str | None = None          # detector model yaml (default: the preset's)
+    weights: Path | None = None       # user-supplied detector weights (.pt), e.g. COCO-pretrained
+    device: str = "cpu"
+    jobs: int | None = None           # concurrent detector runs; None -> the preset's
+    force: bool = False
+    train_split: str = "train"
+    eval_split: str = "val"
+    split_seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class Candidate:
+    """One row of the table: a baseline fuser, a given checkpoint, or the DAE-Fuse trained by this run."""
+
+    name: str
+    kind: str                          # "baseline" | "checkpoint" | "trained"
+    baseline: str | None = None
+    checkpoint: Path | None = None
+    error: str | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def load_pipeline_preset(name: str) -> dict[str, Any]:
+    presets = yaml.safe_load(PRESETS_FILE.read_text())
+    if name not in presets:
+        raise KeyError(f"unknown pipeline preset '{name}'; known: {', '.join(presets)}")
+    return presets[name]
+
+
+class Progress:
+    """The overall line: candidate k of n, stage, elapsed and ETA (from the mean time of finished candidates)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start = total, 0, time.time()
+
+    def stage(self, k: int, name: str, stage: str) -> None:
+        elapsed = time.time() - self.start
+        eta = "?" if self.done == 0 else f"{elapsed / self.done * (self.total - self.done):.0f}s"
+        print(f"[candidate {k}/{self.total}] {name}: {stage}  (elapsed {elapsed:.0f}s, ETA {eta})", flush=True)
+
+    def finished(self) -> None:
+        self.done += 1
+
+
+def resolve_dataset(cfg: PipelineConfig, synthetic_params: dict[str, Any]):
+    """Load and validate the dataset (raises DatasetError before any heavy work). Returns (dataset, info)."""
+    from data.m3fd import load_m3fd
+    from data.synthetic import generate_synthetic_m3fd
+
+    root = cfg.data or (Path(os.environ["M3FD_ROOT"]) if os.environ.get("M3FD_ROOT") else None)
+    synthetic = root is None
+    if synthetic:
+        root = cfg.out / "synthetic_m3fd"
+        banner = "=" * 78
+        print(f"{banner}\nNo --data given and M3FD_ROOT is not set: using the BUILT-IN SYNTHETIC M3FD-layout scenes\n"
+              f"at {root}. These numbers say nothing about real M3FD. For real rankings run:\n"
+              f"    python pipelines/run_m3fd.py --data /path/to/M3FD   (Ir/, Vis/, Annotation/, meta/)\n{banner}",
+              flush=True)
+        generate_synthetic_m3fd(root, num_scenes=synthetic_params["num_scenes"],
+                                frames_per_scene=synthetic_params["frames_per_scene"],
+                                size=tuple(synthetic_params["size"]), seed=0)
+    dataset = load_m3fd(Path(root), seed=cfg.split_seed)
+    missing = [s for s in (cfg.train_split, cfg.eval_split) if not dataset.splits.get(s)]
+    if missing:
+        from data.errors import DatasetError
+
+        raise DatasetError(str(root), [f"split '{s}' is empty" for s in missing])
+    split_path = cfg.out / "split.json"
+    dataset.write_split(split_path)
+    info = {"root": str(Path(root).resolve()), "synthetic": synthetic, "n_images": len(dataset.ids),
+            "split": {"method": dataset.split_info.get("method"), "file": str(split_path),
+                      "seed": dataset.split_info.get("seed"),
+                      "counts": {k: len(v) for k, v in dataset.splits.items()}}}
+    return dataset, info
+
+
+def build_candidates(cfg: PipelineConfig) -> list[Candidate]:
+    """Baselines (IR-only and visible-only always included: every gain is measured against them) and checkpoints.
+
+    Each checkpoint is loaded once here, so a missing, corrupt or wrong-architecture file is reported before any
+    heavy work; it then stays in the table as a failed row while the others run.
+    """
+    from fusion.fuse import load_fuser_checkpoint
+    from fusion.fusers import FUSERS, create_fuser
+
+    create_fuser("ir")  # registers the baselines
+    names = list(dict.fromkeys(list(SINGLE_MODALITY) + list(cfg.baselines)))
+    unknown = [n for n in names if n not in FUSERS or n == "dae_fuse"]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; known: {', '.join(DEFAULT_BASELINES)}")
+    candidates = [Candidate(name=n, kind="baseline", baseline=n) for n in names]
+    seen: set[str] = set(names)
+    for path in cfg.checkpoints:
+        path = Path(path)
+        name = path.stem if path.stem not in seen else f"{path.parent.name}_{path.stem}"
+        seen.add(name)
+        candidate = Candidate(name=name, kind="checkpoint", checkpoint=path.resolve())
+        try:
+            load_fuser_checkpoint(path, device="cpu")
+        except Exception as err:  # noqa: BLE001 - any load failure makes this row fail, not the run
+            candidate.error = f"checkpoint rejected: {err}"
+            print(f"WARNING: {path}: {candidate.error}", flush=True)
+        candidates.append(candidate)
+    return candidates
+
+
+def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: StageStore) -> Path:
+    """Train a DAE-Fuse with a short schedule on the training split (cached and resumable). Returns its checkpoint."""
+    from fusion.config import load_train_config
+    from fusion.train import train
+
+    fusion_cfg = load_train_config(preset=preset_name)
+    ids = sorted(dataset.splits[cfg.train_split])
+    key = content_key("dae_fuse_train", asdict(fusion_cfg), str(dataset.root), ids, cfg.device)
+    stored = store.get("_fusion_training", "train", key)
+    if stored and Path(stored["checkpoint"]).is_file():
+        return Path(stored["checkpoint"])
+    run_dir = cfg.out / "fusion_training" / key[:12]
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(cfg.out / "tb" / "fusion_training"))
+    try:
+        result = train(fusion_cfg, dataset.root, run_dir, device=cfg.device,
+                       resume=(run_dir / "last.pt").is_file(), tb_writer=writer, progress=cfg.progress,
+                       split=cfg.train_split)
+    finally:
+        writer.close()
+    checkpoint = Path(result.best_checkpoint)
+    store.put("_fusion_training", "train", key, {"checkpoint": str(checkpoint), "run_dir": str(run_dir),
+                                                 "wall_time_s": result.wall_time_s})
+    return checkpoint
+
+
+def make_fuser(candidate: Candidate, device: str):
+    from fusion.fusers import create_fuser
+
+    if candidate.kind == "baseline":
+        return create_fuser(candidate.baseline)
+    return create_fuser("dae_fuse", checkpoint=candidate.checkpoint, device=device)
+
+
+def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageStore) -> dict[str, Any]:
+    """Fuse every pair of the train and eval splits into a content-keyed cache folder."""
+    from fusion.fuse import fuse_folder
+
+    fuser = make_fuser(candidate, cfg.device)
+    ids = sorted(set(dataset.splits[cfg.train_split]) | set(dataset.splits[cfg.eval_split]))
+    key = content_key("fuse", fuser.cache_key(), str(dataset.root), ids)
+    stored = store.get(candidate.name, "fuse", key)
+    fused_dir = cfg.out / "cache" / "fused" / key[:16]
+    if stored and fused_dir.is_dir():
+        return {**stored, "key": key, "cached": True}
+    partial = fused_dir.with_name(fused_dir.name + ".partial")  # each image is written atomically: safe to resume
+    pairs = [p for p in dataset.pairs() if p.stem in set(ids)]
+    timing = fuse_folder(fuser, pairs, partial, progress=cfg.progress, skip_existing=True)
+    if fused_dir.exists():
+        import shutil
+
+        shutil.rmtree(fused_dir)
+    os.replace(partial, fused_dir)
+    output = {"dir": str(fused_dir), "n_images": len(pairs),
+              "seconds_per_image": timing.get("seconds_per_image")}
+    store.put(candidate.name, "fuse", key, output)
+    return {**output, "key": key, "cached": False}
+
+
+def stage_metrics(cfg: PipelineConfig, candidate: Candidate, dataset, fused: dict, store: StageStore) -> dict:
+    """Mean fusion metrics over the evaluation split (reference-evaluator conventions)."""
+    from fusion.metrics import evaluate
+
+    ids = sorted(dataset.splits[cfg.eval_split])
+    key = content_key("metrics", fused["key"], ids)
+    stored = store.get(candidate.name, "metrics", key)
+    if stored:
+        return stored
+    fused_dir = Path(fused["dir"])
+    per_image = {}
+    for image_id in ids:
+        per_image[image_id] = evaluate(read_gray_reference(fused_dir / f"{image_id}.png"),
+                                       read_gray_reference(dataset.ir_path(image_id)),
+                                       read_gray_reference(dataset.vis_path(image_id)))
+    names = list(next(iter(per_image.values())))
+    mean = {m: float(np.mean([v[m] for v in per_image.values()])) for m in names}
+    output = {"mean": mean, "per_image": per_image}
+    store.put(candidate.name, "metrics", key, output)
+    return output
+
+
+def detection_settings(cfg: PipelineConfig, preset: dict[str, Any]) -> dict[str, Any]:
+    from detection.train import load_preset
+
+    det = load_preset(preset["detection"])
+    settings = {"model": cfg.model or det.model, "epochs": cfg.epochs or det.epochs, "imgsz": cfg.imgsz or det.imgsz,
+                "batch": cfg.batch or det.batch, "extra_args": dict(det.extra_args or {}),
+                "weights": str(cfg.weights) if cfg.weights else None,
+                "weights_sha256": file_sha256(cfg.weights) if cfg.weights else None}
+    return settings
+
+
+def detect_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One detector run (export is already done). Module-level so it can run in a worker process."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from detection.coco_eval import coco_map
+    from detection.export import YoloDataset
+    from detection.train import train_and_evaluate
+
+    settings = job["settings"]
+    writer = SummaryWriter(job["tb_dir"])
+    try:
+        result = train_and_evaluate(
+            YoloDataset.load(Path(job["dataset"])), model=settings["model"],
+            weights=Path(settings["weights"]) if settings["weights"] else None, epochs=settings["epochs"],
+            imgsz=settings["imgsz"], batch=settings["batch"], seed=job["seed"], device=job["device"],
+            out_dir=Path(job["run_dir"]), name=f"seed{job['seed']}", tb_writer=writer,
+            tb_prefix=f"detect/{job['candidate']}/seed{job['seed']}", extra_args=settings["extra_args"],
+            eval_split=job["eval_split"])
+    finally:
+        writer.close()
+    out = result.to_dict()
+    out["scenarios"] = {}
+    for scenario, ids in job["scenario_ids"].items():
+        stats = coco_map(Path(job["coco_gt"]), Path(out["predictions_path"]), image_stems=ids)
+        out["scenarios"][scenario] = {"map50": stats["map50"], "n_images": stats["n_images"],
+                                      "n_boxes": stats["n_boxes"]}
+    return out
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run the whole comparison; returns the results dict also written to OUT/results.json."""
+    from detection.export import export_yolo_dataset
+
+    started = time.time()
+    cfg = replace(cfg, out=Path(cfg.out).resolve())
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    preset = load_pipeline_preset(cfg.preset)
+    seeds = list(cfg.seeds if cfg.seeds is not None else preset["seeds"])
+    jobs = cfg.jobs or preset["jobs"]
+    settings = detection_settings(cfg, preset)
+
+    # 1. Up-front validation: the dataset and every checkpoint, before any heavy work.
+    dataset, data_info = resolve_dataset(cfg, preset["synthetic"])
+    candidates = build_candidates(cfg)
+    store = StageStore(cfg.out / "state", force=cfg.force)
+    if not cfg.checkpoints:
+        candidates.append(Candidate(name=f"dae_fuse_{preset['fusion_train']}", kind="trained"))
+
+    eval_ids = sorted(dataset.splits[cfg.eval_split])
+    scenario_ids = {s: sorted(v) for s, v in dataset.scenario_ids(cfg.eval_split).items() if v}
+    progress = Progress(len(candidates))
+    pending_jobs: list[tuple[Candidate, dict[str, Any]]] = []
+
+    # 2. Per candidate: (train) -> fuse -> metrics -> export; detector runs are queued (they may run concurrently).
+    for k, cand in enumerate(candidates, start=1):
+        if cand.error:
+            progress.finished()
+            continue
+        try:
+            if cand.kind == "trained":
+                progress.stage(k, cand.name, "training DAE-Fuse")
+                cand.checkpoint = train_fusion_here(cfg, preset["fusion_train"], dataset, store)
+            progress.stage(k, cand.name, "fusing")
+            fused = stage_fuse(cfg, cand, dataset, store)
+            cand.record["fuse"] = fused
+            progress.stage(k, cand.name, "fusion metrics")
+            cand.record["metrics"] = stage_metrics(cfg, cand, dataset, fused, store)["mean"]
+            progress.stage(k, cand.name, "exporting detection dataset")
+            images = {i: Path(fused["dir"]) / f"{i}.png" for i in dataset.splits[cfg.train_split] + eval_ids}
+            yolo = export_yolo_dataset(images, dataset.annotations(), {cfg.train_split: dataset.splits[cfg.train_split],
+                                                                       cfg.eval_split: eval_ids},
+                                       cfg.out / "cache" / "yolo" / fused["key"][:16], eval_split=cfg.eval_split)
+            cand.record["detection_runs"] = {}
+            for seed in seeds:
+                key = content_key("detect", fused["key"], settings, seed, cfg.train_split, cfg.eval_split,
+                                  cfg.device)
+                stored = store.get(cand.name, f"detect_seed{seed}", key)
+                if stored:
+                    cand.record["detection_runs"][seed] = stored
+                    continue
+                job = {"candidate": cand.name, "seed": seed, "settings": settings, "dataset": str(yolo.root),
+                       "coco_gt": str(yolo.coco_gt_path), "device": cfg.device, "eval_split": cfg.eval_split,
+                       "run_dir": str(cfg.out / "runs" / cand.name), "tb_dir": str(cfg.out / "tb" / cand.name),
+                       "scenario_ids": scenario_ids, "key": key}
+                pending_jobs.append((cand, job))
+        except Exception as err:  # noqa: BLE001 - one failing candidate must not stop the others
+            LOGGER.exception("candidate %s failed", cand.name)
+            cand.error = f"{type(err).__name__}: {err}"
+        progress.finished()
+
+    # 3. Detector trainings: sequential on CPU, --jobs N at once where the hardware allows.
+    run_detector_jobs(pending_jobs, jobs, store)
+
+    # 4. Assemble, rank, write.
+    results = assemble_results(cfg, preset, seeds, settings, data_info, candidates, scenario_ids, dataset,
+                               time.time() - started)
+    write_outputs(cfg, results, candidates, dataset, eval_ids)
+    return results
+
+
+def run_detector_jobs(pending: list[tuple[Candidate, dict[str, Any]]], jobs: int, store: StageStore) -> None:
+    def finish(cand: Candidate, job: dict[str, Any], result: dict[str, Any] | None, err: Exception | None) -> None:
+        if err is not None:
+            LOGGER.error("detector run %s seed %s failed: %s", cand.name, job["seed"], err)
+            cand.error = f"detector (seed {job['seed']}): {type(err).__name__}: {err}"
+            return
+        store.put(cand.name, f"detect_seed{job['seed']}", job["key"], result)
+        cand.record["detection_runs"][job["seed"]] = result
+
+    total = len(pending)
+    if jobs <= 1 or total <= 1:
+        for i, (cand, job) in enumerate(pending, start=1):
+            print(f"[detector {i}/{total}] {cand.name} seed {job['seed']}", flush=True)
+            try:
+                finish(cand, job, detect_job(job), None)
+            except Exception as err:  # noqa: BLE001
+                finish(cand, job, None, err)
+        return
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [(cand, job, pool.submit(detect_job, job)) for cand, job in pending]
+        for i, (cand, job, future) in enumerate(futures, start=1):
+            try:
+                finish(cand, job, future.result(), None)
+            except Exception as err:  # noqa: BLE001
+                finish(cand, job, None, err)
+            print(f"[detector {i}/{total}] {cand.name} seed {job['seed']} done", flush=True)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("fusebench", "torch", "torchvision", "ultralytics", "timm", "numpy", "opencv-python", "pycocotools"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def assemble_results(cfg, preset, seeds, settings, data_info, candidates, scenario_ids, dataset, wall) -> dict:
+    annotations = dataset.annotations(cfg.eval_split)
+    records = []
+    for cand in candidates:
+        runs = [cand.record.get("detection_runs", {})[s] for s in seeds if s in cand.record.get("detection_runs", {})]
+        fuse = cand.record.get("fuse") or {}
+        records.append({
+            "name": cand.name, "kind": cand.kind, "baseline": cand.baseline,
+            "checkpoint": str(cand.checkpoint) if cand.checkpoint else None, "error": cand.error,
+            "fusion": cand.record.get("metrics"), "fuse_seconds_per_image": fuse.get("seconds_per_image"),
+            "fused_dir": fuse.get("dir"),
+            "detection": report.summarise_detection(runs) if runs else None, "detection_runs": runs,
+        })
+    best_single = report.add_gains(records)
+    scenarios = {}
+    for s, ids in scenario_ids.items():
+        scenarios[s] = {"n_images": len(ids), "n_boxes": sum(len(annotations[i].boxes) for i in ids)}
+    cfg_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    cfg_dict["checkpoints"] = [str(p) for p in cfg.checkpoints]
+    cfg_dict.update({"seeds": seeds, "detection": settings, "preset_values": preset})
+    return {"config": cfg_dict, "versions": versions(), "data": data_info, "candidates": report.ranked(records),
+            "best_single_map50": best_single,
+            "spearman": report.spearman_table(records) if len(records) >= 3 else [],
+            "scenarios": scenarios, "wall_time_s": wall, "command": " ".join(sys.argv)}
+
+
+def write_outputs(cfg: PipelineConfig, results: dict, candidates: list[Candidate], dataset, eval_ids) -> None:
+    records = results["candidates"]
+    atomic_write_json(cfg.out / "results.json", results)
+    report.write_csv(cfg.out / "results.csv", records)
+    atomic_write_text(cfg.out / "results.md", report.render_markdown(results))
+    report.plot_metric_vs_map(cfg.out / "plots" / "map50_vs_fusion_metrics.png", records)
+    scenes = pick_grid_scenes(dataset, eval_ids)
+    grid = {}
+    for r in records:
+        if r.get("fused_dir"):
+            grid[r["name"]] = [read_image_any(Path(r["fused_dir"]) / f"{i}.png") for i in scenes]
+    if grid:
+        sources = {"IR (source)": [read_ir(dataset.ir_path(i)) for i in scenes],
+                   "visible (source)": [read_visible_bgr(dataset.vis_path(i)) for i in scenes]}
+        report.write_scene_grid(cfg.out / "plots" / "fused_scenes.png", {**sources, **grid})
+    write_tensorboard(cfg.out / "tb", results, grid, scenes)
+
+
+def pick_grid_scenes(dataset, eval_ids: list[str]) -> list[str]:
+    """A few evaluation images, one per scenario first (night, daytime, ...), so the grid shows variety."""
+    chosen: list[str] = []
+    by_scenario: dict[str, list[str]] = {}
+    for i in eval_ids:
+        by_scenario.setdefault(dataset.scenario_of(i) or "", []).append(i)
+    for ids in by_scenario.values():
+        chosen.append(ids[len(ids) // 2])
+    chosen += [i for i in eval_ids if i not in chosen]
+    return chosen[:GRID_SCENES]
+
+
+def read_image_any(path: Path) -> np.ndarray:
+    import cv2
+
+    return cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def read_visible_bgr(path: Path) -> np.ndarray:
+    y, bgr = read_visible(path)
+    return bgr if bgr is not None else y.astype(np.uint8)
+
+
+def write_tensorboard(tb_root: Path, results: dict, grid: dict[str, list[np.ndarray]], scenes: list[str]) -> None:
+    """One TensorBoard run per candidate: fused sample images and the hparams view (curves come from the runs)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for r in results["candidates"]:
+        writer = SummaryWriter(str(tb_root / r["name"]))
+        try:
+            for scene, image in zip(scenes, grid.get(r["name"], [])):
+                rgb = image[..., ::-1] if image.ndim == 3 else image
+                writer.add_image(f"fused/{scene}", np.ascontiguousarray(rgb),
+                                 dataformats="HWC" if image.ndim == 3 else "HW")
+            det = r.get("detection") or {}
+            metrics = {"hparam/mAP50": (det.get("map50") or {}).get("mean", math.nan),
+                       "hparam/mAP50-95": (det.get("map50_95") or {}).get("mean", math.nan),
+                       "hparam/gain_vs_best_single": r["gain_map50"] if r.get("gain_map50") is not None else math.nan}
+            metrics.update({f"hparam/{m}": v for m, v in (r.get("fusion") or {}).items()})
+            writer.add_hparams({"candidate": r["name"], "kind": r["kind"], "failed": bool(r.get("error"))},
+                               metrics, run_name=".")
+        finally:
+            writer.close()

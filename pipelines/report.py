@@ -1,0 +1,272 @@
+"""Turn the pipeline's per-candidate records into the tables, plots and TensorBoard summaries a user reads.
+
+Everything here is a pure function of the records (plus file writes): the ranking, mean +- std over seeds, the
+gain over the better single modality, Spearman rank correlations between fusion metrics and mAP@50.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.io import atomic_path, atomic_write_text, write_image
+from data.types import CLASS_NAMES
+
+# The fusion metrics shown beside mAP, in the order of the field's tables (CDDFuse), with AG added at the end.
+FUSION_METRICS: tuple[str, ...] = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "AG")
+SINGLE_MODALITY = ("ir", "vis")
+
+
+def mean_std(values: Sequence[float | None]) -> dict[str, float | int] | None:
+    """Mean and population std over seeds (None entries are skipped); None when nothing is left."""
+    clean = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not clean:
+        return None
+    return {"mean": float(np.mean(clean)), "std": float(np.std(clean)), "n": len(clean)}
+
+
+def summarise_detection(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate per-seed DetectionResult dicts into mean +- std for every reported number."""
+    out: dict[str, Any] = {"seeds": [r["seed"] for r in per_seed]}
+    for key in ("map50", "map50_95", "precision", "recall", "coco_map50", "coco_map50_95"):
+        out[key] = mean_std([r.get(key) for r in per_seed])
+    out["ap50"] = {name: mean_std([(r.get("ap50") or {}).get(name) for r in per_seed]) for name in CLASS_NAMES}
+    scenarios = sorted({s for r in per_seed for s in (r.get("scenarios") or {})})
+    out["scenarios"] = {}
+    for s in scenarios:
+        rows = [r["scenarios"][s] for r in per_seed if s in (r.get("scenarios") or {})]
+        out["scenarios"][s] = {"map50": mean_std([row["map50"] for row in rows]),
+                               "n_images": rows[0]["n_images"], "n_boxes": rows[0]["n_boxes"]}
+    return out
+
+
+def add_gains(records: list[dict[str, Any]]) -> float | None:
+    """Set ``gain_map50`` on every record: its mAP@50 minus the better of the IR-only and visible-only rows.
+
+    Returns that reference value (None when neither single-modality row has a detector result).
+    """
+    singles = [_map50(r) for r in records if r.get("baseline") in SINGLE_MODALITY]
+    singles = [v for v in singles if v is not None]
+    best_single = max(singles) if singles else None
+    for r in records:
+        value = _map50(r)
+        r["gain_map50"] = None if value is None or best_single is None else value - best_single
+    return best_single
+
+
+def _map50(record: dict[str, Any]) -> float | None:
+    stat = (record.get("detection") or {}).get("map50")
+    return None if stat is None else stat["mean"]
+
+
+def ranked(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Candidates sorted by mAP@50 (best first); failed candidates last, in input order."""
+    return sorted(records, key=lambda r: (_map50(r) is None, -(_map50(r) or 0.0)))
+
+
+def spearman_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Spearman rank correlation of each fusion metric with mAP@50 across candidates (needs >= 3 candidates)."""
+    from scipy.stats import spearmanr
+
+    rows = []
+    for metric in FUSION_METRICS:
+        pairs = [(r["fusion"][metric], _map50(r)) for r in records
+                 if _map50(r) is not None and (r.get("fusion") or {}).get(metric) is not None]
+        if len(pairs) < 3:
+            continue
+        x, y = zip(*pairs)
+        if len(set(x)) < 2 or len(set(y)) < 2:
+            rho, p = None, None  # a constant column has no rank order: say so rather than report NaN
+        else:
+            result = spearmanr(x, y)
+            rho, p = float(result.statistic), float(result.pvalue)
+        rows.append({"metric": metric, "rho": rho, "p": p, "n": len(pairs)})
+    return rows
+
+
+def _fmt(stat: dict | float | None, digits: int = 3, pm: bool = True) -> str:
+    if stat is None:
+        return "-"
+    if isinstance(stat, dict):
+        text = f"{stat['mean']:.{digits}f}"
+        return text + (f" ± {stat['std']:.{digits}f}" if pm and stat.get("n", 1) > 1 else "")
+    return f"{stat:.{digits}f}"
+
+
+def table_columns(records: list[dict[str, Any]]) -> list[str]:
+    scenarios = sorted({s for r in records for s in ((r.get("detection") or {}).get("scenarios") or {})})
+    return (["rank", "candidate", "mAP@50", "gain vs best single", "mAP@50:95", "P", "R"]
+            + [f"AP50 {c}" for c in CLASS_NAMES] + [f"mAP@50 {s}" for s in scenarios]
+            + list(FUSION_METRICS) + ["fuse ms/img", "status"])
+
+
+def table_rows(records: list[dict[str, Any]], pm: bool = True) -> list[dict[str, str]]:
+    """One formatted row per candidate, ranked; ``pm`` adds ± std where there are several seeds."""
+    columns = table_columns(records)
+    scenarios = [c.removeprefix("mAP@50 ") for c in columns if c.startswith("mAP@50 ")]
+    rows = []
+    for rank, r in enumerate(ranked(records), start=1):
+        det = r.get("detection") or {}
+        fusion = r.get("fusion") or {}
+        gain = r.get("gain_map50")
+        row = {
+            "rank": str(rank) if _map50(r) is not None else "-",
+            "candidate": r["name"],
+            "mAP@50": _fmt(det.get("map50"), pm=pm),
+            "gain vs best single": "-" if gain is None else f"{gain:+.3f}",
+            "mAP@50:95": _fmt(det.get("map50_95"), pm=pm),
+            "P": _fmt(det.get("precision"), pm=False),
+            "R": _fmt(det.get("recall"), pm=False),
+            **{f"AP50 {c}": _fmt((det.get("ap50") or {}).get(c), pm=pm) for c in CLASS_NAMES},
+            **{f"mAP@50 {s}": _fmt(((det.get("scenarios") or {}).get(s) or {}).get("map50"), pm=pm)
+               for s in scenarios},
+            **{m: _fmt(fusion.get(m), digits=3) for m in FUSION_METRICS},
+            "fuse ms/img": "-" if r.get("fuse_seconds_per_image") is None
+            else f"{1000 * r['fuse_seconds_per_image']:.1f}",
+            "status": "ok" if not r.get("error") else f"FAILED: {r['error']}",
+        }
+        rows.append(row)
+    return rows
+
+
+def markdown_table(columns: list[str], rows: list[dict[str, str]]) -> str:
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(esc(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The human report: header (data, split, preset, seeds), the ranked table, the verdict, Spearman, scenarios."""
+    records = results["candidates"]
+    data = results["data"]
+    cfg = results["config"]
+    out = io.StringIO()
+    out.write("# Which fusion helps the detector\n\n")
+    if data.get("synthetic"):
+        out.write("> **SYNTHETIC DATA.** These numbers come from the built-in synthetic M3FD-layout scenes, not from "
+                  "real M3FD. Run with `--data /path/to/M3FD` (or set `M3FD_ROOT`) for real rankings.\n\n")
+    out.write(f"- data: `{data['root']}` ({data['n_images']} pairs; split method `{data['split']['method']}`, "
+              f"train {data['split']['counts'].get(cfg['train_split'], 0)} / "
+              f"evaluated `{cfg['eval_split']}` {data['split']['counts'].get(cfg['eval_split'], 0)})\n")
+    out.write(f"- detector: `{cfg['detection']['model']}` preset `{cfg['preset']}`, imgsz {cfg['detection']['imgsz']}, "
+              f"{cfg['detection']['epochs']} epochs, seeds {cfg['seeds']} (mean ± std over seeds)\n")
+    out.write(f"- fusion metrics: mean over the `{cfg['eval_split']}` images, reference-evaluator conventions "
+              "(MI, SCD, VIF, SSIM summed over both sources; MI in nats)\n\n")
+    rows = table_rows(records)
+    out.write(markdown_table(table_columns(records), rows) + "\n\n")
+    best_single = results.get("best_single_map50")
+    if best_single is not None:
+        winners = [r["name"] for r in records if (r.get("gain_map50") or 0) > 0 and r.get("baseline") not in SINGLE_MODALITY]
+        out.write(f"Better single modality: mAP@50 {best_single:.3f}. ")
+        out.write(("Fusions that beat it: " + ", ".join(f"`{w}`" for w in winners) + ".\n\n") if winners
+                  else "No fusion beats it on this data: none earns its keep here.\n\n")
+    if results.get("spearman"):
+        out.write("## Which fusion metric predicts detector utility (Spearman ρ with mAP@50 across candidates)\n\n")
+        srows = [{"metric": s["metric"], "rho": "-" if s["rho"] is None else f"{s['rho']:+.2f}",
+                  "p": "-" if s["p"] is None else f"{s['p']:.2f}", "n": str(s["n"])} for s in results["spearman"]]
+        out.write(markdown_table(["metric", "rho", "p", "n"], srows) + "\n\n")
+    scen = results.get("scenarios") or {}
+    if scen:
+        out.write("## Scenarios in the evaluated split\n\n")
+        srows = [{"scenario": s, "images": str(v["n_images"]), "boxes": str(v["n_boxes"])} for s, v in scen.items()]
+        out.write(markdown_table(["scenario", "images", "boxes"], srows) + "\n\n")
+    failed = [r for r in records if r.get("error")]
+    for r in failed:
+        out.write(f"- `{r['name']}` failed: {r['error']}\n")
+    return out.getvalue()
+
+
+def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
+    """Machine-readable table: one row per candidate, plain numbers (means and stds in separate columns)."""
+    columns = ["rank", "candidate", "kind", "status", "error", "map50", "map50_std", "gain_map50", "map50_95",
+               "map50_95_std", "precision", "recall", "coco_map50"]
+    columns += [f"ap50_{c}" for c in CLASS_NAMES]
+    scenarios = sorted({s for r in records for s in ((r.get("detection") or {}).get("scenarios") or {})})
+    columns += [f"map50_{s}" for s in scenarios] + list(FUSION_METRICS) + ["fuse_seconds_per_image"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    for rank, r in enumerate(ranked(records), start=1):
+        det = r.get("detection") or {}
+
+        def m(stat, field="mean"):
+            return "" if stat is None else stat[field]
+
+        row = {"rank": rank if _map50(r) is not None else "", "candidate": r["name"], "kind": r["kind"],
+               "status": "error" if r.get("error") else "ok", "error": r.get("error") or "",
+               "map50": m(det.get("map50")), "map50_std": m(det.get("map50"), "std"),
+               "gain_map50": "" if r.get("gain_map50") is None else r["gain_map50"],
+               "map50_95": m(det.get("map50_95")), "map50_95_std": m(det.get("map50_95"), "std"),
+               "precision": m(det.get("precision")), "recall": m(det.get("recall")),
+               "coco_map50": m(det.get("coco_map50")),
+               "fuse_seconds_per_image": r.get("fuse_seconds_per_image") or ""}
+        row.update({f"ap50_{c}": m((det.get("ap50") or {}).get(c)) for c in CLASS_NAMES})
+        row.update({f"map50_{s}": m(((det.get("scenarios") or {}).get(s) or {}).get("map50")) for s in scenarios})
+        row.update({k: "" if (r.get("fusion") or {}).get(k) is None else r["fusion"][k] for k in FUSION_METRICS})
+        writer.writerow(row)
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_metric_vs_map(path: Path, records: list[dict[str, Any]]) -> None:
+    """mAP@50 against each fusion metric, one panel per metric, one labelled point per candidate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    usable = [r for r in records if _map50(r) is not None and r.get("fusion")]
+    fig, axes = plt.subplots(3, 3, figsize=(12, 10), constrained_layout=True)
+    for ax, metric in zip(axes.flat, FUSION_METRICS):
+        for r in usable:
+            x, y = r["fusion"].get(metric), _map50(r)
+            if x is None:
+                continue
+            std = r["detection"]["map50"]["std"]
+            ax.errorbar([x], [y], yerr=[std] if std else None, fmt="o")
+            ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(metric)
+        ax.set_ylabel("mAP@50")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Detector mAP@50 against each fusion metric")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def scene_grid(images: dict[str, list[np.ndarray]], tile_width: int = 256) -> np.ndarray:
+    """A grid image: one row per candidate (its name written at the left), one column per scene.
+
+    ``images`` maps candidate name -> list of uint8 images (grey or BGR), the same scenes in the same order.
+    """
+    import cv2
+
+    label_w = 150
+    rows = []
+    for name, tiles in images.items():
+        cells = []
+        for tile in tiles:
+            tile = tile if tile.ndim == 3 else cv2.cvtColor(tile, cv2.COLOR_GRAY2BGR)
+            h = max(1, round(tile.shape[0] * tile_width / tile.shape[1]))
+            cells.append(cv2.resize(tile, (tile_width, h), interpolation=cv2.INTER_AREA))
+        height = max(c.shape[0] for c in cells)
+        cells = [cv2.copyMakeBorder(c, 0, height - c.shape[0], 0, 2, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+                 for c in cells]
+        label = np.full((height, label_w, 3), 255, np.uint8)
+        cv2.putText(label, name[:18], (5, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        rows.append(np.hstack([label] + cells))
+    width = max(r.shape[1] for r in rows)
+    rows = [cv2.copyMakeBorder(r, 0, 2, 0, width - r.shape[1], cv2.BORDER_CONSTANT, value=(255, 255, 255))
+            for r in rows]
+    return np.vstack(rows)
+
+
+def write_scene_grid(path: Path, images: dict[str, list[np.ndarray]]) -> None:
+    write_image(path, scene_grid(images))
