@@ -19,3 +19,10 @@ class DatasetError(ValueError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{what}: {len(self.problems)} problem(s) found\n{lines}")
+
+
+class DatasetWarning(UserWarning):
+    """Something harmless in a dataset was repaired or skipped (boxes clipped by a pixel or two, unlisted images).
+
+    A category of its own so callers can capture or escalate it: ``warnings.simplefilter("error", DatasetWarning)``.
+    """

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import DatasetError
-from .io import IMAGE_EXTENSIONS, image_size
+from .io import IMAGE_EXTENSIONS
+from .probe import probe_images
 from .types import Pair
 
 # Folder names recognised for each role when a dataset root is given without explicit folder names.
@@ -18,7 +19,8 @@ IR_DIR_NAMES: tuple[str, ...] = ("ir", "Ir", "IR", "infrared", "Infrared", "CT",
 VIS_DIR_NAMES: tuple[str, ...] = ("vi", "Vis", "vis", "VI", "visible", "Visible", "MRI")
 
 
-def _images_by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
+def images_by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
+    """Image files of ``folder`` by stem; a stem used twice (e.g. ``a.png`` and ``a.jpg``) is a problem."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -34,15 +36,18 @@ def resolve_pair_dirs(root: str | Path, ir_dir: str | None = None, vis_dir: str 
     """Find the two role folders under ``root``: the given names, or the first recognised name for each role."""
     root = Path(root)
 
-    def pick(given: str | None, names: Sequence[str], role: str) -> Path:
+    def pick(given: str | None, names: Sequence[str]) -> Path | None:
         if given is not None:
             return root / given
-        for name in names:
-            if (root / name).is_dir():
-                return root / name
-        raise DatasetError(str(root), [f"no {role} folder: expected one of {', '.join(names)} (or name it explicitly)"])
+        return next((root / name for name in names if (root / name).is_dir()), None)
 
-    return pick(ir_dir, IR_DIR_NAMES, "infrared/functional"), pick(vis_dir, VIS_DIR_NAMES, "visible/MRI")
+    ir, vis = pick(ir_dir, IR_DIR_NAMES), pick(vis_dir, VIS_DIR_NAMES)
+    problems = [f"no {role} folder: expected one of {', '.join(names)} (or name it explicitly)"
+                for found, role, names in ((ir, "infrared/functional", IR_DIR_NAMES), (vis, "visible/MRI", VIS_DIR_NAMES))
+                if found is None]
+    if problems:
+        raise DatasetError(str(root), problems)
+    return ir, vis
 
 
 def find_pairs(ir_dir: str | Path, vis_dir: str | Path, *, check_images: bool = True) -> list[Pair]:
@@ -59,8 +64,8 @@ def find_pairs(ir_dir: str | Path, vis_dir: str | Path, *, check_images: bool = 
             problems.append(f"folder does not exist: {folder}")
     if problems:
         raise DatasetError(f"pairs {ir_dir} + {vis_dir}", problems)
-    ir_files = _images_by_stem(ir_dir, problems)
-    vis_files = _images_by_stem(vis_dir, problems)
+    ir_files = images_by_stem(ir_dir, problems)
+    vis_files = images_by_stem(vis_dir, problems)
     for stem in sorted(set(ir_files) - set(vis_files)):
         problems.append(f"{ir_files[stem]} has no partner in {vis_dir}")
     for stem in sorted(set(vis_files) - set(ir_files)):
@@ -77,16 +82,15 @@ def find_pairs(ir_dir: str | Path, vis_dir: str | Path, *, check_images: bool = 
 
 
 def check_pair_images(pairs: Sequence[Pair]) -> list[str]:
-    """Decode every image header of every pair; return one problem line per unreadable file or size mismatch."""
+    """Decode every image of every pair; return one problem line per unreadable file or size mismatch."""
+    sizes = probe_images([path for pair in pairs for path in (pair.ir, pair.vis)])
     problems: list[str] = []
     for pair in pairs:
-        sizes = {}
-        for path in (pair.ir, pair.vis):
-            try:
-                sizes[path] = image_size(path)
-            except (ValueError, OSError) as err:
-                problems.append(f"unreadable image {path}: {err}")
-        if len(sizes) == 2 and sizes[pair.ir] != sizes[pair.vis]:
-            (w1, h1), (w2, h2) = sizes[pair.ir], sizes[pair.vis]
+        ir_size, vis_size = sizes[pair.ir], sizes[pair.vis]
+        for path, size in ((pair.ir, ir_size), (pair.vis, vis_size)):
+            if isinstance(size, str):
+                problems.append(f"unreadable image {path}: {size}")
+        if isinstance(ir_size, tuple) and isinstance(vis_size, tuple) and ir_size != vis_size:
+            (w1, h1), (w2, h2) = ir_size, vis_size
             problems.append(f"size mismatch for '{pair.stem}': {pair.ir} is {w1}x{h1}, {pair.vis} is {w2}x{h2}")
     return problems
