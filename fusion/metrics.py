@@ -1,0 +1,758 @@
+"""Image-fusion quality metrics, computed the way the field's reference evaluator computes them.
+
+The reference is CDDFuse's ``utils/Evaluator.py`` (github.com/Zhaozixiang1228/MMIF-CDDFuse, commit fd8da1f), whose
+numbers fill the published tables; ``../shared/METRICS.md`` describes it line by line and
+``../shared/data/metric_reference.json`` holds its output on 36 cases, which the tests reproduce.
+
+Conventions in short (each metric's docstring gives the details):
+
+* Images are grey, whole numbers 0..255, as ``data.io.read_gray_reference`` reads files. Colour (H, W, 3) BGR
+  arrays are reduced to their luma and rounded the same way; float arrays are rounded half-to-even.
+* F is the fused image, A the infrared (or functional: CT/PET/SPECT) source, B the visible (or MRI) source.
+* MI, SCD, VIF and SSIM are **sums** over the two sources (so MI, VIF and SSIM can exceed 1); MI is in nats.
+* Degenerate inputs give defined values, never NaN: see ``scd``, ``vif`` and ``qabf``.
+
+Speed: the metrics share per-image work through :class:`GreyImage` (grey codes, sums, Sobel field, local means,
+the VIF pyramid), computed once per image and reused by every metric and both sources. OpenCV does the filtering
+(separable Gaussians, box sums, Sobel kernels) and ``np.bincount`` the joint histograms. Prepare a source pair
+once with :class:`GreyImage` to score several fused images against it.
+
+CLI: ``python -m fusion.metrics --ir DIR --vis DIR --fused DIR [--json OUT] [--workers N]``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from data.errors import DatasetError
+from data.io import atomic_write_json, luma, read_gray_reference
+from data.paired import check_pair_images, find_pairs, images_by_stem
+from data.types import Pair
+
+from .registry import Registry
+
+REFERENCE = "CDDFuse utils/Evaluator.py (github.com/Zhaozixiang1228/MMIF-CDDFuse, commit fd8da1f)"
+
+# VIF needs every one of its 4 scales to keep a non-empty 'valid' window: a 41-pixel side shrinks to 25, 9, 3 and 1.
+MIN_SIDE = 41
+
+Metric = Callable[["FusionTriple"], float]
+METRICS: Registry[Metric] = Registry("fusion metric")
+
+
+class DegenerateInputWarning(UserWarning):
+    """A metric met an input for which the reference's formula is undefined and returned its documented value."""
+
+
+class _cached_property:  # noqa: N801 (a decorator, named like functools.cached_property)
+    """``functools.cached_property`` without its lock. Before Python 3.12 that lock is shared by all instances, so
+    threads scoring different images would queue behind each other. Two threads that first touch the same
+    property of the same image at once both compute it; one result is kept (they are equal)."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.fn(instance)
+        return value
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------------------------
+
+def to_reference_gray(image: np.ndarray) -> np.ndarray:
+    """Turn an image array into what the reference evaluator scores: float32 (H, W) whole numbers 0..255.
+
+    Args:
+        image: grey (H, W) or BGR (H, W, 3), uint8 or float on the 0..255 scale. Colour is reduced to its luma in
+            float32 (OpenCV BGR->GRAY, ``data.io.luma``) and rounded half-to-even, like ``read_gray_reference``; a
+            float grey image is rounded the same way (what saving it as 8-bit would do). Values are never clipped:
+            anything outside 0..255 after rounding, or not finite, is an error.
+    """
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 3:
+        gray = np.round(luma(image))
+    elif image.ndim == 2:
+        if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+            raise TypeError(f"unsupported image dtype {image.dtype}; expected uint8 or float on the 0..255 scale")
+        # np.round makes a new array, so the caller's image is never aliased.
+        gray = image.astype(np.float32) if image.dtype == np.uint8 else np.round(image.astype(np.float32, copy=False))
+    else:
+        raise ValueError(f"expected a grey (H, W) or BGR (H, W, 3) image, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        low, high = gray.min(), gray.max()  # NaN propagates into both, and fails the test below
+        if not (low >= 0 and high <= 255):
+            raise ValueError(f"image values must be finite and within 0..255, got {low}..{high}")
+    return gray
+
+
+def _exact_dot(x: np.ndarray, y: np.ndarray) -> int:
+    """sum(x * y) of two whole-number float64 arrays as a Python int.
+
+    Exact while every partial sum stays below 2^53 (any image below ~1e11 pixels of values 0..255), in any
+    summation order. ``einsum`` rather than ``@``: a multi-threaded BLAS dot is slower here on a busy machine.
+    """
+    return int(np.einsum("i,i->", x.ravel(), y.ravel()))
+
+
+def _valid_filter(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Separable correlation with a symmetric 1-D ``kernel`` (float64), keeping only the 'valid' part.
+
+    Equivalent to ``scipy.signal.convolve2d(image, outer(kernel, kernel), mode='valid')``: the border mode does
+    not matter because every pixel it touches is cropped.
+    """
+    r = len(kernel) // 2
+    return cv2.sepFilter2D(image, cv2.CV_64F, kernel, kernel, borderType=cv2.BORDER_CONSTANT)[r:-r, r:-r]
+
+
+def vif_window(size: int) -> np.ndarray:
+    """1-D factor of the VIF Gaussian window: MATLAB ``fspecial('gaussian', size, size / 5)`` is its outer product.
+
+    The reference's cut-off (weights below eps * max set to 0) removes nothing for sizes 3..17, so the 2-D window
+    is exactly separable. Returns float64 (size,), summing to 1.
+    """
+    sigma = size / 5.0
+    x = np.arange(size) - (size - 1) / 2.0
+    g = np.exp(-(x * x) / (2.0 * sigma * sigma))
+    return g / g.sum()
+
+
+# Window sizes 2^(5-s) + 1 for scales s = 1..4: 17, 9, 5, 3 (Sheikh & Bovik's pixel-domain VIF, as in the reference).
+VIF_WINDOWS: tuple[np.ndarray, ...] = tuple(vif_window(2 ** (5 - s) + 1) for s in range(1, 5))
+for _w in VIF_WINDOWS:
+    _w.flags.writeable = False
+VIF_NOISE_VAR = 2.0  # sigma_n^2 of the HVS noise model (reference value)
+VIF_EPS = 1e-10  # the reference's variance threshold
+_BELOW_VIF_EPS = float(np.nextafter(VIF_EPS, 0.0))  # "x > this" is exactly "x >= VIF_EPS"
+
+# Sobel kernels of the reference's Qabf, and the 180-degree rotation that turns its convolution into OpenCV's
+# correlation. Keeping the reference's signs matters: the angle arctan(Sy / Sx) and its Sx == 0 rule depend on them.
+_SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)[::-1, ::-1].copy()
+_SOBEL_Y = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], np.float32)[::-1, ::-1].copy()
+_SOBEL_MAX = 4 * 255  # largest |response| of either kernel on 0..255 images
+
+# scikit-image 0.19 defaults for float32 input: 7x7 uniform window, K1, K2, sample covariance (49/48), and
+# data_range = dtype_range[float32] = (-1, 1) -> 2, so C1 = (0.01 * 2)^2 and C2 = (0.03 * 2)^2.
+SSIM_WINDOW = 7
+SSIM_K1, SSIM_K2, SSIM_DATA_RANGE = 0.01, 0.03, 2.0
+SSIM_C1, SSIM_C2 = (SSIM_K1 * SSIM_DATA_RANGE) ** 2, (SSIM_K2 * SSIM_DATA_RANGE) ** 2
+SSIM_COV_NORM = SSIM_WINDOW**2 / (SSIM_WINDOW**2 - 1)
+_ONES_7 = np.ones(SSIM_WINDOW, np.float32)
+
+
+@dataclass(frozen=True)
+class VifScale:
+    """One scale of the VIF pyramid of one image, all float64.
+
+    ``level`` is the image at this scale; ``mean`` and ``variance`` are its local Gaussian statistics ('valid'
+    part), with variances below ``VIF_EPS`` (negative ones included) set to 0 as the reference does.
+    """
+
+    level: np.ndarray
+    mean: np.ndarray
+    variance: np.ndarray
+
+
+@dataclass(frozen=True)
+class SsimStats:
+    """One image's side of SSIM, float32 (H, W): 7x7 mean, mean squared, sample variance."""
+
+    mean: np.ndarray
+    mean_sq: np.ndarray
+    variance: np.ndarray
+
+
+class GreyImage:
+    """One grey image prepared for scoring, with the per-image quantities the metrics share, computed on first use.
+
+    Build it from any array ``to_reference_gray`` accepts. ``pixels`` is float32 (H, W), whole numbers 0..255.
+    Everything else is derived from ``pixels`` and cached, so one ``GreyImage`` of a source can be scored against
+    many fused images (and each fused image against both sources) without recomputing its side of the work.
+    """
+
+    def __init__(self, image: np.ndarray):
+        self.pixels = to_reference_gray(image)
+        self.pixels.flags.writeable = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.pixels.shape  # type: ignore[return-value]
+
+    @_cached_property
+    def f64(self) -> np.ndarray:
+        """The pixels as float64 (H, W)."""
+        return self.pixels.astype(np.float64)
+
+    @_cached_property
+    def codes(self) -> np.ndarray:
+        """Grey levels as uint16 (H*W,), for (joint) histograms."""
+        return self.pixels.astype(np.uint16).ravel()
+
+    @_cached_property
+    def sums(self) -> tuple[int, int]:
+        """Exact (sum of pixels, sum of squared pixels) as Python ints: float64 sums of whole numbers this size
+        are exact."""
+        return int(self.f64.sum()), _exact_dot(self.f64, self.f64)
+
+    @_cached_property
+    def sobel(self) -> tuple[np.ndarray, np.ndarray]:
+        """(edge strength, edge angle) of Qabf, float32 (H, W) like the reference.
+
+        Sobel responses with zero padding; strength sqrt(Sx^2 + Sy^2); angle arctan(Sy / Sx) in [-pi/2, pi/2],
+        pi/2 where Sx == 0.
+        """
+        sx = cv2.filter2D(self.pixels, cv2.CV_32F, _SOBEL_X, borderType=cv2.BORDER_CONSTANT)
+        sy = cv2.filter2D(self.pixels, cv2.CV_32F, _SOBEL_Y, borderType=cv2.BORDER_CONSTANT)
+        strength = sx * sx
+        strength += sy * sy
+        return np.sqrt(strength, out=strength), _sobel_angle(sx, sy)
+
+    @_cached_property
+    def ssim_stats(self) -> SsimStats:
+        """This image's side of SSIM: local mean, its square and the sample variance, float32 (H, W), with the
+        reference's float32 operation order (v = 49/48 * (E[x^2] - mean * mean))."""
+        mean = _window_mean(self.pixels)
+        mean_sq = mean * mean
+        variance = _window_mean(self.pixels * self.pixels)
+        variance -= mean_sq
+        variance *= SSIM_COV_NORM
+        return SsimStats(mean, mean_sq, variance)
+
+    @_cached_property
+    def vif_scales(self) -> tuple[VifScale, ...]:
+        """The 4-scale VIF pyramid: for s > 1 the previous level is filtered with this scale's window ('valid')
+        and decimated by 2 (rows and columns 0, 2, 4, ...)."""
+        scales = []
+        level = self.f64
+        for s, window in enumerate(VIF_WINDOWS):
+            if s > 0:
+                level = np.ascontiguousarray(_valid_filter(level, window)[::2, ::2])
+            mean = _valid_filter(level, window)
+            variance = _valid_filter(level * level, window)
+            variance -= np.square(mean)
+            # The reference's clamps: negatives -> 0, then anything below eps -> 0 (TOZERO keeps values > thresh).
+            variance = cv2.threshold(variance, _BELOW_VIF_EPS, 0.0, cv2.THRESH_TOZERO)[1]
+            scales.append(VifScale(level, mean, variance))
+        return tuple(scales)
+
+    @_cached_property
+    def vif_information(self) -> float:
+        """VIF's denominator with this image as the reference: sum over scales and pixels of ln(1 + s1 / sn2);
+        exactly 0 when the image has no variance at any scale."""
+        return sum(float(cv2.log(scale.variance / VIF_NOISE_VAR + 1.0).sum()) for scale in self.vif_scales)
+
+
+@cache
+def _angle_table() -> np.ndarray:
+    """The reference's edge angle for every pair of Sobel responses: float32 (2041, 2041), indexed
+    [sy + 1020, sx + 1020], holding float32 arctan(sy / sx), and pi/2 where sx == 0. Built once (16 MB)."""
+    k = np.arange(-_SOBEL_MAX, _SOBEL_MAX + 1, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table = np.arctan(k[:, None] / k[None, :])
+    table[:, _SOBEL_MAX] = np.float32(math.pi / 2)
+    table.flags.writeable = False
+    return table
+
+
+def _sobel_angle(sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+    """The reference's edge angle, float32: arctan(sy / sx) computed in float32, pi/2 where sx == 0.
+
+    Sobel responses of whole-number images in 0..255 are whole numbers in -1020..1020, so the angle is looked up
+    in ``_angle_table``: identical to the reference's arithmetic on every such pair, and several times faster.
+    The flat index is formed in float32, exact below 2^24.
+    """
+    side = 2 * _SOBEL_MAX + 1
+    index = sy * np.float32(side)
+    index += sx
+    index += _SOBEL_MAX * (side + 1)
+    return _angle_table().take(index.astype(np.intp))
+
+
+def _window_mean(image: np.ndarray) -> np.ndarray:
+    """Mean over SSIM's 7x7 window of a whole-number float32 image (values or products of values 0..255).
+
+    The 49-term window sums stay below 2^24, so float32 sums are exact and the one division rounds them once:
+    the exactly rounded local mean. (skimage 0.19 rounds after each of its two 1-D passes; that differs by
+    at most one float32 ulp, which moves the summed SSIM by under 4e-6 on the reference cases.)
+    """
+    sums = cv2.sepFilter2D(image, cv2.CV_32F, _ONES_7, _ONES_7, borderType=cv2.BORDER_REFLECT)
+    sums /= np.float32(SSIM_WINDOW * SSIM_WINDOW)
+    return sums
+
+
+ImageLike = np.ndarray | GreyImage
+
+
+def _as_grey(image: ImageLike) -> GreyImage:
+    return image if isinstance(image, GreyImage) else GreyImage(image)
+
+
+@dataclass(frozen=True)
+class FusionTriple:
+    """A fused image and its two sources, validated to share one size of at least ``MIN_SIDE`` per side.
+
+    ``ir`` is the infrared (or functional: CT/PET/SPECT) source, ``vis`` the visible (or MRI) one.
+    """
+
+    fused: GreyImage
+    ir: GreyImage
+    vis: GreyImage
+
+    def __post_init__(self) -> None:
+        shapes = {"fused": self.fused.shape, "ir": self.ir.shape, "vis": self.vis.shape}
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"images differ in size: {shapes}")
+        if min(self.fused.shape) < MIN_SIDE:
+            raise ValueError(f"images of {self.fused.shape} are too small: VIF needs at least {MIN_SIDE} pixels a side")
+
+    @classmethod
+    def of(cls, fused: ImageLike, ir: ImageLike, vis: ImageLike) -> FusionTriple:
+        return cls(_as_grey(fused), _as_grey(ir), _as_grey(vis))
+
+    @property
+    def sources(self) -> tuple[GreyImage, GreyImage]:
+        return self.ir, self.vis
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metrics (registered in the order of the output dict: EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM)
+# --------------------------------------------------------------------------------------------------------------
+
+@METRICS.register("EN")
+def entropy(t: FusionTriple) -> float:
+    """EN: Shannon entropy of the fused image's 256-level histogram, in bits (fused image only).
+
+    EN = -sum p log2 p over the non-empty levels, p = count / (M N). A constant image gives 0.
+    """
+    counts = np.bincount(t.fused.codes, minlength=256)
+    p = counts[counts > 0] / t.fused.pixels.size
+    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0 turns -0.0 (constant image) into 0.0
+
+
+@METRICS.register("SD")
+def standard_deviation(t: FusionTriple) -> float:
+    """SD: population standard deviation (ddof 0) of the fused image, grey levels (fused image only).
+
+    Computed exactly from integer moments; the reference's float32 accumulation differs by at most ~5e-6.
+    """
+    n = t.fused.pixels.size
+    total, total_sq = t.fused.sums
+    return math.sqrt((n * total_sq - total * total) / (n * n))
+
+
+@METRICS.register("SF")
+def spatial_frequency(t: FusionTriple) -> float:
+    """SF: spatial frequency sqrt(RF^2 + CF^2) of the fused image, grey levels per pixel (fused image only).
+
+    RF^2 is the mean squared horizontal neighbour difference over its M (N-1) terms, CF^2 the mean squared vertical
+    one over (M-1) N terms (each over its own count). Sums are exact; the reference's float32 means differ by
+    at most ~6e-6.
+    """
+    img = t.fused.f64
+    dx = np.diff(img, axis=1).ravel()
+    dy = np.diff(img, axis=0).ravel()
+    return math.sqrt(_exact_dot(dx, dx) / dx.size + _exact_dot(dy, dy) / dy.size)
+
+
+@METRICS.register("AG")
+def average_gradient(t: FusionTriple) -> float:
+    """AG: average gradient of the fused image, grey levels per pixel (fused image only).
+
+    Mean over all pixels of sqrt((Gx^2 + Gy^2) / 2), with ``np.gradient``'s differences: central (x[j+1] -
+    x[j-1]) / 2 inside, one-sided at the first and last row/column. Float32, as in the reference (bit-identical).
+    """
+    gy, gx = np.gradient(t.fused.pixels)
+    return float(np.mean(np.sqrt((gx * gx + gy * gy) / 2)))
+
+
+def _mutual_information(fused: GreyImage, source: GreyImage) -> float:
+    """I(F; S) in nats from the exact joint histogram of the integer grey levels (sklearn's mutual_info_score)."""
+    joint = np.bincount((fused.codes << 8) | source.codes, minlength=256 * 256).reshape(256, 256)
+    row, col = joint.sum(axis=1), joint.sum(axis=0)
+    if np.count_nonzero(row) < 2 or np.count_nonzero(col) < 2:
+        return 0.0  # one of the images is constant: no information is shared (sklearn returns 0 as well)
+    i, j = np.nonzero(joint)
+    counts = joint[i, j].astype(np.float64)
+    n = float(fused.pixels.size)
+    mi = float(np.sum(counts * np.log(counts * n / (row[i].astype(np.float64) * col[j]))) / n)
+    return max(mi, 0.0)
+
+
+@METRICS.register("MI")
+def mutual_information(t: FusionTriple) -> float:
+    """MI: I(F; A) + I(F; B) in nats (natural log), **summed** over the two sources.
+
+    Each term is the mutual information of the exact joint histogram of integer grey levels (no binning), as
+    ``sklearn.metrics.mutual_info_score`` on the flattened images; a constant image shares 0 nats.
+    """
+    return sum(_mutual_information(t.fused, source) for source in t.sources)
+
+
+def _moment(x: GreyImage, y: GreyImage) -> int:
+    """n * sum(x y) - sum(x) sum(y) (n times the co-moment), exact: whole-number float64 dot products are exact."""
+    if x is y:
+        total, total_sq = x.sums
+        return x.pixels.size * total_sq - total * total
+    return x.pixels.size * _exact_dot(x.f64, y.f64) - x.sums[0] * y.sums[0]
+
+
+@METRICS.register("SCD")
+def scd(t: FusionTriple) -> float:
+    """SCD: sum of the correlations of differences, corr(A, F - B) + corr(B, F - A), global Pearson; unitless.
+
+    **Degenerate case:** a correlation is 0/0 when its difference image is constant (F equals a source, up to an
+    offset) or its source is constant; the reference then returns NaN. Here that term counts as **0** (the
+    difference carries nothing that could correlate), so F == A gives SCD = corr(A, A - B).
+    Computed exactly from integer co-moments (cov(A, F - B) = cov(A, F) - cov(A, B), var(F - B) = var F + var B
+    - 2 cov(F, B)), so "constant" is detected exactly; the reference's float32 differs by at most ~2e-7.
+    """
+    f, a, b = t.fused, t.ir, t.vis
+    ff, aa, bb = _moment(f, f), _moment(a, a), _moment(b, b)
+    af, bf, ab = _moment(a, f), _moment(b, f), _moment(a, b)
+    terms = (
+        (af - ab, aa * (ff + bb - 2 * bf)),  # corr(A, F - B): (co-moment, product of the two spreads)
+        (bf - ab, bb * (ff + aa - 2 * af)),  # corr(B, F - A)
+    )
+    return sum(cross / math.sqrt(spread) if spread > 0 else 0.0 for cross, spread in terms)
+
+
+def _vif_single(ref: GreyImage, dist: GreyImage) -> float:
+    """VIFP(reference=ref, distorted=dist): information kept / information available, summed over 4 scales.
+
+    The available information is ``ref.vif_information``; the kept information is ``_vif_kept`` on the local
+    statistics, taken in row blocks so the per-pixel temporaries stay in cache.
+    """
+    if ref.vif_information == 0.0:
+        # The reference's 0/0 -> 1.0 rule (kept is 0 too): a source with no variance at any scale.
+        warnings.warn("VIF: a source has no variance at any scale; its term is 1.0 as in the reference",
+                      DegenerateInputWarning, stacklevel=3)
+        return 1.0
+    kept = 0.0
+    for r, d, window in zip(ref.vif_scales, dist.vif_scales, VIF_WINDOWS):
+        cross = _valid_filter(r.level * d.level, window)  # E[r d]
+        for rows in _row_blocks(cross.shape[0]):
+            kept += _vif_kept(cross[rows], r.mean[rows], d.mean[rows], r.variance[rows], d.variance[rows])
+    return kept / ref.vif_information
+
+
+def _vif_kept(cross: np.ndarray, mean_r: np.ndarray, mean_d: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> float:
+    """sum ln(1 + g^2 s1 / (sv2 + sn2)) over a block of pixels (float64, ``cross`` is overwritten).
+
+    With c = E[r d] - mean_r mean_d, s1 = var(r) and s2 = var(d) (each already 0 below eps): gain g = c / (s1 + eps),
+    0 where g < 0 or s2 == 0 (the reference's rules); noise sv2 = max(s2 - g c, eps). Where s1 == 0 the term is 0
+    whatever g is, as in the reference. (The reference uses log10; the base cancels in VIF's ratio.)
+    """
+    cov = cross
+    cov -= mean_r * mean_d
+    gain = np.maximum(cov, 0.0)
+    gain /= s1 + VIF_EPS
+    np.copyto(gain, 0.0, where=s2 == 0)
+    cov *= gain  # -> noise
+    noise = np.subtract(s2, cov, out=cov)
+    np.maximum(noise, VIF_EPS, out=noise)
+    noise += VIF_NOISE_VAR
+    gain *= gain  # -> 1 + g^2 s1 / (sv2 + sn2)
+    gain *= s1
+    gain /= noise
+    gain += 1.0
+    return float(cv2.log(gain).sum())
+
+
+def _row_blocks(n_rows: int, block: int = 64) -> Iterator[slice]:
+    """Row slices of at most ``block`` rows covering ``n_rows``: float64 blocks of a 1024-wide image fit in cache."""
+    return (slice(start, start + block) for start in range(0, n_rows, block))
+
+
+@METRICS.register("VIF")
+def vif(t: FusionTriple) -> float:
+    """VIF: pixel-domain visual information fidelity VIFP(A, F) + VIFP(B, F), **summed** over the two sources.
+
+    Sheikh & Bovik's VIFP as the reference computes it: each source is the reference image and F the distorted
+    one; 4 scales with Gaussian windows 17, 9, 5, 3 (sigma = size / 5, MATLAB fspecial), 'valid' filtering,
+    decimation by 2 between scales, sigma_n^2 = 2; float64. A term is 1.0 when its source has no variance at
+    any scale (the reference's 0/0 rule), with a ``DegenerateInputWarning``; a constant F gives 0.
+    """
+    return sum(_vif_single(source, t.fused) for source in t.sources)
+
+
+# Xydeas & Petrovic sigmoid constants, as in the reference (Tg, kg, Dg for strength; Ta, ka, Da for orientation).
+QABF_TG, QABF_KG, QABF_DG = 0.9994, -15, 0.5
+QABF_TA, QABF_KA, QABF_DA = 0.9879, -22, 0.8
+
+
+def _sigmoid(x: np.ndarray, top: float, slope: float, centre: float) -> np.ndarray:
+    """top / (1 + exp(slope * (x - centre))), float32, computed in place in ``x`` in the reference's order."""
+    x -= centre
+    x *= slope
+    np.exp(x, out=x)
+    x += 1
+    return np.divide(top, x, out=x)
+
+
+def _edge_preservation(source: GreyImage, fused: GreyImage) -> np.ndarray:
+    """Q^{SF} per pixel, float32 (H, W): how well F keeps the source's edge strength and orientation."""
+    g_s, a_s = source.sobel
+    g_f, a_f = fused.sobel
+    # Relative strength min/max; where the strengths are equal the reference takes g_f itself (its quirk), not 1.
+    relative = np.minimum(g_s, g_f)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative /= np.maximum(g_s, g_f)
+    np.copyto(relative, g_f, where=g_s == g_f)
+    # Orientation 1 - |a_s - a_f| / (pi / 2), with no wrap-around (it can be negative).
+    orientation = np.abs(a_s - a_f)
+    orientation /= np.float32(math.pi / 2)
+    np.subtract(1, orientation, out=orientation)
+    q = _sigmoid(relative, QABF_TG, QABF_KG, QABF_DG)
+    q *= _sigmoid(orientation, QABF_TA, QABF_KA, QABF_DA)
+    return q
+
+
+@METRICS.register("Qabf")
+def qabf(t: FusionTriple) -> float:
+    """Qabf: Xydeas-Petrovic edge-information transfer Q^{AB/F} in [0, 1]; unitless.
+
+    Sobel (zero padding) strength g and angle arctan(Sy / Sx) (pi/2 where Sx == 0) per image; per source
+    Q = Q_g * Q_a with sigmoids Tg 0.9994, kg -15, Dg 0.5 and Ta 0.9879, ka -22, Da 0.8; Qabf =
+    sum(Q_AF gA + Q_BF gB) / sum(gA + gB) (weights: raw strengths, L = 1). Float32 as in the reference.
+    **Degenerate case:** both sources without any edge (sum(gA + gB) == 0, NaN in the reference; with zero padding
+    only an all-black image has none) gives 0.0 with a ``DegenerateInputWarning``: there is nothing to transfer.
+    """
+    g_a, g_b = t.ir.sobel[0], t.vis.sobel[0]
+    weight = np.sum(g_a + g_b)
+    if weight == 0:
+        warnings.warn("Qabf: neither source has an edge; returning 0.0", DegenerateInputWarning, stacklevel=2)
+        return 0.0
+    kept = _edge_preservation(t.ir, t.fused)
+    kept *= g_a
+    kept += _edge_preservation(t.vis, t.fused) * g_b
+    return float(np.sum(kept) / weight)
+
+
+def _ssim_single(x: GreyImage, y: GreyImage) -> float:
+    """skimage 0.19 ``structural_similarity(x, y)`` on float32 input (data_range 2): the mean of the SSIM map
+    without its 3-pixel border. In-place float32 steps in the reference's order, so its rounding is kept."""
+    sx, sy = x.ssim_stats, y.ssim_stats
+    mean_xy = sx.mean * sy.mean
+    structure = _window_mean(x.pixels * y.pixels)  # -> A2 = 2 * cov_xy + C2
+    structure -= mean_xy
+    structure *= SSIM_COV_NORM
+    structure *= 2
+    structure += SSIM_C2
+    ssim_map = mean_xy  # -> A1 * A2 / (B1 * B2), with A1 = 2 * mean_x * mean_y + C1 (2 * (x y) == (2 x) y exactly)
+    ssim_map *= 2
+    ssim_map += SSIM_C1
+    ssim_map *= structure
+    luminance = sx.mean_sq + sy.mean_sq  # -> B1 * B2
+    luminance += SSIM_C1
+    contrast = sx.variance + sy.variance
+    contrast += SSIM_C2
+    luminance *= contrast
+    ssim_map /= luminance
+    pad = (SSIM_WINDOW - 1) // 2
+    return float(ssim_map[pad:-pad, pad:-pad].mean(dtype=np.float64))
+
+
+@METRICS.register("SSIM")
+def ssim(t: FusionTriple) -> float:
+    """SSIM: SSIM(F, A) + SSIM(F, B), **summed** over the two sources (so at most 2); unitless.
+
+    scikit-image 0.19.2 defaults on float32 input: 7x7 uniform window, K1 0.01, K2 0.03, sample covariance
+    (49/48), **data_range 2** (dtype_range of float32; C1 = 4e-4, C2 = 3.6e-3), mean of the map cropped by 3
+    pixels. Float32 like the reference (exactly rounded window means, see ``_window_mean``), float64 mean.
+    """
+    return sum(_ssim_single(t.fused, source) for source in t.sources)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation API
+# --------------------------------------------------------------------------------------------------------------
+
+def metric_names() -> list[str]:
+    """The metric names in output order: EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM."""
+    return METRICS.names()
+
+
+def conventions() -> dict[str, str]:
+    """Metric name -> the first line of its docstring (definition and units), for reports and JSON files."""
+    return {name: inspect.getdoc(METRICS.get(name)).splitlines()[0] for name in METRICS}
+
+
+def evaluate(fused: ImageLike, ir: ImageLike, vis: ImageLike) -> dict[str, float]:
+    """All nine metrics of one triple, as {name: value} in the order of ``metric_names()``.
+
+    Args:
+        fused: the fused image; ir: the infrared (or CT/PET/SPECT) source; vis: the visible (or MRI) source.
+            Each is an array ``to_reference_gray`` accepts (grey or BGR, uint8 or float 0..255, same size, at least
+            ``MIN_SIDE`` a side) or a prepared :class:`GreyImage` (reuse one per source to score many fused images).
+    """
+    triple = FusionTriple.of(fused, ir, vis)
+    return {name: float(METRICS.get(name)(triple)) for name in METRICS}
+
+
+@contextlib.contextmanager
+def _opencv_threads(n: int) -> Iterator[None]:
+    """Temporarily set OpenCV's thread count (restored afterwards), so worker threads do not oversubscribe."""
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
+
+
+def _map_in_threads(fn: Callable, items: Sequence, workers: int) -> list:
+    if workers <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    # NumPy and OpenCV release the GIL in their heavy loops, so threads scale without pickling images.
+    with _opencv_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def evaluate_many(triples: Iterable[tuple[ImageLike, ImageLike, ImageLike]], *, workers: int = 1
+                  ) -> list[dict[str, float]]:
+    """``evaluate`` on each (fused, ir, vis) triple, in order, on ``workers`` threads (OpenCV single-threaded
+    inside each while they run)."""
+    return _map_in_threads(lambda triple: evaluate(*triple), list(triples), workers)
+
+
+@dataclass(frozen=True)
+class FileTriple:
+    """The three files of one image: fused output and its two sources, matched by stem."""
+
+    stem: str
+    fused: Path
+    ir: Path
+    vis: Path
+
+
+def find_triples(fused_dir: str | Path, ir_dir: str | Path, vis_dir: str | Path) -> list[FileTriple]:
+    """Match fused images to source pairs by file stem and validate them, before any metric is computed.
+
+    Source pairs are found and checked by ``data.paired.find_pairs`` (partners, decoding, sizes). Then every
+    fused image must have a source pair, every source pair a fused image, and each fused image must decode and
+    match its sources' size. Raises one ``DatasetError`` naming every offending file.
+    """
+    fused_dir = Path(fused_dir)
+    problems: list[str] = []
+    try:
+        pairs = {pair.stem: pair for pair in find_pairs(ir_dir, vis_dir)}
+    except DatasetError as err:
+        problems.extend(err.problems)
+        pairs = None
+    if not fused_dir.is_dir():
+        raise DatasetError(f"fused {fused_dir}", problems + [f"folder does not exist: {fused_dir}"])
+    fused = images_by_stem(fused_dir, problems)
+    matched: list[str] = []
+    if pairs is not None:
+        for stem in sorted(set(fused) - set(pairs)):
+            problems.append(f"{fused[stem]} has no source pair in {ir_dir} + {vis_dir}")
+        for stem in sorted(set(pairs) - set(fused)):
+            problems.append(f"no fused image for {pairs[stem].ir} in {fused_dir}")
+        matched = sorted(set(fused) & set(pairs))
+        problems.extend(check_pair_images([Pair(stem, fused[stem], pairs[stem].ir) for stem in matched]))
+    if problems:
+        raise DatasetError(f"fused {fused_dir} against {ir_dir} + {vis_dir}", problems)
+    return [FileTriple(stem, fused[stem], pairs[stem].ir, pairs[stem].vis) for stem in matched]
+
+
+def evaluate_files(triple: FileTriple) -> dict[str, float]:
+    """Read one triple with the reference's reader (``data.io.read_gray_reference``) and score it."""
+    return evaluate(read_gray_reference(triple.fused), read_gray_reference(triple.ir), read_gray_reference(triple.vis))
+
+
+def mean_metrics(per_image: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Arithmetic mean of each metric over the images (every image counts: the folders were validated)."""
+    return {name: float(np.mean([values[name] for values in per_image.values()])) for name in metric_names()}
+
+
+def evaluate_folders(fused_dir: str | Path, ir_dir: str | Path, vis_dir: str | Path, *, workers: int = 1
+                     ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Score every fused image of a folder against its sources (matched by stem).
+
+    Returns (per_image {stem: metrics}, mean {metric: value}). The folders are validated first
+    (``find_triples``): a missing or mismatched file is a ``DatasetError``, never a skipped average.
+    """
+    triples = find_triples(fused_dir, ir_dir, vis_dir)
+    values = _map_in_threads(evaluate_files, triples, workers)
+    per_image = {triple.stem: v for triple, v in zip(triples, values)}
+    return per_image, mean_metrics(per_image)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------
+
+def format_table(per_image: dict[str, dict[str, float]], mean: dict[str, float]) -> str:
+    """A plain-text table: one row per image and a final 'mean' row, 4 decimals."""
+    names = metric_names()
+    width = max([len("mean"), *map(len, per_image)])
+    lines = [f"{'image':<{width}}  " + "  ".join(f"{n:>8}" for n in names)]
+    rows = [*per_image.items(), ("mean", mean)]
+    for i, (stem, values) in enumerate(rows):
+        if i == len(rows) - 1:
+            lines.append("-" * len(lines[0]))
+        lines.append(f"{stem:<{width}}  " + "  ".join(f"{values[n]:>8.4f}" for n in names))
+    return "\n".join(lines)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def report(per_image: dict[str, dict[str, float]], mean: dict[str, float], **folders: str) -> dict:
+    """The JSON document the CLI writes: values, means, conventions and versions."""
+    return {
+        "mean": mean,
+        "per_image": per_image,
+        "n_images": len(per_image),
+        "folders": folders,
+        "reference": REFERENCE,
+        "conventions": conventions(),
+        "versions": {"fusebench": _version("fusebench"), "numpy": np.__version__, "opencv": cv2.__version__},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fusion.metrics", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ir", required=True, type=Path, help="infrared (or CT/PET/SPECT) folder")
+    parser.add_argument("--vis", required=True, type=Path, help="visible (or MRI) folder")
+    parser.add_argument("--fused", required=True, type=Path, help="fused images, named by the source stems")
+    parser.add_argument("--json", type=Path, help="also write per-image values and means here (atomically)")
+    parser.add_argument("--workers", type=int, default=1, help="threads for scoring (default 1)")
+    args = parser.parse_args(argv)
+    try:
+        per_image, mean = evaluate_folders(args.fused, args.ir, args.vis, workers=args.workers)
+    except DatasetError as err:
+        parser.exit(2, f"error: {err}\n")
+    print(format_table(per_image, mean))
+    if args.json:
+        atomic_write_json(args.json, report(per_image, mean, fused=str(args.fused), ir=str(args.ir),
+                                            vis=str(args.vis)))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
