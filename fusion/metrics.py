@@ -691,8 +691,13 @@ def evaluate_folders(fused_dir: str | Path, ir_dir: str | Path, vis_dir: str | P
     Returns (per_image {stem: metrics}, mean {metric: value}). The folders are validated first
     (``find_triples``): a missing or mismatched file is a ``DatasetError``, never a skipped average.
     """
-    triples = find_triples(fused_dir, ir_dir, vis_dir)
-    values = _map_in_threads(evaluate_files, triples, workers)
+    return evaluate_triples(find_triples(fused_dir, ir_dir, vis_dir), workers=workers)
+
+
+def evaluate_triples(triples: Sequence[FileTriple], *, workers: int = 1
+                     ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Score already-validated file triples on ``workers`` threads; returns (per_image, mean) as evaluate_folders."""
+    values = _map_in_threads(evaluate_files, list(triples), workers)
     per_image = {triple.stem: v for triple, v in zip(triples, values)}
     return per_image, mean_metrics(per_image)
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from data.io import atomic_write_json, atomic_write_text, read_gray_reference, read_ir, read_visible
+from data.io import atomic_write_json, atomic_write_text, read_ir, read_visible
 from data.types import CLASS_NAMES
 
 from . import report
@@ -220,7 +220,7 @@ def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageS
 
 def stage_metrics(cfg: PipelineConfig, candidate: Candidate, dataset, fused: dict, store: StageStore) -> dict:
     """Mean fusion metrics over the evaluation split (reference-evaluator conventions)."""
-    from fusion.metrics import evaluate
+    from fusion.metrics import FileTriple, evaluate_triples
 
     ids = sorted(dataset.splits[cfg.eval_split])
     key = content_key("metrics", fused["key"], ids)
@@ -228,13 +228,8 @@ def stage_metrics(cfg: PipelineConfig, candidate: Candidate, dataset, fused: dic
     if stored:
         return stored
     fused_dir = Path(fused["dir"])
-    per_image = {}
-    for image_id in ids:
-        per_image[image_id] = evaluate(read_gray_reference(fused_dir / f"{image_id}.png"),
-                                       read_gray_reference(dataset.ir_path(image_id)),
-                                       read_gray_reference(dataset.vis_path(image_id)))
-    names = list(next(iter(per_image.values())))
-    mean = {m: float(np.mean([v[m] for v in per_image.values()])) for m in names}
+    triples = [FileTriple(i, fused_dir / f"{i}.png", dataset.ir_path(i), dataset.vis_path(i)) for i in ids]
+    per_image, mean = evaluate_triples(triples, workers=min(2, os.cpu_count() or 1))
     output = {"mean": mean, "per_image": per_image}
     store.put(candidate.name, "metrics", key, output)
     return output
