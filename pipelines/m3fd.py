@@ -236,42 +236,45 @@ def stage_metrics(cfg: PipelineConfig, candidate: Candidate, dataset, fused: dic
 
 
 def detection_settings(cfg: PipelineConfig, preset: dict[str, Any]) -> dict[str, Any]:
-    from detection.train import load_preset
+    """The detector recipe every candidate gets: the preset's, with the command line's overrides."""
+    from detection.presets import load_preset
 
-    det = load_preset(preset["detection"])
-    settings = {"model": cfg.model or det.model, "epochs": cfg.epochs or det.epochs, "imgsz": cfg.imgsz or det.imgsz,
-                "batch": cfg.batch or det.batch, "extra_args": dict(det.extra_args or {}),
-                "weights": str(cfg.weights) if cfg.weights else None,
-                "weights_sha256": file_sha256(cfg.weights) if cfg.weights else None}
-    return settings
+    recipe = load_preset(preset["detection"]).train_kwargs()
+    overrides = {"model": cfg.model, "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch}
+    recipe.update({k: v for k, v in overrides.items() if v is not None})
+    recipe["weights"] = str(Path(cfg.weights).resolve()) if cfg.weights else None
+    recipe["weights_sha256"] = file_sha256(cfg.weights) if cfg.weights else None  # the cache follows the bytes
+    return recipe
 
 
 def detect_job(job: dict[str, Any]) -> dict[str, Any]:
-    """One detector run (export is already done). Module-level so it can run in a worker process."""
+    """One detector run on an exported dataset, plus mAP@50 per scenario from its saved predictions.
+
+    Module-level and fed plain data, so it can run in a worker process (``--jobs``).
+    """
     from torch.utils.tensorboard import SummaryWriter
 
     from detection.coco_eval import coco_map
-    from detection.export import YoloDataset
+    from detection.export import YoloDataset, coco_image_id
     from detection.train import train_and_evaluate
 
-    settings = job["settings"]
+    recipe = dict(job["recipe"])
+    recipe.pop("weights_sha256")
     writer = SummaryWriter(job["tb_dir"])
     try:
         result = train_and_evaluate(
-            YoloDataset.load(Path(job["dataset"])), model=settings["model"],
-            weights=Path(settings["weights"]) if settings["weights"] else None, epochs=settings["epochs"],
-            imgsz=settings["imgsz"], batch=settings["batch"], seed=job["seed"], device=job["device"],
+            YoloDataset.load(Path(job["dataset"])), **recipe, seed=job["seed"], device=job["device"],
             out_dir=Path(job["run_dir"]), name=f"seed{job['seed']}", tb_writer=writer,
-            tb_prefix=f"detect/{job['candidate']}/seed{job['seed']}", extra_args=settings["extra_args"],
-            eval_split=job["eval_split"])
+            tb_prefix=f"detect/{job['candidate']}/seed{job['seed']}", eval_split=job["eval_split"])
     finally:
         writer.close()
     out = result.to_dict()
     out["scenarios"] = {}
     for scenario, ids in job["scenario_ids"].items():
-        stats = coco_map(Path(job["coco_gt"]), Path(out["predictions_path"]), image_stems=ids)
-        out["scenarios"][scenario] = {"map50": stats["map50"], "n_images": stats["n_images"],
-                                      "n_boxes": stats["n_boxes"]}
+        scores = coco_map(Path(job["coco_gt"]), Path(result.predictions_path),
+                          image_ids=[coco_image_id(i) for i in ids])
+        out["scenarios"][scenario] = {"map50": scores.map50, "n_images": len(ids),
+                                      "n_boxes": job["scenario_boxes"][scenario]}
     return out
 
 
@@ -296,6 +299,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     eval_ids = sorted(dataset.splits[cfg.eval_split])
     scenario_ids = {s: sorted(v) for s, v in dataset.scenario_ids(cfg.eval_split).items() if v}
+    eval_annotations = dataset.annotations(cfg.eval_split)
+    scenario_boxes = {s: sum(len(eval_annotations[i].boxes) for i in ids) for s, ids in scenario_ids.items()}
     progress = Progress(len(candidates))
     pending_jobs: list[tuple[Candidate, dict[str, Any]]] = []
 
@@ -326,10 +331,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                 if stored:
                     cand.record["detection_runs"][seed] = stored
                     continue
-                job = {"candidate": cand.name, "seed": seed, "settings": settings, "dataset": str(yolo.root),
+                job = {"candidate": cand.name, "seed": seed, "recipe": settings, "dataset": str(yolo.root),
                        "coco_gt": str(yolo.coco_gt_path), "device": cfg.device, "eval_split": cfg.eval_split,
                        "run_dir": str(cfg.out / "runs" / cand.name), "tb_dir": str(cfg.out / "tb" / cand.name),
-                       "scenario_ids": scenario_ids, "key": key}
+                       "scenario_ids": scenario_ids, "scenario_boxes": scenario_boxes, "key": key}
                 pending_jobs.append((cand, job))
         except Exception as err:  # noqa: BLE001 - one failing candidate must not stop the others
             LOGGER.exception("candidate %s failed", cand.name)
@@ -340,8 +345,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     run_detector_jobs(pending_jobs, jobs, store)
 
     # 4. Assemble, rank, write.
-    results = assemble_results(cfg, preset, seeds, settings, data_info, candidates, scenario_ids, dataset,
-                               time.time() - started)
+    scenarios = {s: {"n_images": len(ids), "n_boxes": scenario_boxes[s]} for s, ids in scenario_ids.items()}
+    results = assemble_results(cfg, preset, seeds, settings, data_info, candidates, scenarios, time.time() - started)
     write_outputs(cfg, results, candidates, dataset, eval_ids)
     return results
 
@@ -386,8 +391,9 @@ def versions() -> dict[str, str]:
     return out
 
 
-def assemble_results(cfg, preset, seeds, settings, data_info, candidates, scenario_ids, dataset, wall) -> dict:
-    annotations = dataset.annotations(cfg.eval_split)
+def assemble_results(cfg: PipelineConfig, preset: dict, seeds: list[int], settings: dict, data_info: dict,
+                     candidates: list[Candidate], scenarios: dict, wall: float) -> dict[str, Any]:
+    """The results.json document: config, versions, data and split, ranked candidates, Spearman, scenarios."""
     records = []
     for cand in candidates:
         runs = [cand.record.get("detection_runs", {})[s] for s in seeds if s in cand.record.get("detection_runs", {})]
@@ -400,9 +406,6 @@ def assemble_results(cfg, preset, seeds, settings, data_info, candidates, scenar
             "detection": report.summarise_detection(runs) if runs else None, "detection_runs": runs,
         })
     best_single = report.add_gains(records)
-    scenarios = {}
-    for s, ids in scenario_ids.items():
-        scenarios[s] = {"n_images": len(ids), "n_boxes": sum(len(annotations[i].boxes) for i in ids)}
     cfg_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     cfg_dict["checkpoints"] = [str(p) for p in cfg.checkpoints]
     cfg_dict.update({"seeds": seeds, "detection": settings, "preset_values": preset})

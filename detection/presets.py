@@ -1,0 +1,63 @@
+"""Detector training presets (``detection/presets.yaml``) as frozen dataclasses."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESETS_PATH = Path(__file__).with_name("presets.yaml")
+
+
+@dataclass(frozen=True)
+class DetectionPreset:
+    """One preset: what :func:`detection.train.train_and_evaluate` needs besides the dataset and the run folder.
+
+    Attributes:
+        name: the preset's key in ``presets.yaml``.
+        description: what it is for.
+        model: Ultralytics model yaml, trained from scratch (e.g. ``yolov8n.yaml``).
+        epochs: training epochs (Ultralytics' ``time`` in ``train_args``, when set, overrides it).
+        imgsz: square training and evaluation size in pixels.
+        batch: batch size.
+        train_args: further Ultralytics ``train()`` arguments (optimizer, lr0, time, patience, plots, ...).
+    """
+
+    name: str
+    description: str
+    model: str
+    epochs: int
+    imgsz: int
+    batch: int
+    train_args: dict[str, Any] = field(default_factory=dict)
+
+    def train_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``train_and_evaluate`` (a fresh copy; the preset is never mutated)."""
+        return {"model": self.model, "epochs": self.epochs, "imgsz": self.imgsz, "batch": self.batch,
+                "extra_args": {k: v for k, v in self.train_args.items() if v is not None}}
+
+
+def preset_names(path: Path = PRESETS_PATH) -> list[str]:
+    return list(yaml.safe_load(path.read_text()))
+
+
+def load_preset(name: str, path: Path = PRESETS_PATH) -> DetectionPreset:
+    """The preset ``name`` (``paper``, ``standard``, ``quick`` or ``tiny``) from ``presets.yaml``.
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+        ValueError: the entry has missing or unexpected keys.
+    """
+    presets = yaml.safe_load(path.read_text())
+    if name not in presets:
+        raise KeyError(f"unknown detection preset '{name}'; known: {', '.join(presets)}")
+    entry = dict(presets[name])
+    expected = {"description", "model", "epochs", "imgsz", "batch", "train_args"}
+    missing, unexpected = expected - set(entry) - {"train_args"}, set(entry) - expected
+    if missing or unexpected:
+        raise ValueError(f"{path}: preset '{name}': missing keys {sorted(missing)}, "
+                         f"unexpected keys {sorted(unexpected)}")
+    return DetectionPreset(name=name, description=str(entry["description"]), model=str(entry["model"]),
+                           epochs=int(entry["epochs"]), imgsz=int(entry["imgsz"]), batch=int(entry["batch"]),
+                           train_args=dict(entry.get("train_args") or {}))

@@ -1,0 +1,487 @@
+"""Detection stage: YOLO export, pycocotools scoring, presets, TensorBoard mirror, and one tiny offline training.
+
+Everything but the ``tiny_run`` fixture runs in milliseconds. ``tiny_run`` trains twice (same seed, to check
+determinism) at imgsz 64 for 2 epochs in ONE subprocess with HOME and the working directory pointed at empty
+temporary folders, under the network guard.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from data.errors import DatasetError
+from data.types import CLASS_NAMES, Annotation, Box
+from detection import export as export_module
+from detection.coco_eval import coco_map
+from detection.export import YoloDataset, coco_image_id, export_yolo_dataset, voc_to_coco, voc_to_yolo
+from detection.presets import PRESETS_PATH, load_preset, preset_names
+from detection.train import TensorBoardMirror, train_and_evaluate
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COLOURS = {"People": (0, 0, 255), "Car": (0, 255, 0), "Lamp": (255, 0, 0)}  # BGR
+
+
+def make_synthetic(folder: Path, n: int, *, size: int = 96, seed: int = 0) -> tuple[dict, dict]:
+    """``n`` grey ``size``x``size`` PNGs with 1-3 coloured rectangles each (People, Car, Lamp); ids 00000...."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images, annotations = {}, {}
+    for i in range(n):
+        image = np.full((size, size, 3), 40, np.uint8)
+        boxes = []
+        for k in range(int(rng.integers(1, 4))):
+            name = list(COLOURS)[k]
+            w, h = (int(v) for v in rng.integers(size // 8, size // 3, 2))
+            x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+            image[y:y + h, x:x + w] = COLOURS[name]
+            boxes.append(Box(name, x + 1, y + 1, x + w, y + h))  # VOC: 1-based, inclusive
+        image_id = f"{i:05d}"
+        images[image_id] = folder / f"{image_id}.png"
+        cv2.imwrite(str(images[image_id]), image)
+        annotations[image_id] = Annotation(image_id, size, size, tuple(boxes))
+    return images, annotations
+
+
+def _blank(path: Path, width: int, height: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.zeros((height, width, 3), np.uint8))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- conversion
+
+def test_voc_to_yolo_matches_hand_computed_boxes():
+    # Pixels 0..9 wide and 0..19 tall in a 100x50 image: centre (5, 10), size 10x20.
+    yolo = voc_to_yolo(np.array([[1, 1, 10, 20], [91, 31, 100, 50]]), 100, 50)
+    np.testing.assert_allclose(yolo[0], [5 / 100, 10 / 50, 10 / 100, 20 / 50])
+    np.testing.assert_allclose(yolo[1], [95 / 100, 40 / 50, 10 / 100, 20 / 50])  # touches the far corner
+    np.testing.assert_allclose(voc_to_coco(np.array([[11, 21, 30, 60]])), [[10, 20, 20, 40]])
+
+
+def test_coco_image_id_follows_ultralytics_stem_rule():
+    assert coco_image_id("00159") == 159
+    assert coco_image_id("cam_a") == "cam_a"
+
+
+# --------------------------------------------------------------------------------------------------- export
+
+def test_export_layout_links_labels_and_coco_ground_truth(tmp_path):
+    src = tmp_path / "src"
+    images = {"00007": _blank(src / "00007.png", 100, 50), "cam_a": _blank(src / "cam_a.jpg", 100, 50),
+              "00009": _blank(src / "00009.png", 100, 50)}
+    annotations = {
+        "00007": Annotation("00007", 100, 50, (Box("People", 1, 1, 10, 20), Box("Truck", 11, 21, 30, 50))),
+        "cam_a": Annotation("cam_a", 100, 50, (Box("Car", 91, 31, 100, 50),)),
+        "00009": Annotation("00009", 100, 50, ()),  # background image: stays in with an empty label file
+    }
+    ds = export_yolo_dataset(images, annotations, {"train": ["00007", "00009"], "val": ["cam_a", "00007"]},
+                             tmp_path / "yolo")
+
+    root = (tmp_path / "yolo").resolve()
+    assert ds.root == root and ds.split_counts == {"train": 2, "val": 2}
+    linked = root / "images" / "train" / "00007.png"
+    assert os.path.samefile(linked, images["00007"])  # a link, not a second copy
+    assert (root / "images" / "val" / "cam_a.jpg").exists()
+    lines = (root / "labels" / "train" / "00007.txt").read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["0", "5"]  # People -> 0, Truck -> 5 (by name)
+    np.testing.assert_allclose([float(v) for v in lines[0].split()[1:]], [0.05, 0.2, 0.1, 0.4], atol=1e-6)
+    np.testing.assert_allclose([float(v) for v in lines[1].split()[1:]], [0.2, 0.7, 0.2, 0.6], atol=1e-6)
+    assert (root / "labels" / "train" / "00009.txt").read_text() == ""
+
+    data = yaml.safe_load(ds.yaml_path.read_text())
+    assert data["path"] == str(root) and data["val"] == str(root / "images" / "val")
+    assert [data["names"][i] for i in range(6)] == list(CLASS_NAMES)
+
+    gt = json.loads(ds.coco_gt_path.read_text())
+    assert ds.coco_gt_path == root / "annotations" / "val.json"
+    assert {im["id"] for im in gt["images"]} == {"cam_a", 7}  # stem -> int when numeric, as predictions.json
+    by_cat = {a["category_id"]: a for a in gt["annotations"]}
+    assert by_cat[6]["bbox"] == [10, 20, 20, 30] and by_cat[6]["image_id"] == 7  # Truck = index 5 + 1
+    assert by_cat[2]["bbox"] == [90, 30, 10, 20] and by_cat[2]["image_id"] == "cam_a"
+    assert min(a["id"] for a in gt["annotations"]) == 1  # pycocotools treats a gt id of 0 as unmatched
+    assert ds.box_counts["val"] == {"People": 1, "Car": 1, "Bus": 0, "Motorcycle": 0, "Lamp": 0, "Truck": 1}
+    assert ds.warnings == ("00007: in both split 'train' and 'val'",)
+    assert YoloDataset.load(root) == ds
+
+
+def test_export_is_reused_when_unchanged_and_rebuilt_when_changed(tmp_path, monkeypatch):
+    images, annotations = make_synthetic(tmp_path / "src", 4)
+    splits = {"train": ["00000", "00001"], "val": ["00002", "00003"]}
+    first = export_yolo_dataset(images, annotations, splits, tmp_path / "yolo")
+    manifest = tmp_path / "yolo" / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    with monkeypatch.context() as patch:
+        patch.setattr(export_module, "probe_images", lambda paths: pytest.fail("a reused export decodes nothing"))
+        assert export_yolo_dataset(images, annotations, splits, tmp_path / "yolo") == first
+    assert manifest.stat().st_mtime_ns == stamp  # reused, not rewritten
+
+    annotations["00002"] = Annotation("00002", 96, 96, (Box("Bus", 1, 1, 20, 20),))
+    second = export_yolo_dataset(images, annotations, splits, tmp_path / "yolo")
+    assert second.key != first.key and second.box_counts["val"]["Bus"] == 1
+    assert (tmp_path / "yolo" / "labels" / "val" / "00002.txt").read_text().startswith("2 ")
+
+
+def test_interrupted_export_is_never_taken_for_complete(tmp_path, monkeypatch):
+    images, annotations = make_synthetic(tmp_path / "src", 4)
+    splits = {"train": ["00000", "00001"], "val": ["00002", "00003"]}
+    out = tmp_path / "yolo"
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("interrupted while writing COCO json")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export_module, "_coco_json", crash)
+        with pytest.raises(KeyboardInterrupt):
+            export_yolo_dataset(images, annotations, splits, out)
+    assert not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "src"]  # no half dataset, no temp folder
+
+    # A folder holding files but no manifest (e.g. copied half-way) is rebuilt, not reused.
+    (out / "labels").mkdir(parents=True)
+    (out / "stray.txt").write_text("partial")
+    with pytest.raises(FileNotFoundError):
+        YoloDataset.load(out)
+    ds = export_yolo_dataset(images, annotations, splits, out)
+    assert not (out / "stray.txt").exists() and ds.split_counts == {"train": 2, "val": 2}
+
+    # A failed re-export leaves the previous complete export untouched.
+    annotations["00000"] = Annotation("00000", 96, 96, ())
+    with monkeypatch.context() as patch:
+        patch.setattr(export_module, "_coco_json", crash)
+        with pytest.raises(KeyboardInterrupt):
+            export_yolo_dataset(images, annotations, splits, out)
+    assert YoloDataset.load(out) == ds
+
+
+def test_bad_input_raises_one_error_naming_every_offender(tmp_path):
+    src = tmp_path / "src"
+    (src / "garbled.png").parent.mkdir(parents=True)
+    (src / "garbled.png").write_bytes(b"not a png at all")
+    images = {
+        "missing": src / "missing.png",
+        "garbled": src / "garbled.png",
+        "imageonly": _blank(src / "imageonly.png", 50, 40),
+        "farout": _blank(src / "farout.png", 50, 40),
+        "dog": _blank(src / "dog.png", 50, 40),
+        "ok": _blank(src / "ok.png", 50, 40),
+    }
+    annotations = {
+        "missing": Annotation("missing", 50, 40, ()),
+        "garbled": Annotation("garbled", 50, 40, ()),
+        "annonly": Annotation("annonly", 50, 40, ()),
+        "farout": Annotation("farout", 50, 40, (Box("Car", 10, 10, 60, 30),)),
+        "dog": Annotation("dog", 50, 40, (Box("Dog", 1, 1, 5, 5),)),
+        "ok": Annotation("ok", 50, 40, ()),
+    }
+    splits = {"train": ["missing", "garbled", "imageonly", "annonly", "farout", "dog", "ok"], "val": ["ok"],
+              "test": []}
+    with pytest.raises(DatasetError) as info:
+        export_yolo_dataset(images, annotations, splits, tmp_path / "yolo")
+    problems = info.value.problems
+    for offender in ("missing.png", "garbled.png", "imageonly", "annonly", "farout", "'Dog'", "split 'test'"):
+        assert sum(offender in p for p in problems) == 1, (offender, problems)
+    assert any(", ".join(CLASS_NAMES) in p for p in problems)  # the unknown class error lists the known ones
+    assert not (tmp_path / "yolo").exists()
+
+
+def test_box_off_by_one_pixel_is_clipped_with_a_warning(tmp_path):
+    images = {"a": _blank(tmp_path / "a.png", 50, 40)}
+    annotations = {"a": Annotation("a", 50, 40, (Box("Lamp", 0, 1, 51, 40), Box("Lamp", 0, 1, 51, 40)))}
+    ds = export_yolo_dataset(images, annotations, {"train": ["a"], "val": ["a"]}, tmp_path / "yolo")
+    assert any("clipped" in w for w in ds.warnings) and any("duplicate" in w for w in ds.warnings)
+    label = (tmp_path / "yolo" / "labels" / "val" / "a.txt").read_text().splitlines()
+    assert label == ["4 0.500000 0.500000 1.000000 1.000000"]  # clipped to the image, duplicate dropped
+    assert json.loads(ds.coco_gt_path.read_text())["annotations"][0]["bbox"] == [0, 0, 50, 40]
+
+
+# ----------------------------------------------------------------------------------------------- pycocotools
+
+def _gt(boxes: list[tuple[int | str, int, list[float]]]) -> dict:
+    ids = sorted({b[0] for b in boxes}, key=str)
+    return {"images": [{"id": i, "width": 200, "height": 200, "file_name": f"{i}.png"} for i in ids],
+            "annotations": [{"id": k + 1, "image_id": i, "category_id": c, "bbox": bbox, "area": bbox[2] * bbox[3],
+                             "iscrowd": 0} for k, (i, c, bbox) in enumerate(boxes)],
+            "categories": [{"id": k + 1, "name": n} for k, n in enumerate(CLASS_NAMES)]}
+
+
+GT_BOXES = [(7, 1, [10, 10, 40, 40]), (7, 2, [100, 20, 50, 30]), ("cam_a", 1, [50, 60, 20, 60]),
+            ("cam_a", 1, [120, 120, 60, 40])]
+
+
+def _predictions(shift: float, scores: list[float] | None = None) -> list[dict]:
+    """GT boxes as predictions, moved right by ``shift`` of their width (IoU = (1 - shift) / (1 + shift))."""
+    scores = scores or [0.9] * len(GT_BOXES)
+    return [{"image_id": i, "category_id": c, "bbox": [x + shift * w, y, w, h], "score": s}
+            for (i, c, (x, y, w, h)), s in zip(GT_BOXES, scores)]
+
+
+def test_coco_map_perfect_predictions_score_one():
+    scores = coco_map(_gt(GT_BOXES), _predictions(0.0))
+    assert scores.map50 == pytest.approx(1.0) and scores.map50_95 == pytest.approx(1.0)
+
+
+def test_coco_map_shifted_predictions_give_hand_computed_values():
+    # Shift 0.2: IoU = 0.8 / 1.2 = 0.667, a hit at the IoU thresholds 0.50..0.65 (4 of 10) -> 1.0 and 0.4.
+    scores = coco_map(_gt(GT_BOXES), _predictions(0.2))
+    assert scores.map50 == pytest.approx(1.0) and scores.map50_95 == pytest.approx(0.4)
+    # Shift 0.5 (IoU 1/3, a miss everywhere) for the two lower-scored People boxes: People has precision 1 up to
+    # recall 1/3 and never reaches more, i.e. 34 of COCO's 101 recall points; Car (class 2) stays perfect.
+    mixed = _predictions(0.0, [0.9, 0.9, 0.5, 0.4])
+    for p in mixed[2:]:
+        p["bbox"][0] += 0.5 * p["bbox"][2]
+    scores = coco_map(_gt(GT_BOXES), mixed)
+    assert scores.map50 == pytest.approx((34 / 101 + 1.0) / 2)
+    assert scores.map50_95 == pytest.approx((34 / 101 + 1.0) / 2)
+
+
+def test_coco_map_on_a_subset_of_images():
+    # The People misses of the mixed case are both on image "cam_a": restricted to image 7 everything is perfect,
+    # restricted to "cam_a" only People is left and it never gets past recall 0 (both boxes missed).
+    mixed = _predictions(0.0, [0.9, 0.9, 0.5, 0.4])
+    for p in mixed[2:]:
+        p["bbox"][0] += 0.5 * p["bbox"][2]
+    assert coco_map(_gt(GT_BOXES), mixed, image_ids=[7]).map50 == pytest.approx(1.0)
+    assert coco_map(_gt(GT_BOXES), mixed, image_ids=["cam_a"]).map50 == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="not in the ground truth"):
+        coco_map(_gt(GT_BOXES), mixed, image_ids=["nope"])
+
+
+def test_coco_map_edge_cases():
+    assert coco_map(_gt(GT_BOXES), []).map50 == 0.0
+    assert coco_map({**_gt(GT_BOXES), "annotations": []}, []).map50 is None  # undefined, not 0
+    with pytest.raises(ValueError, match="unknown image ids"):
+        coco_map(_gt(GT_BOXES), [{"image_id": "00007", "category_id": 1, "bbox": [10, 10, 40, 40], "score": 1}])
+
+
+def test_coco_map_on_an_export_with_numeric_and_string_ids(tmp_path):
+    images, annotations = make_synthetic(tmp_path / "src", 3)
+    images["cam_a"], annotations["cam_a"] = images["00002"], Annotation("cam_a", 96, 96, annotations["00002"].boxes)
+    ds = export_yolo_dataset(images, annotations, {"train": ["00000"], "val": ["00001", "cam_a", "00002"]},
+                             tmp_path / "yolo")
+    gt = json.loads(ds.coco_gt_path.read_text())
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in gt["annotations"]]
+    assert coco_map(ds.coco_gt_path, perfect).map50 == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------------- presets
+
+def test_presets_load_and_every_key_is_commented():
+    assert preset_names() == ["paper", "standard", "quick", "tiny"]
+    paper = load_preset("paper")
+    assert (paper.imgsz, paper.epochs, paper.batch) == (640, 300, 16)
+    assert paper.train_args["optimizer"] == "SGD" and paper.train_args["lr0"] == 0.01
+    assert load_preset("standard").imgsz == 640 and "time" in load_preset("standard").train_args
+    tiny = load_preset("tiny")
+    assert tiny.imgsz <= 128 and tiny.epochs <= 2
+    kwargs = load_preset("standard").train_kwargs()
+    assert "time" not in kwargs["extra_args"]  # null means "no cap" and is not passed to Ultralytics
+    with pytest.raises(KeyError, match="paper, standard, quick, tiny"):
+        load_preset("huge")
+
+    lines = PRESETS_PATH.read_text().splitlines()
+    for n, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and line.startswith(" "):  # a key inside a preset
+            previous = next(p.strip() for p in reversed(lines[:n]) if p.strip())
+            assert previous.startswith("#"), f"presets.yaml line {n + 1} has no comment: {line!r}"
+
+
+# ----------------------------------------------------------------------------------------- TensorBoard mirror
+
+class _Writer:
+    def __init__(self):
+        self.scalars: list[tuple[str, float, int]] = []
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def flush(self):
+        pass
+
+
+def _trainer(epoch: int, stop: bool, with_val_losses: bool = True) -> SimpleNamespace:
+    metrics = {"metrics/precision(B)": 0.5, "metrics/recall(B)": 0.25, "metrics/mAP50(B)": 0.3 + epoch / 10,
+               "metrics/mAP50-95(B)": 0.1}
+    if with_val_losses:
+        metrics["val/box_loss"] = 1.5
+    return SimpleNamespace(
+        epoch=epoch, epochs=2, stop=stop, tloss=object(), metrics=metrics, lr={"lr/pg0": 0.01}, epoch_time=3.0,
+        label_loss_items=lambda loss, prefix: {f"{prefix}/box_loss": 2.0, f"{prefix}/cls_loss": 1.0},
+    )
+
+
+def test_tensorboard_mirror_logs_epochs_and_treats_the_extra_call_as_best():
+    writer = _Writer()
+    mirror = TensorBoardMirror(writer, "detect/ir/")
+    mirror(_trainer(0, stop=False))
+    mirror(_trainer(1, stop=True))  # the last epoch sets trainer.stop
+    mirror(_trainer(2, stop=True, with_val_losses=False))  # Ultralytics' final_eval on best.pt
+    steps = {(tag, step) for tag, _, step in writer.scalars}
+    assert {("detect/ir/train/box_loss", 1), ("detect/ir/mAP50", 2), ("detect/ir/val/box_loss", 2),
+            ("detect/ir/lr/pg0", 1), ("detect/ir/precision", 1), ("detect/ir/best/mAP50", 2)} <= steps
+    assert max(step for _, _, step in writer.scalars) == 2  # no phantom epoch 3
+    assert ("detect/ir/best/mAP50", 0.5, 2) in writer.scalars
+
+
+# -------------------------------------------------------------------------------------------------- training
+
+def test_train_rejects_bad_arguments_before_any_work(tmp_path):
+    images, annotations = make_synthetic(tmp_path / "src", 2)
+    ds = export_yolo_dataset(images, annotations, {"train": ["00000"], "val": ["00001"]}, tmp_path / "yolo")
+    with pytest.raises(ValueError) as info:
+        train_and_evaluate(ds, model="yolov8n", weights=tmp_path / "missing.pt", epochs=1, imgsz=64, batch=2,
+                           out_dir=tmp_path / "runs", extra_args={"data": "x.yaml"}, eval_split="test")
+    message = str(info.value)
+    for expected in ("model 'yolov8n' must be a model yaml", "missing.pt", "may not set data", "'test'"):
+        assert expected in message
+    assert not (tmp_path / "runs").exists()
+
+
+_TINY_RUN_SCRIPT = """
+import json, sys
+from pathlib import Path
+from torch.utils.tensorboard import SummaryWriter
+from tests.test_detection import make_synthetic
+from detection import export_yolo_dataset, load_preset, train_and_evaluate
+
+work = Path(sys.argv[1])
+images, annotations = make_synthetic(work / "src", 12)
+ids = sorted(images)
+ds = export_yolo_dataset(images, annotations, {"train": ids[:8], "val": ids[8:]}, work / "yolo")
+kwargs = load_preset("tiny").train_kwargs()
+writer = SummaryWriter(str(work / "tb"))
+a = train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="a", tb_writer=writer, tb_prefix="detect/a")
+csv_stamp = (work / "runs" / "a" / "results.csv").stat().st_mtime_ns
+b = train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="b")
+again = train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="a")
+writer.close()
+
+
+class Interrupt:  # a TensorBoard writer that stops the process's training after the first epoch
+    def add_scalar(self, *args):
+        pass
+
+    def flush(self):
+        raise KeyboardInterrupt("simulated interruption after epoch 1")
+
+
+try:
+    train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="c", tb_writer=Interrupt())
+    raise SystemExit("the interruption did not happen")
+except KeyboardInterrupt:
+    pass
+interrupted = not (work / "runs" / "c" / "detection_result.json").exists()
+c = train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="c")
+
+# Local weights under a name Ultralytics would rewrite (yolov5s.pt -> yolov5su.pt) and then try to download.
+trap = work / "yolov5s.pt"
+trap.write_bytes((Path(a.run_dir) / "weights" / "best.pt").read_bytes())
+d = train_and_evaluate(ds, **{**kwargs, "epochs": 1}, weights=trap, out_dir=work / "runs", name="d")
+summary = {"a": a.to_dict(), "b": b.to_dict(), "again": again.to_dict(), "c": c.to_dict(), "d": d.to_dict(),
+           "interrupted_left_no_result": interrupted, "epochs": kwargs["epochs"],
+           "csv_rewritten": (work / "runs" / "a" / "results.csv").stat().st_mtime_ns != csv_stamp}
+(work / "summary.json").write_text(json.dumps(summary))
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One subprocess: export 12 synthetic images, train twice with the tiny preset, re-call the first run,
+    train a third run that is interrupted after its first epoch and then resumed, and a fourth (1 epoch) that
+    starts from the first run's weights."""
+    base = tmp_path_factory.mktemp("tiny_run")
+    home, cwd, work, netlog = base / "home", base / "cwd", base / "work", base / "netguard.log"
+    home.mkdir(), cwd.mkdir()
+    netlog.touch()
+    env = {**os.environ, "HOME": str(home), "NETGUARD_LOG": str(netlog), "XDG_CONFIG_HOME": str(home / ".config"),
+           "XDG_CACHE_HOME": str(home / ".cache"), "OMP_WAIT_POLICY": "PASSIVE"}  # torch loads before setup_offline
+    env.pop("MPLCONFIGDIR", None)
+    env.pop("YOLO_CONFIG_DIR", None)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_TINY_RUN_SCRIPT), str(work)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    summary = json.loads((work / "summary.json").read_text())
+    return SimpleNamespace(home=home, cwd=cwd, work=work, netlog=netlog, **summary)
+
+
+@pytest.mark.slow
+def test_tiny_run_is_offline_and_writes_only_under_its_folder(tiny_run):
+    assert tiny_run.netlog.read_text() == ""  # no connection was even attempted
+    assert list(tiny_run.home.rglob("*")) == []  # nothing in $HOME (settings, fonts, matplotlib cache)
+    assert list(tiny_run.cwd.rglob("*")) == []  # no ./runs or ./datasets
+    settings = tiny_run.work / "runs" / ".ultralytics" / "Ultralytics" / "settings.json"
+    assert json.loads(settings.read_text())["sync"] is False
+    assert (settings.parent / "Arial.ttf").is_file()
+    for run in (tiny_run.a, tiny_run.b):
+        assert Path(run["run_dir"]).is_relative_to(tiny_run.work / "runs")
+        assert Path(run["predictions_path"]).is_relative_to(Path(run["run_dir"]))
+
+
+@pytest.mark.slow
+def test_tiny_run_result_has_every_class_and_marks_absent_ones(tiny_run):
+    result = tiny_run.a
+    assert list(result["ap50"]) == list(CLASS_NAMES)
+    # The synthetic set draws People/Car/Lamp only; the 4 val images decide which of those are present.
+    assert {"Bus", "Motorcycle", "Truck"} <= set(result["absent_classes"]) and "People" not in result["absent_classes"]
+    for name in CLASS_NAMES:
+        assert (result["ap50"][name] is None) == (name in result["absent_classes"])
+        assert (result["n_boxes"][name] == 0) == (name in result["absent_classes"])
+    assert result["n_images"] == 4 and result["epochs_completed"] == tiny_run.epochs
+    json.dumps(result)  # JSON-serialisable as returned by to_dict()
+
+
+@pytest.mark.slow
+def test_tiny_run_ultralytics_and_pycocotools_agree(tiny_run):
+    for run in (tiny_run.a, tiny_run.b):
+        assert run["coco_map50"] is not None
+        assert abs(run["map50"] - run["coco_map50"]) < 0.02
+
+
+@pytest.mark.slow
+def test_tiny_run_is_deterministic_and_reused(tiny_run):
+    a, b = (Path(r["run_dir"]) / "results.csv" for r in (tiny_run.a, tiny_run.b))
+    def without_time(path: Path) -> list[list[str]]:  # column 1 is the cumulative wall time
+        return [row.split(",")[:1] + row.split(",")[2:] for row in path.read_text().splitlines()]
+
+    assert without_time(a) == without_time(b)  # same seed and threads: identical losses and metrics every epoch
+    for key in ("map50", "map50_95", "coco_map50", "ap50"):
+        assert tiny_run.a[key] == tiny_run.b[key]
+    assert tiny_run.again == tiny_run.a and not tiny_run.csv_rewritten  # the finished run was reused
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_from_last_checkpoint(tiny_run):
+    assert tiny_run.interrupted_left_no_result
+    assert tiny_run.c["resumed"] and tiny_run.c["epochs_completed"] == tiny_run.epochs
+    assert list(tiny_run.c["ap50"]) == list(CLASS_NAMES)
+
+
+@pytest.mark.slow
+def test_local_weights_initialise_training_without_a_download(tiny_run):
+    assert tiny_run.d["weights"] == str(tiny_run.work / "yolov5s.pt")
+    assert (Path(tiny_run.d["run_dir"]) / "initial_weights.pt").is_file()
+    assert tiny_run.netlog.read_text() == ""
+
+
+@pytest.mark.slow
+def test_tiny_run_mirrors_metrics_to_tensorboard(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tiny_run.work / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/box_loss", "train/cls_loss", "val/box_loss", "precision", "recall", "mAP50", "mAP50-95",
+                "lr/pg0", "best/mAP50"):
+        assert f"detect/a/{tag}" in tags
+    assert [e.step for e in events.Scalars("detect/a/mAP50")] == list(range(1, tiny_run.epochs + 1))
+    assert [e.step for e in events.Scalars("detect/a/best/mAP50")] == [tiny_run.epochs]
