@@ -108,6 +108,7 @@ def setup_offline(config_dir: str | Path, *, threads: int | None = None) -> Modu
         active.mkdir(parents=True, exist_ok=True)
         os.environ["YOLO_OFFLINE"] = "1"
         os.environ["YOLO_AUTOINSTALL"] = "0"
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks PyPI for updates on import
         os.environ["YOLO_CONFIG_DIR"] = str(active)
         if "matplotlib" not in sys.modules:
             os.environ.setdefault("MPLCONFIGDIR", str(active / "matplotlib"))

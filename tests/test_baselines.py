@@ -63,3 +63,16 @@ def test_fuse_pair_reads_files(tmp_path, pair_arrays):
     assert bgr is not None
     expected = restore_colour(np.maximum(ir, y), bgr)
     np.testing.assert_array_equal(fused, expected)
+
+
+def test_atomic_writes_get_normal_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from data.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "x.txt", "hello")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]  # no temporary file left behind

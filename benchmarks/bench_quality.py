@@ -1,0 +1,141 @@
+"""DAE-Fuse fusion quality after a fixed CPU training budget, beside the mean/max fusers and CDDFuse's published row.
+
+    .venv/bin/python benchmarks/bench_quality.py [--minutes 15] [--medical] [--out /tmp/bench_quality]
+    .venv/bin/python benchmarks/bench_quality.py --checkpoint runs/x/best.pt --medical   # score a trained model
+
+Trains on the train split of the shared M3FD sample (22 real 1024x768 pairs; validation on its val split) for
+about ``--minutes`` of wall time: the ``quick`` preset with the epochs sized to the budget (one third
+reconstruction, two thirds fusion, as CDDFuse's 40/80 epochs) from a short timing of real steps. Then it fuses the
+shared TNO (25) and RoadScene (50) sets (and, with ``--medical``, MRI-CT, MRI-PET, MRI-SPECT, applying the same
+infrared-visible model as CDDFuse's "IVF" row does) at full resolution, scores the written PNGs with
+``fusion.metrics.evaluate_folders`` (the reference evaluator's conventions) and prints EN, SD, SF, MI, SCD, VIF,
+Qabf, SSIM per set for DAE-Fuse, ``mean``, ``max`` and CDDFuse's row from ``../shared/data/metric_reference.md``.
+Issue 3's target: beat ``mean`` on Qabf and VIF. Prints figures only, asserts nothing.
+
+Medical roles: CT plays "ir" and MRI "vis" (CDDFuse's test_MIF.py). For PET and SPECT, which are colour, MRI plays
+"ir" and PET/SPECT "vis" so that the written image keeps their chroma (fusers restore the *visible* chroma); the
+eight metrics are symmetric in the two sources, so the figures are comparable either way.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from data.paired import find_pairs
+from fusion.config import FusionTrainConfig, load_train_config, replace_config
+from fusion.fuse import fuse_folder, load_fuser_checkpoint
+from fusion.fusers import create_fuser
+from fusion.metrics import evaluate_folders
+from fusion.train import Trainer, train
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+COLUMNS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+# set name -> (folder under fusion_benchmarks, "ir" subfolder, "vis" subfolder, heading in metric_reference.md,
+# label of the CDDFuse row to print: the infrared-visible-trained model in every case)
+IVF_SETS = {"TNO": ("TNO", "ir", "vi", "### TNO", "**CDDFuse** [T1]"),
+            "RoadScene": ("RoadScene", "ir", "vi", "### RoadScene", "**CDDFuse** [T1]")}
+MEDICAL_SETS = {"MRI-CT": ("MRI_CT", "CT", "MRI", "### MRI-CT", "**CDDFuse** [T5]"),
+                "MRI-PET": ("MRI_PET", "MRI", "PET", "### MRI-PET", "**CDDFuse** [T5]"),
+                "MRI-SPECT": ("MRI_SPECT", "MRI", "SPECT", "### MRI-SPECT", "**CDDFuse** [T5]")}
+
+
+def published_row(reference: Path, heading: str, label: str) -> dict[str, float] | None:
+    """A method's row (EN .. SSIM) under ``heading`` in metric_reference.md, or None when absent."""
+    if not reference.is_file():
+        return None
+    text = reference.read_text()
+    start = text.find(heading + " ")
+    if start < 0:
+        return None
+    for line in text[start:].splitlines()[1:]:
+        if line.startswith("### "):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == label:
+            return dict(zip(COLUMNS, (float(c) for c in cells[1:9])))
+    return None
+
+
+def budget_config(base: FusionTrainConfig, data: Path, minutes: float, out: Path) -> FusionTrainConfig:
+    """``base`` with its phases sized so that training takes about ``minutes``, from timed real steps."""
+    probe = Trainer(base, data, out / "probe", progress=False)
+    batch = next(iter(probe.loader))
+    step_s = []
+    for phase in ("recon", "fuse"):
+        probe.train_step(batch, phase)  # warm-up
+        t = time.perf_counter()
+        for _ in range(2):
+            probe.train_step(batch, phase)
+        step_s.append((time.perf_counter() - t) / 2)
+    t = time.perf_counter()
+    probe.validate()
+    epoch_s = len(probe.loader) * sum(step_s) / 2 + (time.perf_counter() - t) + 1.0  # + checkpoint writes
+    epochs = max(3, int(minutes * 60 / epoch_s))
+    recon = max(1, round(epochs / 3))
+    print(f"timing: {sum(step_s) / 2:.2f} s per step, {len(probe.loader)} steps and ~{epoch_s:.0f} s per epoch -> "
+          f"{recon} reconstruction + {epochs - recon} fusion epochs")
+    return replace_config(
+        base,
+        f"phases=[{{name: recon, epochs: {recon}}}, {{name: fuse, epochs: {epochs - recon}}}]",
+        f"optim.lr_step={max(1, math.ceil(epochs / 4))}",  # halve the rate about three times over the run
+    )
+
+
+def score(fuser, ir_dir: Path, vis_dir: Path, out: Path) -> tuple[dict[str, float], float]:
+    """Fuse a set with ``fuser`` into ``out`` and return (mean metrics, mean seconds per pair)."""
+    report = fuse_folder(fuser, find_pairs(ir_dir, vis_dir), out, progress=False)
+    _, mean = evaluate_folders(out, ir_dir, vis_dir, workers=2)
+    return mean, report["total_seconds"] / max(1, len(report["written"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=SHARED / "m3fd_sample", help="training data (M3FD layout)")
+    parser.add_argument("--minutes", type=float, default=15.0, help="training wall-time budget")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/bench_quality"))
+    parser.add_argument("--checkpoint", type=Path, help="score this checkpoint instead of training one")
+    parser.add_argument("--medical", action="store_true", help="also score MRI-CT, MRI-PET, MRI-SPECT")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); on a loaded shared "
+                        "machine 1 thread trains faster than 2, whose OpenMP barriers wait for a descheduled core")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="applied to the quick preset")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}")
+
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        base = load_train_config(preset="quick", overrides=["data.crops_per_image=8", *args.overrides])
+        cfg = budget_config(base, args.data, args.minutes, args.out)
+        t = time.perf_counter()
+        result = train(cfg, args.data, args.out / "run", device=args.device, progress=False)
+        checkpoint = result.best_checkpoint or result.last_checkpoint
+        print(f"trained {cfg.total_epochs} epochs in {(time.perf_counter() - t) / 60:.1f} min; "
+              f"M3FD val: {', '.join(f'{k} {v:.3f}' for k, v in result.val_metrics.items())}")
+    print(f"scoring {checkpoint}")
+
+    fusers = {"DAE-Fuse": load_fuser_checkpoint(checkpoint, args.device), "mean": create_fuser("mean"),
+              "max": create_fuser("max")}
+    sets = {**IVF_SETS, **(MEDICAL_SETS if args.medical else {})}
+    header = f"{'set':10s} {'method':18s} " + " ".join(f"{c:>7s}" for c in COLUMNS) + "   s/pair"
+    print(header)
+    print("-" * len(header))
+    for set_name, (folder, ir_sub, vis_sub, heading, label) in sets.items():
+        root = SHARED / "fusion_benchmarks" / folder
+        for method, fuser in fusers.items():
+            mean, seconds = score(fuser, root / ir_sub, root / vis_sub, args.out / "fused" / folder / method)
+            print(f"{set_name:10s} {method:18s} " + " ".join(f"{mean[c]:7.3f}" for c in COLUMNS) + f"   {seconds:.3f}")
+        row = published_row(SHARED / "metric_reference.md", heading, label)
+        if row:
+            print(f"{set_name:10s} {'CDDFuse (paper)':18s} " + " ".join(f"{row[c]:7.2f}" for c in COLUMNS))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""DAE-Fuse training configuration as data: frozen dataclasses, YAML presets, ``key=value`` overrides.
+
+Resolution order: the dataclass defaults (the paper recipe) <- a preset (``fusion/configs/<name>.yaml``) <- a YAML
+file (``--config``) <- ``key=value`` overrides (``optim.lr_g=2e-4``, ``phases=[{name: recon, epochs: 2}]``).
+Every key is type-checked and unknown keys are errors that list the known ones. The trainer saves the resolved
+configuration as ``args.yaml`` in the run folder; ``load_train_config(that file)`` gives the same config back.
+
+Where each default comes from is documented beside it in ``fusion/configs/paper.yaml``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+PRESETS: tuple[str, ...] = ("paper", "quick", "tiny")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which generator: a variant of ``fusion.dae_fuse.MODELS`` and overrides of its ``DAEFuseConfig`` fields."""
+
+    name: str = "dae_fuse_s"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """The two PatchGAN discriminators (one per source modality)."""
+
+    channels: int = 32
+    num_layers: int = 3
+    spectral_norm: bool = True
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training data: folders, random crops, augmentation, loader, validation subset."""
+
+    ir_dir: str | None = None
+    vis_dir: str | None = None
+    crop_size: int = 128
+    crops_per_image: int = 8
+    batch_size: int = 8
+    hflip: bool = True
+    vflip: bool = False
+    num_workers: int = 0
+    cache_images: bool = False
+    val_fraction: float = 0.1
+    val_max_pairs: int = 4
+    val_max_side: int = 320
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights (see ``fusion.losses``)."""
+
+    recon_ssim: float = 5.0
+    recon_mse: float = 1.0
+    recon_grad: float = 5.0
+    fuse_intensity: float = 1.0
+    fuse_grad: float = 10.0
+    adv_recon: float = 0.1
+    adv_fuse: float = 0.1
+    gan: str = "lsgan"
+    ssim_window: int = 11
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam for the generator, RMSProp for the discriminators, one step-decay schedule for all."""
+
+    lr_g: float = 1e-4
+    betas_g: tuple[float, float] = (0.9, 0.999)
+    weight_decay_g: float = 0.0
+    lr_d: float = 1e-4
+    alpha_d: float = 0.99
+    lr_step: int = 20
+    lr_gamma: float = 0.5
+    lr_min: float = 1e-6
+    grad_clip_g: float | None = 0.01
+    grad_clip_d: float | None = None
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """One training phase: 'recon' (phase 1, reconstruction) or 'fuse' (phase 2, fusion), for some epochs."""
+
+    name: str
+    epochs: int
+
+
+@dataclass(frozen=True)
+class FusionTrainConfig:
+    """Everything a DAE-Fuse training run depends on (saved in every checkpoint and as ``args.yaml``)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    phases: tuple[PhaseConfig, ...] = (PhaseConfig("recon", 40), PhaseConfig("fuse", 80))
+    seed: int = 0
+    amp: str = "bf16"
+    best_metric: str = "Qabf"
+    num_samples: int = 2
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.phases:
+            problems.append("phases is empty")
+        for p in self.phases:
+            if p.epochs < 0:
+                problems.append(f"phase '{p.name}' has {p.epochs} epochs")
+        if self.amp not in ("bf16", "fp16", "none"):
+            problems.append(f"amp must be bf16, fp16 or none, got '{self.amp}'")
+        if problems:
+            raise ValueError("invalid FusionTrainConfig: " + "; ".join(problems))
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+    def phase_at(self, epoch: int) -> PhaseConfig:
+        """The phase that global epoch ``epoch`` (0-based) belongs to."""
+        end = 0
+        for phase in self.phases:
+            end += phase.epochs
+            if epoch < end:
+                return phase
+        raise IndexError(f"epoch {epoch} is past the schedule ({self.total_epochs} epochs)")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override does not fit the dataclasses."""
+
+
+def _check(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (YAML data) to type ``tp``, or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {tp}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_check(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e-4' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp in (bool, str):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def from_dict(cls: type, values: Mapping[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from nested plain data; missing keys keep their defaults."""
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return cls(**{k: _check(v, hints[k], f"{where}.{k}") for k, v in values.items()})
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML-able data (dicts, lists, scalars) from a (nested) dataclass."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: mappings merge key by key, anything else (lists included) is replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``'optim.lr_g=2e-4'`` -> ``{'optim': {'lr_g': 0.0002}}``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{text}' is not key=value")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from err
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return dict(data)
+
+
+def preset_path(name: str) -> Path:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; known: {', '.join(PRESETS)}")
+    return CONFIG_DIR / f"{name}.yaml"
+
+
+def load_train_config(
+    path: str | Path | None = None, *, preset: str | None = None, overrides: Sequence[str] = ()
+) -> FusionTrainConfig:
+    """Resolve a training config: defaults <- preset <- YAML file <- ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        data = merge(data, _read_yaml(preset_path(preset)))
+    if path is not None:
+        data = merge(data, _read_yaml(Path(path)))
+    for text in overrides:
+        data = merge(data, parse_override(text))
+    try:
+        return from_dict(FusionTrainConfig, data)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(str(err)) from err
+
+
+def dump_config(cfg: FusionTrainConfig) -> str:
+    """The resolved config as YAML text (what ``args.yaml`` holds)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def replace_config(cfg: FusionTrainConfig, *overrides: str) -> FusionTrainConfig:
+    """A copy of ``cfg`` with ``key=value`` overrides applied (type-checked like the CLI's)."""
+    data = to_dict(cfg)
+    for text in overrides:
+        data = merge(data, parse_override(text))
+    return from_dict(FusionTrainConfig, data)

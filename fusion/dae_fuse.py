@@ -1,0 +1,639 @@
+"""DAE-Fuse: an adaptive discriminative autoencoder for multi-modality image fusion (Guo et al., arXiv 2409.10080).
+
+Architecture (luminance in, luminance out; both images (B, 1, H, W) in [0, 1]):
+
+* **Shallow encoder** (shared by both modalities): one 3x3 conv at full resolution with few channels, then a
+  strided conv to H/2. These are the only encoder layers at full or half resolution.
+* **Two deep encoders** in parallel on the H/2 features:
+  - a *low-frequency* transformer branch: ViT blocks (timm ``Block``: LayerNorm, multi-head self-attention through
+    ``F.scaled_dot_product_attention``, ``Mlp``, ``DropPath``) over patch tokens, one token per
+    ``token_stride`` x ``token_stride`` pixels, with a depthwise-conv positional encoding (CPVT's PEG) so that any
+    image size works without interpolating position tables;
+  - a *high-frequency* CNN branch: ResNet18-style stages of timm ``BasicBlock`` (layers 2-2-2-2), narrow channels,
+    a strided pyramid at H/4 .. H/token_stride (the last stage dilated, as ``output_stride`` does in timm).
+* **Embedding**: the two branches' token-grid features concatenated and projected (1x1 conv) to ``embed_dim``.
+* **Decoder**: U-Net-like, upsampling x2 per stage with skip connections from the CNN pyramid and the shallow
+  encoder; only its last stage (sub-pixel conv, then one 3x3 conv to the output) runs at full resolution, with
+  ``shallow_chans`` channels. Sigmoid output in [0, 1].
+* **Phase 1 (reconstruction)**: each modality is encoded and decoded back to itself.
+* **Phase 2 (fusion)**: a cross-modality attention module in which the IR tokens attend to the visible tokens and
+  the visible tokens to the IR tokens (queries from one, keys/values from the other), merged into one embedding;
+  the skip features are merged by a gated per-pixel, per-channel selection (see ``GatedSkipFusion``); the same
+  decoder then produces the fused image.
+* **Discriminators** (``PatchDiscriminator``, one per source modality) exist only for training; the trainer builds
+  them with ``build_discriminators``. Inference never does.
+
+Speed is a design constraint (issue 3): the transformer works on H/16 tokens, the CNN on its strided pyramid, and
+full resolution is touched by three cheap convolutions only, so a 1024x768 pair fuses in well under 2 s on two CPU
+cores. ``benchmarks/bench_fuse.py`` measures it.
+
+Variants are small builders in the ``MODELS`` registry (``dae_fuse_t``, ``dae_fuse_s``, ``dae_fuse_b``); build one
+with ``create_model(name, **overrides)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from timm.layers import Mlp, get_norm_layer, trunc_normal_
+from timm.models.resnet import BasicBlock, make_blocks
+from timm.models.vision_transformer import Block
+
+from .registry import Registry
+
+# name -> builder(**overrides) -> DAEFuse
+MODELS: Registry = Registry("fusion model")
+
+ARCHITECTURE = "dae_fuse"  # stored in checkpoints; a checkpoint of another architecture is refused on loading
+
+
+@dataclass(frozen=True)
+class DAEFuseConfig:
+    """Architecture hyper-parameters. The paper gives the structure, not the widths: widths are chosen for speed
+    (issue 3: <= 2 s per 1024x768 pair on 2 CPU cores, <= 70 ms bf16 on an H100) and documented per field.
+
+    Args:
+        in_chans: channels of each source image (1: luminance).
+        shallow_chans: channels of the full-resolution shallow features (and of the decoder's full-resolution stage).
+        stem_chans: channels of the H/2 shallow features that feed both deep branches.
+        cnn_channels: widths of the four ResNet18-style stages (ResNet18 itself: 64, 128, 256, 512).
+        cnn_layers: BasicBlocks per stage; (2, 2, 2, 2) is ResNet18.
+        cnn_norm: timm norm layer name for the CNN branch ('batchnorm' as in ResNet18, 'groupnorm', 'identity').
+        token_stride: pixels per transformer token side (8, 16 or 32); also the CNN branch's output stride.
+        vit_dim: transformer width.
+        vit_depth: number of transformer blocks.
+        vit_heads: attention heads of the transformer blocks.
+        mlp_ratio: hidden width of the transformer and cross-attention MLPs, relative to their width.
+        embed_dim: width of the concatenated-then-projected embedding (and of the cross-attention module).
+        fusion_heads: attention heads of the cross-modality attention.
+        decoder_channels: widths of the decoder stages from token_stride/2 down to H/2 (log2(token_stride) - 1
+            entries); the full-resolution stage has ``shallow_chans`` channels.
+        drop_path_rate: stochastic depth of the transformer and CNN blocks (0 = off).
+    """
+
+    in_chans: int = 1
+    shallow_chans: int = 8
+    stem_chans: int = 16
+    cnn_channels: tuple[int, ...] = (32, 64, 96, 128)
+    cnn_layers: tuple[int, ...] = (2, 2, 2, 2)
+    cnn_norm: str = "batchnorm"
+    token_stride: int = 16
+    vit_dim: int = 64
+    vit_depth: int = 2
+    vit_heads: int = 2
+    mlp_ratio: float = 2.0
+    embed_dim: int = 128
+    fusion_heads: int = 2
+    decoder_channels: tuple[int, ...] = (64, 32, 16)
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.token_stride not in (8, 16, 32):
+            problems.append(f"token_stride must be 8, 16 or 32, got {self.token_stride}")
+        elif len(self.decoder_channels) != int(math.log2(self.token_stride)) - 1:
+            problems.append(
+                f"decoder_channels needs log2(token_stride) - 1 = {int(math.log2(self.token_stride)) - 1} entries "
+                f"(one per stage from H/{self.token_stride // 2} to H/2), got {len(self.decoder_channels)}"
+            )
+        if len(self.cnn_channels) != 4 or len(self.cnn_layers) != 4:
+            problems.append("cnn_channels and cnn_layers need 4 entries (the four ResNet18 stages)")
+        if self.vit_dim % self.vit_heads:
+            problems.append(f"vit_dim {self.vit_dim} is not divisible by vit_heads {self.vit_heads}")
+        if self.embed_dim % self.fusion_heads:
+            problems.append(f"embed_dim {self.embed_dim} is not divisible by fusion_heads {self.fusion_heads}")
+        if problems:
+            raise ValueError("invalid DAEFuseConfig: " + "; ".join(problems))
+
+    @property
+    def size_multiple(self) -> int:
+        """Inputs are padded to a multiple of this (the token grid must tile the image)."""
+        return self.token_stride
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DAEFuseConfig:
+        """Build from a plain dict (as stored in a checkpoint); lists become tuples, unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown DAEFuseConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _conv3x3(in_chans: int, out_chans: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_chans, out_chans, 3, stride=stride, padding=1)
+
+
+class LeakyReLU(nn.LeakyReLU):
+    """In-place LeakyReLU(0.2): the activation of the convolutional layers at high resolution, where a GELU's cost
+    is not negligible (every element of a full-resolution feature map)."""
+
+    def __init__(self) -> None:
+        super().__init__(0.2, inplace=True)
+
+
+class ShallowEncoder(nn.Module):
+    """Full-resolution features (few channels) and their strided H/2 version, shared by both modalities.
+
+    The full-resolution features are ``shallow_chans - in_chans`` conv channels *plus the image itself*: this skip
+    reaches the decoder's output conv, so the fused image can keep a source's intensities exactly wherever the
+    skip fusion rule selects that source (fusion metrics such as VIF and SSIM reward that fidelity), instead of
+    re-synthesising them from features.
+    """
+
+    def __init__(self, in_chans: int, shallow_chans: int, stem_chans: int, act_layer: type[nn.Module] = LeakyReLU):
+        super().__init__()
+        assert shallow_chans > in_chans, f"shallow_chans ({shallow_chans}) must exceed in_chans ({in_chans})"
+        self.conv_full = _conv3x3(in_chans, shallow_chans - in_chans)
+        self.act_full = act_layer()
+        self.conv_half = _conv3x3(shallow_chans, stem_chans, stride=2)
+        self.act_half = act_layer()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, in_chans, H, W) -> ((B, shallow_chans, H, W), (B, stem_chans, H/2, W/2))."""
+        full = torch.cat([self.act_full(self.conv_full(x)), x], dim=1)
+        return full, self.act_half(self.conv_half(full))
+
+
+class CNNBranch(nn.Module):
+    """High-frequency encoder: a ResNet18-style pyramid of timm BasicBlocks on the H/2 shallow features.
+
+    A strided 3x3 stem takes H/2 to H/4 (ResNet's 7x7 stem and max-pool are replaced: the shallow encoder already
+    did the first reduction), then timm's ``make_blocks`` builds the four stages at H/4, H/8, H/16, H/32; with
+    ``output_stride`` = token_stride the stages past it are dilated instead of strided, so the last stage lands on
+    the transformer's token grid.
+    """
+
+    def __init__(
+        self,
+        in_chans: int,
+        channels: tuple[int, ...],
+        layers: tuple[int, ...],
+        output_stride: int,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        self.stem = nn.Sequential(
+            _conv3x3(in_chans, channels[0], stride=2), norm_layer(channels[0]), nn.ReLU(inplace=True)
+        )
+        stages, self.feature_info = make_blocks(
+            (BasicBlock,) * len(channels),
+            channels,
+            layers,
+            inplanes=channels[0],
+            output_stride=output_stride,
+            drop_path_rate=drop_path_rate,
+            norm_layer=norm_layer,
+            act_layer=nn.ReLU,
+        )
+        self.stages = nn.ModuleList(stage for _, stage in stages)
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        """(B, in_chans, H/2, W/2) -> one feature map per stage, at the reductions of ``feature_info`` (of H)."""
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class PositionalEncodingGenerator(nn.Module):
+    """Conditional positional encoding (Chu et al., CPVT 2021): x + depthwise 3x3 conv over the token grid.
+
+    Works for any grid size, unlike a learned absolute table.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, h, w)
+        return x + self.proj(x)
+
+
+class TransformerBranch(nn.Module):
+    """Low-frequency encoder: ViT blocks over non-overlapping patch tokens of the H/2 shallow features."""
+
+    def __init__(
+        self,
+        in_chans: int,
+        patch_size: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 2.0,
+        drop_path_rate: float = 0.0,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.pos = PositionalEncodingGenerator(dim)
+        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
+        self.blocks = nn.Sequential(
+            *(
+                Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r, norm_layer=norm_layer)
+                for r in rates
+            )
+        )
+        self.norm = norm_layer(dim)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, in_chans, H/2, W/2) -> (B, dim, H/2/patch, W/2/patch) token grid."""
+        x = self.pos(self.patch_embed(x))
+        b, c, h, w = x.shape
+        tokens = self.norm(self.blocks(x.flatten(2).transpose(1, 2)))
+        return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
+class EncoderFeatures(NamedTuple):
+    """What the encoder gives the decoder for one batch of images.
+
+    ``embed``: (B, embed_dim, H/s, W/s) with s = token_stride. ``skips``: features from fine to coarse at
+    H, H/2, H/4, ... H/(s/2) (one per decoder stage).
+    """
+
+    embed: Tensor
+    skips: tuple[Tensor, ...]
+
+
+class DualBranchEncoder(nn.Module):
+    """Shallow encoder -> (transformer branch || CNN branch) -> concatenated embedding, plus the skip pyramid."""
+
+    def __init__(self, cfg: DAEFuseConfig):
+        super().__init__()
+        norm_layer = get_norm_layer(cfg.cnn_norm)
+        self.shallow = ShallowEncoder(cfg.in_chans, cfg.shallow_chans, cfg.stem_chans)
+        self.cnn = CNNBranch(
+            cfg.stem_chans, cfg.cnn_channels, cfg.cnn_layers, cfg.token_stride, norm_layer, cfg.drop_path_rate
+        )
+        self.vit = TransformerBranch(
+            cfg.stem_chans, cfg.token_stride // 2, cfg.vit_dim, cfg.vit_depth, cfg.vit_heads, cfg.mlp_ratio,
+            cfg.drop_path_rate,
+        )
+        self.embed = nn.Sequential(nn.Conv2d(cfg.vit_dim + cfg.cnn_channels[-1], cfg.embed_dim, 1), LeakyReLU())
+        # For each stride below the token stride, the CNN stage that produced it last. make_blocks counts strides
+        # from a /4 stem, which is where our stem leaves the image, so its reductions are relative to the input.
+        cnn_strides = [info["reduction"] for info in self.cnn.feature_info]
+        self.skip_stages = tuple(
+            max(i for i, s in enumerate(cnn_strides) if s == stride)
+            for stride in (2 ** k for k in range(2, int(math.log2(cfg.token_stride))))
+        )
+        self.skip_chans = (cfg.shallow_chans, cfg.stem_chans) + tuple(cfg.cnn_channels[i] for i in self.skip_stages)
+
+    def forward_features(self, x: Tensor) -> EncoderFeatures:
+        """(B, in_chans, H, W) with H, W multiples of token_stride -> EncoderFeatures."""
+        full, half = self.shallow(x)
+        pyramid = self.cnn.forward_features(half)
+        embed = self.embed(torch.cat([self.vit.forward_features(half), pyramid[-1]], dim=1))
+        return EncoderFeatures(embed, (full, half) + tuple(pyramid[i] for i in self.skip_stages))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention with queries from ``x`` and keys/values from ``context`` (timm ``Attention`` layout).
+
+    Attention runs through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels), so the N x M
+    attention matrix is never materialised.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        assert dim % num_heads == 0, f"dim {dim} should be divisible by num_heads {num_heads}"
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        """x (B, N, C) queries, context (B, M, C) keys/values -> (B, N, C)."""
+        b, n, c = x.shape
+        q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(context).reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm transformer block whose attention looks at another modality: x + CA(x, ctx); x + MLP(x)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 2.0,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        act_layer: type[nn.Module] = nn.GELU,
+    ):
+        super().__init__()
+        self.norm_q = norm_layer(dim)
+        self.norm_kv = norm_layer(dim)
+        self.attn = CrossAttention(dim, num_heads, norm_layer=norm_layer)
+        self.norm_mlp = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        x = x + self.attn(self.norm_q(x), self.norm_kv(context))
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class CrossModalityFusion(nn.Module):
+    """Phase-2 fusion of the two embeddings: IR attends to visible, visible attends to IR, then a linear merge.
+
+    Both directions read the other modality's *input* tokens (they run in parallel, not one after the other).
+    The merge is a linear map of the concatenation, initialised to the average of the two attended embeddings.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 2.0, norm_layer: type[nn.Module] = nn.LayerNorm):
+        super().__init__()
+        self.ir_from_vis = CrossAttentionBlock(dim, num_heads, mlp_ratio, norm_layer)
+        self.vis_from_ir = CrossAttentionBlock(dim, num_heads, mlp_ratio, norm_layer)
+        self.merge = nn.Linear(2 * dim, dim)
+
+    def init_average(self) -> None:
+        dim = self.merge.out_features
+        with torch.no_grad():
+            eye = torch.eye(dim) * 0.5
+            self.merge.weight.copy_(torch.cat([eye, eye], dim=1))
+            self.merge.bias.zero_()
+
+    def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
+        """Two (B, C, h, w) embeddings -> fused (B, C, h, w)."""
+        b, c, h, w = ir.shape
+        ir_t, vis_t = ir.flatten(2).transpose(1, 2), vis.flatten(2).transpose(1, 2)
+        fused = self.merge(torch.cat([self.ir_from_vis(ir_t, vis_t), self.vis_from_ir(vis_t, ir_t)], dim=-1))
+        return fused.transpose(1, 2).reshape(b, c, h, w)
+
+
+class GatedSkipFusion(nn.Module):
+    """Fusion rule for the skip features: ``vis + g * (ir - vis)`` with ``g = sigmoid(1x1 conv([ir, vis]))``.
+
+    Why a gate rather than a plain learned 1x1 conv over the concatenation: both start as the average (the gate conv
+    is zero-initialised, so g = 0.5), but a linear map can only ever mix the two modalities with fixed weights, while
+    the gate selects per pixel and channel. That is what keeps a warm IR target's full contrast where the visible
+    image is flat (a max-like choice) and takes the visible texture elsewhere, which the fusion loss (max intensity,
+    max gradient) asks for.
+    """
+
+    def __init__(self, chans: int):
+        super().__init__()
+        self.gate = nn.Conv2d(2 * chans, chans, 1)
+
+    def init_average(self) -> None:
+        nn.init.zeros_(self.gate.weight)
+        nn.init.zeros_(self.gate.bias)
+
+    def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
+        gate = torch.sigmoid(self.gate(torch.cat([ir, vis], dim=1)))
+        return vis + gate * (ir - vis)
+
+
+class UpStage(nn.Module):
+    """x2 bilinear upsampling, concatenation with the skip, two 3x3 conv + activation."""
+
+    def __init__(self, in_chans: int, skip_chans: int, out_chans: int, act_layer: type[nn.Module] = LeakyReLU):
+        super().__init__()
+        self.conv1 = _conv3x3(in_chans + skip_chans, out_chans)
+        self.conv2 = _conv3x3(out_chans, out_chans)
+        self.act = act_layer()
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.act(self.conv2(self.act(self.conv1(torch.cat([x, skip], dim=1)))))
+
+
+class Decoder(nn.Module):
+    """U-Net-like decoder: token grid -> H/2 through ``UpStage``s, then a sub-pixel step to full resolution.
+
+    The full-resolution stage is deliberately thin: a 3x3 conv at H/2 to 4 * shallow_chans channels, a pixel
+    shuffle (Shi et al., ESPCN 2016) to shallow_chans channels at H, plus the full-resolution skip, then one 3x3
+    conv to the output. Sigmoid output in [0, 1].
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        skip_chans: tuple[int, ...],
+        channels: tuple[int, ...],
+        out_chans: int = 1,
+        act_layer: type[nn.Module] = LeakyReLU,
+    ):
+        super().__init__()
+        # skip_chans runs fine -> coarse (H, H/2, ... H/(s/2)); the stages run coarse -> fine down to H/2.
+        coarse_skips = skip_chans[:0:-1]
+        ins = (embed_dim,) + tuple(channels[:-1])
+        self.stages = nn.ModuleList(UpStage(i, s, o, act_layer) for i, s, o in zip(ins, coarse_skips, channels))
+        full_chans = skip_chans[0]
+        self.to_full = nn.Sequential(_conv3x3(channels[-1], 4 * full_chans), nn.PixelShuffle(2))
+        self.act = act_layer()
+        self.head = _conv3x3(full_chans, out_chans)
+
+    def forward(self, embed: Tensor, skips: tuple[Tensor, ...]) -> Tensor:
+        """embed (B, embed_dim, H/s, W/s), skips fine -> coarse -> image (B, out_chans, H, W) in [0, 1]."""
+        x = embed
+        for stage, skip in zip(self.stages, skips[:0:-1]):
+            x = stage(x, skip)
+        x = self.act(self.to_full(x) + skips[0])
+        return torch.sigmoid(self.head(x))
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
+    """Pad (B, C, H, W) on the bottom/right to multiples of ``multiple``; returns the padded tensor and (H, W).
+
+    Reflection padding (no artificial edge); replication where the image is smaller than the padding needs
+    (reflection cannot pad by more than the size - 1).
+    """
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    return x, (h, w)
+
+
+class DAEFuse(nn.Module):
+    """The DAE-Fuse generator: shared dual-branch encoder, cross-modality fusion and decoder.
+
+    ``forward(ir, vis)`` fuses (phase 2 and inference); ``reconstruct(ir, vis)`` returns both reconstructions
+    (phase 1). Inputs of any size (B, 1, H, W) in [0, 1]; they are padded to ``cfg.size_multiple`` and the output is
+    cropped back.
+    """
+
+    def __init__(self, cfg: DAEFuseConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = DualBranchEncoder(cfg)
+        self.fusion = CrossModalityFusion(cfg.embed_dim, cfg.fusion_heads, cfg.mlp_ratio)
+        self.skip_fusion = nn.ModuleList(GatedSkipFusion(c) for c in self.encoder.skip_chans)
+        self.decoder = Decoder(cfg.embed_dim, self.encoder.skip_chans, cfg.decoder_channels, cfg.in_chans)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Initialise for a stable start.
+
+        * convs: Kaiming fan-in for the LeakyReLU(0.2) they feed (variance-preserving in the forward pass: the
+          decoder has no normalisation layers, so fan-out scaling would grow activations stage after stage);
+        * linears: truncated normal, std 0.02 (timm ViT);
+        * the last norm of each residual block zeroed (timm ResNet ``zero_init_last``);
+        * the output conv at 1/10 scale and zero bias, so the first images are mid-grey with small variations
+          instead of a saturated sigmoid (whose vanishing gradient stalls the first epochs);
+        * both fusion rules start as the average of the two modalities.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if hasattr(module, "zero_init_last"):
+                module.zero_init_last()
+        with torch.no_grad():
+            self.decoder.head.weight.mul_(0.1)
+        self.fusion.init_average()
+        for gate in self.skip_fusion:
+            gate.init_average()
+
+    def phase_parameters(self, phase: str) -> list[nn.Parameter]:
+        """Parameters a phase trains: 'recon' the encoder and decoder, 'fuse' everything."""
+        if phase == "recon":
+            return [*self.encoder.parameters(), *self.decoder.parameters()]
+        return list(self.parameters())
+
+    def encode(self, ir: Tensor, vis: Tensor) -> tuple[EncoderFeatures, EncoderFeatures]:
+        """Encode both modalities in one pass of the shared encoder (they are stacked on the batch axis)."""
+        feats = self.encoder.forward_features(torch.cat([ir, vis], dim=0))
+        b = ir.shape[0]
+        split = lambda t: (t[:b], t[b:])  # noqa: E731
+        (ir_e, vis_e), skips = split(feats.embed), [split(s) for s in feats.skips]
+        return (
+            EncoderFeatures(ir_e, tuple(s[0] for s in skips)),
+            EncoderFeatures(vis_e, tuple(s[1] for s in skips)),
+        )
+
+    def fuse_features(self, ir: EncoderFeatures, vis: EncoderFeatures) -> EncoderFeatures:
+        """Phase-2 fusion rules: cross-modality attention for the embedding, gated selection for the skips."""
+        skips = tuple(rule(a, b) for rule, a, b in zip(self.skip_fusion, ir.skips, vis.skips))
+        return EncoderFeatures(self.fusion(ir.embed, vis.embed), skips)
+
+    def reconstruct(self, ir: Tensor, vis: Tensor) -> tuple[Tensor, Tensor]:
+        """Phase 1: (B, 1, H, W) x 2 in [0, 1] -> (ir_hat, vis_hat), each (B, 1, H, W) in [0, 1]."""
+        (ir, vis), (h, w) = self._pad(ir, vis)
+        ir_f, vis_f = self.encode(ir, vis)
+        both = self.decoder(
+            torch.cat([ir_f.embed, vis_f.embed]), tuple(torch.cat(s) for s in zip(ir_f.skips, vis_f.skips))
+        )
+        ir_hat, vis_hat = both[..., :h, :w].chunk(2, dim=0)
+        return ir_hat, vis_hat
+
+    def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
+        """Fuse: ir (B, 1, H, W), vis luma (B, 1, H, W), both in [0, 1] -> fused (B, 1, H, W) in [0, 1]."""
+        (ir, vis), (h, w) = self._pad(ir, vis)
+        fused = self.decoder(*self.fuse_features(*self.encode(ir, vis)))
+        return fused[..., :h, :w]
+
+    def _pad(self, ir: Tensor, vis: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[int, int]]:
+        if ir.shape != vis.shape:
+            raise ValueError(f"infrared {tuple(ir.shape)} and visible {tuple(vis.shape)} shapes differ")
+        ir_p, size = pad_to_multiple(ir, self.cfg.size_multiple)
+        vis_p, _ = pad_to_multiple(vis, self.cfg.size_multiple)
+        return (ir_p, vis_p), size
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN discriminator (Isola et al., pix2pix 2017): strided 4x4 convs, one score per image patch.
+
+    Spectral normalisation (Miyato et al. 2018) on every conv keeps the discriminator Lipschitz, which with the
+    least-squares loss keeps adversarial training stable on small batches. Output (B, 1, h, w) unbounded scores.
+    """
+
+    def __init__(self, in_chans: int = 1, channels: int = 32, num_layers: int = 3, spectral_norm: bool = True):
+        super().__init__()
+        wrap = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
+        layers: list[nn.Module] = []
+        chans = in_chans
+        for i in range(num_layers):
+            out = channels * 2**i
+            layers += [wrap(nn.Conv2d(chans, out, 4, stride=2, padding=1)), nn.LeakyReLU(0.2, inplace=True)]
+            chans = out
+        layers.append(wrap(nn.Conv2d(chans, 1, 3, padding=1)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, in_chans, H, W) in [0, 1] -> (B, 1, H / 2**num_layers, W / 2**num_layers) scores."""
+        return self.net(x)
+
+
+def build_discriminators(
+    in_chans: int = 1, channels: int = 32, num_layers: int = 3, spectral_norm: bool = True
+) -> nn.ModuleDict:
+    """The two discriminators of training, keyed by the modality whose real images they see: 'ir' and 'vis'."""
+    return nn.ModuleDict(
+        {m: PatchDiscriminator(in_chans, channels, num_layers, spectral_norm) for m in ("ir", "vis")}
+    )
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _create(base: DAEFuseConfig, **overrides: Any) -> DAEFuse:
+    return DAEFuse(replace(base, **overrides))
+
+
+@MODELS.register("dae_fuse_t")
+def dae_fuse_t(**overrides: Any) -> DAEFuse:
+    """A toy width for tests and smoke runs (~67 k parameters)."""
+    base = DAEFuseConfig(
+        shallow_chans=4, stem_chans=8, cnn_channels=(8, 16, 16, 24), cnn_layers=(1, 1, 1, 1), vit_dim=16,
+        vit_depth=1, vit_heads=2, embed_dim=32, fusion_heads=2, decoder_channels=(16, 8, 8),
+    )
+    return _create(base, **overrides)
+
+
+@MODELS.register("dae_fuse_s")
+def dae_fuse_s(**overrides: Any) -> DAEFuse:
+    """The default: ResNet18 depth at narrow widths, two ViT blocks; sized for the CPU budget of issue 3."""
+    return _create(DAEFuseConfig(), **overrides)
+
+
+@MODELS.register("dae_fuse_b")
+def dae_fuse_b(**overrides: Any) -> DAEFuse:
+    """Wider for GPU training: ResNet18's own widths, four ViT blocks."""
+    base = DAEFuseConfig(
+        shallow_chans=16, stem_chans=48, cnn_channels=(64, 128, 256, 512), vit_dim=192, vit_depth=4, vit_heads=6,
+        embed_dim=256, fusion_heads=8, decoder_channels=(128, 64, 32),
+    )
+    return _create(base, **overrides)
+
+
+def create_model(name: str, **overrides: Any) -> DAEFuse:
+    """Build a registered variant, e.g. ``create_model("dae_fuse_s", vit_depth=4)``."""
+    return MODELS.get(name)(**overrides)

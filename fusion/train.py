@@ -1,0 +1,736 @@
+"""DAE-Fuse trainer: two phases, explicit generator and discriminator steps, exact resume, DDP.
+
+Command line (a thin wrapper over ``train``)::
+
+    python -m fusion.train --data ROOT --out runs/dae_fuse [--preset {paper,quick,tiny}] [--config FILE.yaml]
+                           [--resume] [--device cpu|cuda] [--seed N] [key=value ...]
+    torchrun --nproc_per_node 4 -m fusion.train --data ROOT --out runs/dae_fuse --device cuda
+
+Each step (``Trainer.train_step``), for the phase the epoch belongs to (``PHASES``; phases are data in the config):
+
+1. generator step: the phase's generator outputs (reconstructions in 'recon', the fused image in 'fuse') and
+   its content loss, plus the adversarial term against the two discriminators, which are frozen
+   (``requires_grad_(False)``) for this step;
+2. discriminator step: each discriminator sees its modality's real image against the detached generated image
+   (phase 1: the reconstruction of that modality; phase 2: the fused image, for both, so that the fused image
+   leans to neither source).
+
+Every optimiser step is unscale -> clip -> step -> update -> zero_grad. A non-finite loss stops the run with the
+loss dict in the error, before anything is stepped or saved. ``last.pt`` is written (atomically) at the end of
+every epoch and ``best.pt`` when the validation metric improves in a fusion epoch; ``resume=True`` continues
+from ``last.pt`` exactly (model, discriminators, optimisers, schedulers, scaler, RNG states; data order and
+crops are functions of (seed, epoch)). Side effects (TensorBoard, progress) are callbacks, rank 0 only.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import platform
+import random
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, DistributedSampler
+
+from data.io import atomic_path, atomic_write_json, atomic_write_text
+
+from .config import PRESETS, ConfigError, FusionTrainConfig, dump_config, load_train_config, to_dict
+from .dae_fuse import ARCHITECTURE, DAEFuse, build_discriminators, create_model
+from .data import PairedCropDataset, load_validation_images, resolve_training_pairs
+from .losses import GAN_LOSSES, FusionLoss, LossDict, ReconstructionLoss, discriminator_loss
+from .registry import Registry
+
+LOGGER = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "fusebench.dae_fuse/1"
+MODALITIES = ("ir", "vis")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; the message holds every loss term of that step."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Phases: what the generator produces and which content loss judges it. The trainer is the same for all phases.
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A training phase: ``generate(model, losses, ir, vis) -> (content loss terms, fakes)``.
+
+    ``fakes`` maps each discriminator ('ir', 'vis') to the generated image it judges against its real modality.
+    ``adv_weight`` names the ``LossConfig`` field weighting the adversarial term in this phase. ``fuses``: the
+    phase trains the fusion path, so its epochs compete for ``best.pt``.
+    """
+
+    generate: Callable[[DAEFuse, "Losses", Tensor, Tensor], tuple[LossDict, dict[str, Tensor]]]
+    adv_weight: str
+    fuses: bool
+
+
+PHASES: Registry[Phase] = Registry("training phase")
+
+
+def _fp32(x: Tensor):
+    """Losses (SSIM, Sobel) run in fp32 even inside a bf16/fp16 autocast region."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def _generate_recon(model: DAEFuse, losses: Losses, ir: Tensor, vis: Tensor) -> tuple[LossDict, dict[str, Tensor]]:
+    ir_hat, vis_hat = model.reconstruct(ir, vis)
+    fakes = {"ir": ir_hat, "vis": vis_hat}
+    with _fp32(ir):
+        return losses.recon({"ir": ir, "vis": vis}, {m: x.float() for m, x in fakes.items()}), fakes
+
+
+def _generate_fuse(model: DAEFuse, losses: Losses, ir: Tensor, vis: Tensor) -> tuple[LossDict, dict[str, Tensor]]:
+    fused = model(ir, vis)
+    with _fp32(ir):
+        return losses.fusion(ir, vis, fused.float()), {"ir": fused, "vis": fused}
+
+
+PHASES.register("recon")(Phase(_generate_recon, "adv_recon", fuses=False))
+PHASES.register("fuse")(Phase(_generate_fuse, "adv_fuse", fuses=True))
+
+
+class Losses(nn.Module):
+    """The content losses of both phases, built once from the config."""
+
+    def __init__(self, cfg: FusionTrainConfig):
+        super().__init__()
+        c = cfg.loss
+        self.recon = ReconstructionLoss(c.recon_ssim, c.recon_mse, c.recon_grad, c.ssim_window)
+        self.fusion = FusionLoss(c.fuse_intensity, c.fuse_grad)
+
+
+class GeneratorStep(nn.Module):
+    """What DDP wraps: the phase's generator pass as ``forward`` (DDP only synchronises work done in forward)."""
+
+    def __init__(self, model: DAEFuse, losses: Losses):
+        super().__init__()
+        self.model = model
+        self.losses = losses
+
+    def forward(self, ir: Tensor, vis: Tensor, phase: str) -> tuple[LossDict, dict[str, Tensor]]:
+        return PHASES.get(phase).generate(self.model, self.losses, ir, vis)
+
+
+class StepDecay:
+    """Learning-rate factor for LambdaLR: ``gamma ** (epoch // step)``, never below ``lr_min / lr`` (CDDFuse)."""
+
+    def __init__(self, step: int, gamma: float, floor: float):
+        self.step, self.gamma, self.floor = step, gamma, floor
+
+    def __call__(self, epoch: int) -> float:
+        return max(self.gamma ** (epoch // self.step), self.floor)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Distributed context
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Rank and world size; ``enabled`` when started by torchrun (WORLD_SIZE/RANK in the environment)."""
+
+    enabled: bool = False
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def from_env(cls) -> DistContext:
+        if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+            return cls()
+        return cls(True, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Results, callbacks
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished (or already complete) run leaves behind."""
+
+    out_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None  # None when the schedule has no fusion epoch
+    epochs: int
+    final_losses: dict[str, float]
+    val_metrics: dict[str, float]
+    wall_time_s: float
+
+
+Callback = Callable[["Trainer"], None]
+EVENTS: tuple[str, ...] = ("on_train_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_train_end")
+
+
+class TensorBoardLogger:
+    """Logs every loss term per step, epoch means, learning rates, validation metrics and sample images."""
+
+    def __init__(self, writer: Any):
+        self.writer = writer
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        for name, value in trainer.step_losses.items():
+            self.writer.add_scalar(f"fusion/train/{trainer.phase}/{name}", value, trainer.global_step)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        e = trainer.epoch + 1
+        for name, value in trainer.epoch_losses.items():
+            self.writer.add_scalar(f"fusion/epoch/{trainer.phase}/{name}", value, e)
+        for name, opt in trainer.optimizers.items():
+            self.writer.add_scalar(f"fusion/lr/{name}", opt.param_groups[0]["lr"], e)
+        for name, value in trainer.val_metrics.items():
+            self.writer.add_scalar(f"fusion/val/{name}", value, e)
+        for stem, grid in trainer.samples.items():
+            self.writer.add_image(f"fusion/samples/{stem}", grid, e, dataformats="HW")
+        self.writer.flush()
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self.writer.flush()
+
+
+class ProgressBar:
+    """A tqdm bar per epoch with the running generator loss."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=len(trainer.loader), desc=f"epoch {trainer.epoch + 1}/{trainer.cfg.total_epochs} {trainer.phase}",
+            leave=False, dynamic_ncols=True,
+        )
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(g=f"{trainer.step_losses['g_total']:.4f}", d=f"{trainer.step_losses['d_total']:.4f}")
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        self.bar.close()
+
+
+def _metrics_module() -> Any:
+    """``fusion.metrics``, or None while that module does not exist (an error inside it propagates)."""
+    try:
+        from . import metrics
+    except ModuleNotFoundError as err:
+        if err.name != f"{__package__}.metrics":
+            raise
+        return None
+    return metrics
+
+
+def versions() -> dict[str, str]:
+    """Package versions stored in checkpoints."""
+    import importlib.metadata
+
+    import timm
+
+    try:
+        fusebench = importlib.metadata.version("fusebench")
+    except importlib.metadata.PackageNotFoundError:
+        fusebench = "unknown"
+    return {
+        "fusebench": fusebench, "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs += _config_differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            diffs.append(f"{prefix}{key}: {va!r} (checkpoint) vs {vb!r} (given)")
+    return diffs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trainer
+
+
+class Trainer:
+    """One DAE-Fuse training run. ``fit()`` runs it; ``train_step(batch, phase)`` is one G + D update."""
+
+    def __init__(
+        self,
+        cfg: FusionTrainConfig,
+        data_root: str | Path,
+        out_dir: str | Path,
+        *,
+        device: str = "cpu",
+        resume: bool = False,
+        tb_writer: Any = None,
+        progress: bool = True,
+        callbacks: dict[str, Sequence[Callback]] | None = None,
+        split: str = "train",
+    ):
+        self.cfg = cfg
+        self.split = split
+        self.data_root = Path(data_root)
+        self.out_dir = Path(out_dir)
+        self.dist = DistContext.from_env()
+        self.device = self._setup_device(device)
+        self.callbacks: dict[str, list[Callback]] = {e: [] for e in EVENTS}
+        for event, fns in (callbacks or {}).items():
+            if event not in self.callbacks:
+                raise ValueError(f"unknown callback event '{event}'; known: {', '.join(EVENTS)}")
+            self.callbacks[event].extend(fns)
+        unknown = [p.name for p in cfg.phases if p.name not in PHASES]
+        if unknown:
+            raise ConfigError(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASES.names())}")
+
+        # Data first: a bad dataset fails before any model is built.
+        train_pairs, val_pairs = resolve_training_pairs(self.data_root, cfg.data, split)
+        self.dataset = PairedCropDataset(
+            train_pairs, cfg.data.crop_size, cfg.data.crops_per_image, cfg.data.hflip, cfg.data.vflip, cfg.seed,
+            cfg.data.cache_images,
+        )
+        self.sampler = DistributedSampler(
+            self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=cfg.seed
+        )
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=cfg.data.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.data.num_workers,
+            drop_last=len(self.dataset) >= cfg.data.batch_size * self.dist.world_size,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.seed),  # leaves the global RNG alone
+        )
+        self.val_images = []
+        if self.dist.is_main:
+            self.val_images = load_validation_images(val_pairs, cfg.data.val_max_pairs, cfg.data.val_max_side)
+
+        seed_everything(cfg.seed)
+        self.model = create_model(cfg.model.name, **cfg.model.args).to(self.device)
+        d = cfg.discriminator
+        self.discriminators = build_discriminators(self.model.cfg.in_chans, d.channels, d.num_layers, d.spectral_norm)
+        self.discriminators.to(self.device)
+        self.losses = Losses(cfg).to(self.device)
+        self.gan_loss = GAN_LOSSES.get(cfg.loss.gan)
+        o = cfg.optim
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            "g": torch.optim.Adam(self.model.parameters(), lr=o.lr_g, betas=o.betas_g, weight_decay=o.weight_decay_g)
+        }
+        for m in MODALITIES:
+            d_params = self.discriminators[m].parameters()
+            self.optimizers[f"d_{m}"] = torch.optim.RMSprop(d_params, lr=o.lr_d, alpha=o.alpha_d)
+        self.schedulers = {
+            name: LambdaLR(opt, StepDecay(o.lr_step, o.lr_gamma, o.lr_min / opt.defaults["lr"]))
+            for name, opt in self.optimizers.items()
+        }
+        amp_dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+        self.amp_dtype = amp_dtypes[cfg.amp] if self.device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        self.epoch = 0  # the epoch being trained (0-based); after it, ``epoch + 1`` epochs are complete
+        self.start_epoch = 0
+        self.global_step = 0
+        self.phase = cfg.phases[0].name
+        self.step_losses: dict[str, float] = {}
+        self.epoch_losses: dict[str, float] = {}
+        self.val_metrics: dict[str, float] = {}
+        self.samples: dict[str, np.ndarray] = {}
+        self.best: dict[str, Any] = {"metric": None, "value": None, "epoch": None}
+        self.history: list[dict[str, Any]] = []
+        self._warned: set[str] = set()
+        if resume:
+            self._resume()
+
+        # DDP must be told when a phase leaves parameters without gradients (phase 1 does not use the fusion rules).
+        n_params = len(list(self.model.parameters()))
+        find_unused = any(len(self.model.phase_parameters(p.name)) < n_params for p in cfg.phases)
+        gen = GeneratorStep(self.model, self.losses)
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.generator_step: nn.Module = DistributedDataParallel(
+                gen, device_ids=ids, find_unused_parameters=find_unused
+            )
+            self.d_train = nn.ModuleDict(
+                {m: DistributedDataParallel(self.discriminators[m], device_ids=ids) for m in MODALITIES}
+            )
+        else:
+            self.generator_step, self.d_train = gen, self.discriminators
+
+        self.tb_writer = tb_writer
+        if self.dist.is_main:
+            if self.tb_writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb_writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+            self.add_callback(TensorBoardLogger(self.tb_writer))
+            if progress:
+                self.add_callback(ProgressBar())
+
+    # -- setup ----------------------------------------------------------------------------------------------------
+    def _setup_device(self, device: str) -> torch.device:
+        dev = torch.device(device)
+        if self.dist.enabled:
+            if not dist.is_initialized():
+                raise RuntimeError("distributed run without a process group: use fusion.train.train() or init one")
+            if dev.type == "cuda":
+                dev = torch.device("cuda", self.dist.local_rank)
+                torch.cuda.set_device(dev)
+        return dev
+
+    def add_callback(self, obj: Any) -> None:
+        """Register every ``on_*`` method of ``obj`` (an object with hook methods) for its event."""
+        for event in EVENTS:
+            if hasattr(obj, event):
+                self.callbacks[event].append(getattr(obj, event))
+
+    def _run_callbacks(self, event: str) -> None:
+        for fn in self.callbacks[event]:
+            fn(self)
+
+    # -- one step -------------------------------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def _optimizer_step(self, loss: Tensor, names: Sequence[str], clip: float | None) -> None:
+        """backward -> unscale -> clip -> step -> zero_grad for the optimisers ``names`` (the scaler's ``update``
+        comes once per iteration, after every optimiser of the iteration has stepped)."""
+        self.scaler.scale(loss).backward()
+        for name in names:
+            opt = self.optimizers[name]
+            if clip is not None:
+                self.scaler.unscale_(opt)
+                params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+                nn.utils.clip_grad_norm_(params, clip)
+            self.scaler.step(opt)
+            opt.zero_grad(set_to_none=True)
+
+    @staticmethod
+    def _check_finite(terms: dict[str, Tensor], what: str, phase: str) -> dict[str, float]:
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLossError(f"non-finite {what} loss in phase '{phase}' ({', '.join(bad)}): {values}")
+        return values
+
+    def train_step(self, batch: dict[str, Tensor], phase: str) -> dict[str, float]:
+        """One generator update then one discriminator update; returns every loss term (g_*, d_*)."""
+        ir = batch["ir"].to(self.device, non_blocking=True)
+        vis = batch["vis"].to(self.device, non_blocking=True)
+        real = {"ir": ir, "vis": vis}
+        adv_weight = getattr(self.cfg.loss, PHASES.get(phase).adv_weight)
+
+        # Generator step: discriminators frozen, judged on the generated images.
+        self.discriminators.requires_grad_(False)
+        with self._autocast():
+            content, fakes = self.generator_step(ir, vis, phase)
+            adv = {f"adv_{m}": self.gan_loss(self.discriminators[m](fakes[m]).float(), True) for m in MODALITIES}
+        g_terms = {**content, **{k: adv_weight * v for k, v in adv.items()}}
+        g_terms["total"] = content["total"] + adv_weight * sum(adv.values())
+        g_values = self._check_finite(g_terms, "generator", phase)
+        self._optimizer_step(g_terms["total"], ["g"], self.cfg.optim.grad_clip_g)
+
+        # Discriminator step: real vs detached generated image, one forward per discriminator.
+        self.discriminators.requires_grad_(True)
+        d_terms = {}
+        with self._autocast():
+            for m in MODALITIES:
+                scores = self.d_train[m](torch.cat([real[m], fakes[m].detach().to(real[m].dtype)])).float()
+                real_scores, fake_scores = scores.chunk(2)
+                d_terms[m] = discriminator_loss(self.gan_loss, real_scores, fake_scores)
+        d_terms["total"] = sum(d_terms.values())
+        d_values = self._check_finite(d_terms, "discriminator", phase)
+        self._optimizer_step(d_terms["total"], [f"d_{m}" for m in MODALITIES], self.cfg.optim.grad_clip_d)
+        self.scaler.update()
+        return {**{f"g_{k}": v for k, v in g_values.items()}, **{f"d_{k}": v for k, v in d_values.items()}}
+
+    # -- validation -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Fuse the validation images; mean fusion metrics (``fusion.metrics``) and fusion loss. Rank 0 only."""
+        self.model.eval()
+        metrics = _metrics_module()
+        if metrics is None:
+            self._warn_once("metrics", "fusion.metrics is not available: validation reports the fusion loss only")
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        self.samples = {}
+        to_grey = lambda x: np.round(np.clip(x * 255.0, 0, 255)).astype(np.float32)  # noqa: E731
+        for i, (stem, ir_np, vis_np) in enumerate(self.val_images):
+            ir = torch.from_numpy(ir_np)[None, None].to(self.device)
+            vis = torch.from_numpy(vis_np)[None, None].to(self.device)
+            with self._autocast():
+                fused = self.model(ir, vis).float()
+            values = {"fusion_loss": float(self.losses.fusion(ir, vis, fused)["total"])}
+            fused_np = fused[0, 0].cpu().numpy()
+            if metrics is not None and min(ir_np.shape) >= metrics.MIN_SIDE:
+                values.update(metrics.evaluate(to_grey(fused_np), to_grey(ir_np), to_grey(vis_np)))
+            for k, v in values.items():
+                sums[k] += float(v)
+                counts[k] += 1
+            if i < self.cfg.num_samples:
+                self.samples[stem] = np.concatenate([ir_np, vis_np, fused_np], axis=1).clip(0, 1)
+        self.model.train()
+        return {k: sums[k] / counts[k] for k in sums}
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            LOGGER.warning(message)
+
+    def _update_best(self) -> bool:
+        """True if this epoch's validation is the best of the fusion epochs so far."""
+        if not PHASES.get(self.phase).fuses or not self.val_metrics:
+            return False
+        metric = self.cfg.best_metric
+        if metric not in self.val_metrics:
+            self._warn_once("best", f"validation metric '{metric}' unavailable; best.pt follows the fusion loss")
+            metric = "fusion_loss"
+        value = self.val_metrics[metric]
+        better = (lambda a, b: a < b) if metric == "fusion_loss" else (lambda a, b: a > b)
+        if self.best["value"] is None or self.best["metric"] != metric or better(value, self.best["value"]):
+            self.best = {"metric": metric, "value": value, "epoch": self.epoch + 1}
+            return True
+        return False
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to resume exactly, and to fuse (``model`` + ``model_config``)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "architecture": ARCHITECTURE,
+            "model_name": self.cfg.model.name,
+            "model_config": self.model.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "discriminators": self.discriminators.state_dict(),
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+            "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch + 1,
+            "phase": self.phase,
+            "global_step": self.global_step,
+            "best": dict(self.best),
+            "history": list(self.history),
+            "cfg": to_dict(self.cfg),
+            "split": self.split,
+            "versions": versions(),
+            "rng": _rng_state(),
+        }
+
+    def save_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    def _resume(self) -> None:
+        last = self.out_dir / "last.pt"
+        if not last.is_file():
+            LOGGER.info("no %s to resume from: starting a new run", last)
+            return
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        given = {**to_dict(self.cfg), "split": self.split}
+        diffs = _config_differences({**state["cfg"], "split": state["split"]}, given)
+        if diffs:
+            raise ConfigError(
+                f"cannot resume {last} with a different configuration (use the same config or a new --out):\n  "
+                + "\n  ".join(diffs)
+            )
+        self.model.load_state_dict(state["model"])
+        self.discriminators.load_state_dict(state["discriminators"])
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        for k, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][k])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = state["epoch"]
+        self.global_step = state["global_step"]
+        self.best = state["best"]
+        self.history = state["history"]
+        self.epoch_losses = self.history[-1]["losses"] if self.history else {}
+        self.val_metrics = self.history[-1]["val"] if self.history else {}
+        _set_rng_state(state["rng"])
+        LOGGER.info("resumed %s after epoch %d", last, self.start_epoch)
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        t0 = time.perf_counter()
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out_dir / "args.yaml", dump_config(self.cfg))
+        self.model.train()
+        self.discriminators.train()
+        self._run_callbacks("on_train_start")
+        for epoch in range(self.start_epoch, self.cfg.total_epochs):
+            self._train_epoch(epoch)
+        self._run_callbacks("on_train_end")
+        best = self.out_dir / "best.pt"
+        return TrainResult(
+            out_dir=self.out_dir,
+            last_checkpoint=self.out_dir / "last.pt",
+            best_checkpoint=best if best.is_file() else None,
+            epochs=self.cfg.total_epochs,
+            final_losses=dict(self.epoch_losses),
+            val_metrics=dict(self.val_metrics),
+            wall_time_s=time.perf_counter() - t0,
+        )
+
+    def _train_epoch(self, epoch: int) -> None:
+        t0 = time.perf_counter()
+        self.epoch = epoch
+        self.phase = self.cfg.phase_at(epoch).name
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        self._run_callbacks("on_epoch_start")
+        sums: dict[str, float] = defaultdict(float)
+        steps = 0
+        for batch in self.loader:
+            self.step_losses = self.train_step(batch, self.phase)
+            self.global_step += 1
+            steps += 1
+            for k, v in self.step_losses.items():
+                sums[k] += v
+            self._run_callbacks("on_step_end")
+        for sched in self.schedulers.values():
+            sched.step()
+        self.epoch_losses = {k: v / max(1, steps) for k, v in sums.items()}
+        if self.dist.is_main:
+            self.val_metrics = self.validate()
+            improved = self._update_best()
+            self.history.append({
+                "epoch": epoch + 1, "phase": self.phase, "losses": self.epoch_losses, "val": self.val_metrics,
+                "lr_g": self.optimizers["g"].param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+            })
+            state = self.checkpoint()
+            self.save_checkpoint(self.out_dir / "last.pt", state)
+            if improved:
+                self.save_checkpoint(self.out_dir / "best.pt", state)
+            atomic_write_json(self.out_dir / "history.json", self.history)
+            LOGGER.info(
+                "epoch %d/%d %s: %s | val %s", epoch + 1, self.cfg.total_epochs, self.phase,
+                ", ".join(f"{k} {v:.4g}" for k, v in self.epoch_losses.items() if k.endswith("total")),
+                ", ".join(f"{k} {v:.4g}" for k, v in self.val_metrics.items()),
+            )
+        self._run_callbacks("on_epoch_end")
+
+
+def train(
+    cfg: FusionTrainConfig,
+    data_root: str | Path,
+    out_dir: str | Path,
+    *,
+    device: str = "cpu",
+    resume: bool = False,
+    tb_writer: Any = None,
+    progress: bool = True,
+    callbacks: dict[str, Sequence[Callback]] | None = None,
+    split: str = "train",
+) -> TrainResult:
+    """Train DAE-Fuse on the pairs under ``data_root``; checkpoints, ``args.yaml``, TensorBoard go to ``out_dir``.
+
+    ``data_root`` is an M3FD-layout root (trained on its ``split``, validated on its "val" split) or a folder of
+    paired subfolders (``cfg.data.ir_dir`` / ``vis_dir`` say which plays which role; part is held out).
+
+    Under ``torchrun`` (WORLD_SIZE/RANK set) this runs DistributedDataParallel, one process per device
+    (``cfg.data.batch_size`` is per process); rank 0 validates, logs and saves. ``resume=True`` continues from
+    ``out_dir/last.pt`` if there is one (and returns at once if that run is complete).
+    """
+    with process_group(device):
+        trainer = Trainer(
+            cfg, data_root, out_dir, device=device, resume=resume, tb_writer=tb_writer, progress=progress,
+            callbacks=callbacks, split=split,
+        )
+        return trainer.fit()
+
+
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[None]:
+    """Under torchrun, join the process group (env://; NCCL for CUDA, gloo for CPU) and leave it afterwards.
+
+    A group the caller already initialised is used as it is and left alone.
+    """
+    ctx = DistContext.from_env()
+    if not ctx.enabled or dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo", init_method="env://")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fusion.train", description="Train DAE-Fuse (two phases).")
+    parser.add_argument("--data", required=True, type=Path, help="M3FD-layout root or a folder with paired subfolders")
+    parser.add_argument("--out", required=True, type=Path, help="run folder: args.yaml, last.pt, best.pt, tensorboard/")
+    parser.add_argument("--preset", choices=PRESETS, default="paper", help="base configuration (default: paper)")
+    parser.add_argument("--config", type=Path, help="YAML file applied on top of the preset")
+    parser.add_argument("--split", default="train", help="M3FD split to train on (default: train)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, help="shortcut for seed=N")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr_g=2e-4 data.batch_size=4")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    try:
+        cfg = load_train_config(args.config, preset=args.preset, overrides=overrides)
+    except ConfigError as err:
+        parser.error(str(err))
+    result = train(
+        cfg, args.data, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
+        split=args.split,
+    )
+    if DistContext.from_env().is_main:
+        print(f"done in {result.wall_time_s:.1f} s: last {result.last_checkpoint}, best {result.best_checkpoint}")
+        print("final losses: " + ", ".join(f"{k} {v:.4g}" for k, v in result.final_losses.items()))
+        if result.val_metrics:
+            print("validation: " + ", ".join(f"{k} {v:.4g}" for k, v in result.val_metrics.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""DAE-Fuse model: shapes at any size, phase gradients, fusion-rule initialisation, losses.
+
+Also holds the small fixtures the trainer and inference tests share (a synthetic M3FD-layout folder, one torch
+thread, the tiny config).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.synthetic import generate_synthetic_m3fd
+from fusion.config import FusionTrainConfig, load_train_config
+from fusion.dae_fuse import (
+    MODELS,
+    DAEFuse,
+    DAEFuseConfig,
+    PatchDiscriminator,
+    build_discriminators,
+    create_model,
+    pad_to_multiple,
+)
+from fusion.losses import GAN_LOSSES, SSIM, FusionLoss, discriminator_loss
+from fusion.train import PHASES, Losses
+
+
+# -- shared fixtures -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine OpenMP barriers can make a
+    48x64 forward hundreds of times slower when another process holds a core."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A 9-pair synthetic dataset in M3FD layout (80x64, colour visible): 3 train, 3 val, 3 test pairs."""
+    root = tmp_path_factory.mktemp("dae") / "m3fd"
+    return generate_synthetic_m3fd(root, num_scenes=3, frames_per_scene=3, size=(80, 64))
+
+
+def tiny_config(*overrides: str) -> FusionTrainConfig:
+    return load_train_config(preset="tiny", overrides=overrides)
+
+
+def _rand_pair(b: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 1, h, w, generator=g), torch.rand(b, 1, h, w, generator=g)
+
+
+# -- model -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(37, 53), (5, 7), (64, 48)])
+def test_any_size_fuses_and_reconstructs_at_that_size(size):
+    model = create_model("dae_fuse_t").eval()
+    ir, vis = _rand_pair(2, *size)
+    with torch.no_grad():
+        fused = model(ir, vis)
+        ir_hat, vis_hat = model.reconstruct(ir, vis)
+    for out in (fused, ir_hat, vis_hat):
+        assert out.shape == (2, 1, *size)
+        assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("token_stride, decoder", [(8, (16, 8)), (32, (16, 16, 8, 8))])
+def test_other_token_strides_build_and_run(token_stride, decoder):
+    model = create_model("dae_fuse_t", token_stride=token_stride, decoder_channels=decoder).eval()
+    ir, vis = _rand_pair(1, 37, 53)
+    with torch.no_grad():
+        assert model(ir, vis).shape == (1, 1, 37, 53)
+
+
+def test_default_variant_on_an_odd_size():
+    model = create_model("dae_fuse_s").eval()
+    ir, vis = _rand_pair(1, 37, 53)
+    with torch.no_grad():
+        assert model(ir, vis).shape == (1, 1, 37, 53)
+
+
+def test_registry_and_config_errors():
+    assert {"dae_fuse_t", "dae_fuse_s", "dae_fuse_b"} <= set(MODELS.names())
+    with pytest.raises(KeyError, match="dae_fuse_s"):
+        create_model("dae_fuse_xl")
+    with pytest.raises(ValueError, match="decoder_channels needs .* = 3 entries"):
+        DAEFuseConfig(decoder_channels=(8, 8))
+    with pytest.raises(ValueError, match="unknown DAEFuseConfig field"):
+        DAEFuseConfig.from_dict({"width": 3})
+    cfg = create_model("dae_fuse_t").cfg
+    assert DAEFuseConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_padding_reflects_and_crops_back():
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)
+    padded, size = pad_to_multiple(x, 4)
+    assert padded.shape == (1, 1, 4, 4) and size == (3, 4)
+    assert torch.equal(padded[..., 3, :], x[..., 1, :])  # reflection of row 1 about row 2
+
+
+def test_fusion_rules_start_as_the_average():
+    """With the cross-attention branches silenced, the merge of the two embeddings is their average, and every
+    skip gate is 0.5: the untrained fusion is the average fusion, a neutral start for phase 2."""
+    model = create_model("dae_fuse_t").eval()
+    ir_f, vis_f = model.encode(*_rand_pair(1, 32, 32))
+    for rule, a, b in zip(model.skip_fusion, ir_f.skips, vis_f.skips):
+        torch.testing.assert_close(rule(a, b), (a + b) / 2)
+    merged = model.fusion.merge(torch.cat([torch.ones(1, 4, 32), 3 * torch.ones(1, 4, 32)], dim=-1))
+    torch.testing.assert_close(merged, 2 * torch.ones(1, 4, 32))
+
+
+def _ones_for_norm_weights(model: DAEFuse) -> None:
+    # timm zero-initialises the last norm of each residual block, which zeroes the gradient of the conv before it
+    # at step 0; give those norms weight 1 so a zero gradient below means "not connected", not "not yet".
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(module.weight)
+
+
+@pytest.mark.parametrize("phase", ["recon", "fuse"])
+def test_gradient_reaches_every_parameter_in_both_phases(phase):
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = create_model("dae_fuse_t")
+    _ones_for_norm_weights(model)
+    discriminators = build_discriminators(channels=4)
+    losses, gan = Losses(cfg), GAN_LOSSES.get("lsgan")
+    ir, vis = _rand_pair(2, 32, 32)
+
+    # Generator step: discriminators frozen; every parameter the phase trains gets a non-zero gradient.
+    discriminators.requires_grad_(False)
+    content, fakes = PHASES.get(phase).generate(model, losses, ir, vis)
+    (content["total"] + sum(gan(discriminators[m](fakes[m]), True) for m in ("ir", "vis"))).backward()
+    trained = {id(p) for p in model.phase_parameters(phase)}
+    for name, p in model.named_parameters():
+        if id(p) in trained:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{phase}: no gradient at {name}"
+        else:
+            assert p.grad is None, f"{phase}: {name} is not trained in this phase but got a gradient"
+    assert all(p.grad is None for p in discriminators.parameters())
+
+    # Discriminator step: every discriminator parameter gets a gradient from real vs detached fake.
+    discriminators.requires_grad_(True)
+    real = {"ir": ir, "vis": vis}
+    sum(
+        discriminator_loss(gan, discriminators[m](real[m]), discriminators[m](fakes[m].detach())) for m in ("ir", "vis")
+    ).backward()
+    for name, p in discriminators.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{phase}: no gradient at discriminator {name}"
+
+
+def test_phase_two_trains_every_generator_parameter():
+    model = create_model("dae_fuse_t")
+    assert len(model.phase_parameters("fuse")) == len(list(model.parameters()))
+    assert len(model.phase_parameters("recon")) < len(model.phase_parameters("fuse"))
+
+
+def test_discriminator_output_is_a_patch_map():
+    d = PatchDiscriminator(channels=8, num_layers=3)
+    assert d(torch.rand(2, 1, 64, 48)).shape == (2, 1, 8, 6)
+
+
+# -- losses ----------------------------------------------------------------------------------------------------
+
+
+def test_ssim_is_one_for_identical_images_and_lower_otherwise():
+    x, y = _rand_pair(2, 40, 40)
+    ssim = SSIM()
+    assert float(ssim(x, x)) == pytest.approx(1.0, abs=1e-5)
+    assert float(ssim(x, y)) < 0.2
+
+
+def test_fusion_loss_prefers_the_max_to_the_mean():
+    """The fusion objective (CDDFuse) rewards keeping the brighter source: a warm IR target on a flat visible
+    background must not be averaged away."""
+    ir = torch.zeros(1, 1, 32, 32)
+    ir[..., 10:20, 10:20] = 1.0
+    vis = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.3
+    loss = FusionLoss(1.0, 10.0)
+    assert float(loss(ir, vis, torch.maximum(ir, vis))["intensity"]) == 0.0
+    assert float(loss(ir, vis, torch.maximum(ir, vis))["total"]) < float(loss(ir, vis, (ir + vis) / 2)["total"])

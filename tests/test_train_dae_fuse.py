@@ -1,0 +1,254 @@
+"""DAE-Fuse trainer: configuration as data, tiny runs, exact resume, the non-finite guard, DDP with world size 1."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+
+from data.io import read_ir, read_visible
+from data.m3fd import load_m3fd
+from fusion.config import (
+    CONFIG_DIR,
+    PRESETS,
+    ConfigError,
+    FusionTrainConfig,
+    PhaseConfig,
+    dump_config,
+    load_train_config,
+)
+from fusion.data import PairedCropDataset, resolve_training_pairs, split_validation
+from fusion.fuse import load_fuser_checkpoint
+from fusion.train import NonFiniteLossError, Trainer, main, train
+from tests.conftest import shared_path
+from tests.test_dae_fuse import one_torch_thread, synthetic_root, tiny_config  # noqa: F401  (fixtures)
+
+
+# -- configuration ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", [*PRESETS, "mri_ct"])
+def test_config_round_trip(tmp_path, source):
+    """YAML -> dataclass -> YAML -> dataclass gives the same config and the same text (args.yaml reloads)."""
+    if source in PRESETS:
+        cfg = load_train_config(preset=source)
+    else:
+        cfg = load_train_config(CONFIG_DIR / f"{source}.yaml", preset="quick")
+    text = dump_config(cfg)
+    (tmp_path / "args.yaml").write_text(text)
+    again = load_train_config(tmp_path / "args.yaml")
+    assert again == cfg
+    assert dump_config(again) == text
+
+
+def test_paper_preset_documents_the_defaults():
+    """paper.yaml lists every key with its source; it must say exactly what the dataclass defaults are."""
+    assert load_train_config(preset="paper") == FusionTrainConfig()
+    documented = yaml.safe_load((CONFIG_DIR / "paper.yaml").read_text())
+    assert set(documented) == set(yaml.safe_load(dump_config(FusionTrainConfig())))
+
+
+def test_overrides_are_typed_and_checked():
+    cfg = load_train_config(
+        preset="tiny",
+        overrides=[
+            "optim.lr_g=2e-4", "data.batch_size=3", "phases=[{name: fuse, epochs: 3}]", "model.args.vit_depth=2"
+        ],
+    )
+    assert cfg.optim.lr_g == 2e-4 and cfg.data.batch_size == 3
+    assert cfg.phases == (PhaseConfig("fuse", 3),)
+    assert cfg.model.args == {"vit_depth": 2} and cfg.model.name == "dae_fuse_t"
+    with pytest.raises(ConfigError, match="data.batch_size: expected an integer"):
+        load_train_config(preset="tiny", overrides=["data.batch_size=many"])
+    with pytest.raises(ConfigError, match="unknown key.*lr.*known: lr_g"):
+        load_train_config(preset="tiny", overrides=["optim.lr=1"])
+    with pytest.raises(ConfigError, match="not key=value"):
+        load_train_config(overrides=["seed"])
+
+
+# -- data ------------------------------------------------------------------------------------------------------
+
+
+def test_m3fd_root_trains_on_its_train_split():
+    root = shared_path("m3fd_sample")
+    train_pairs, val_pairs = resolve_training_pairs(root, tiny_config().data)
+    m3fd = load_m3fd(root)
+    assert [p.stem for p in train_pairs] == [p.stem for p in m3fd.pairs("train")]
+    assert [p.stem for p in val_pairs] == [p.stem for p in m3fd.pairs("val")]
+
+
+def test_split_selects_the_m3fd_split_and_paired_folders_have_none(synthetic_root):
+    m3fd = load_m3fd(synthetic_root)
+    train_pairs, val_pairs = resolve_training_pairs(synthetic_root, tiny_config().data, split="test")
+    assert train_pairs == m3fd.pairs("test") and val_pairs == m3fd.pairs("val")
+    cfg = tiny_config("data.ir_dir=Ir", "data.vis_dir=Vis")  # the same folder read as plain paired folders
+    assert len(sum(resolve_training_pairs(synthetic_root, cfg.data), [])) == len(m3fd.pairs())
+    with pytest.raises(ValueError, match="without splits"):
+        resolve_training_pairs(synthetic_root, cfg.data, split="test")
+
+
+def test_medical_roles_are_configuration():
+    root = shared_path("fusion_benchmarks", "MRI_CT")
+    cfg = load_train_config(CONFIG_DIR / "mri_ct.yaml", preset="tiny")
+    train_pairs, val_pairs = resolve_training_pairs(root, cfg.data)
+    assert all(p.ir.parent.name == "CT" and p.vis.parent.name == "MRI" for p in train_pairs + val_pairs)
+    assert len(val_pairs) == 3 and not {p.stem for p in train_pairs} & {p.stem for p in val_pairs}
+
+
+def test_validation_split_is_deterministic_and_disjoint(synthetic_root):
+    pairs = load_m3fd(synthetic_root).pairs()
+    train_a, val_a = split_validation(pairs, 0.25)
+    train_b, val_b = split_validation(pairs, 0.25)
+    assert val_a == val_b and len(val_a) == 2 and len(train_a) + len(val_a) == len(pairs)
+    assert split_validation(pairs[:1], 0.25) == (pairs[:1], pairs[:1])
+
+
+def test_crops_are_paired_and_reproducible(synthetic_root):
+    pairs = load_m3fd(synthetic_root).pairs("train")
+    ds = PairedCropDataset(pairs, crop_size=24, crops_per_image=2, hflip=True, vflip=True, seed=3)
+    first = ds[1]
+    assert first["ir"].shape == first["vis"].shape == (1, 24, 24)
+    again = ds[1]
+    assert torch.equal(first["ir"], again["ir"]) and torch.equal(first["vis"], again["vis"])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1]["ir"], first["ir"])
+    # The same window of both images: locate the IR crop in the full IR image and compare the visible crop there.
+    ds.set_epoch(0)
+    ir_full = read_ir(pairs[1].ir).astype(np.float32) / 255
+    vis_full = read_visible(pairs[1].vis)[0] / 255
+    crop_ir, crop_vis = first["ir"][0].numpy(), first["vis"][0].numpy()
+    found = False
+    for flip_v in (False, True):
+        for flip_h in (False, True):
+            ir_img = ir_full[::-1 if flip_v else 1, ::-1 if flip_h else 1]
+            vis_img = vis_full[::-1 if flip_v else 1, ::-1 if flip_h else 1]
+            for y in range(ir_img.shape[0] - 23):
+                for x in range(ir_img.shape[1] - 23):
+                    if np.array_equal(ir_img[y : y + 24, x : x + 24], crop_ir):
+                        found = found or np.allclose(vis_img[y : y + 24, x : x + 24], crop_vis, atol=1e-6)
+    assert found
+
+
+# -- training runs ---------------------------------------------------------------------------------------------
+
+
+def test_cli_trains_with_preset_seed_and_overrides(tmp_path, synthetic_root, capsys):
+    out = tmp_path / "cli"
+    assert main(["--data", str(synthetic_root), "--out", str(out), "--preset", "tiny", "--seed", "3", "--no-progress",
+                 "phases=[{name: fuse, epochs: 1}]"]) == 0
+    saved = load_train_config(out / "args.yaml")
+    assert saved.seed == 3 and saved.phases == (PhaseConfig("fuse", 1),) and saved.model.name == "dae_fuse_t"
+    assert "last" in capsys.readouterr().out and (out / "best.pt").is_file()
+
+
+def test_unknown_phase_is_refused_before_training(tmp_path, synthetic_root):
+    with pytest.raises(ConfigError, match="unknown phase.*warmup.*known: recon, fuse"):
+        train(tiny_config("phases=[{name: warmup, epochs: 1}]"), synthetic_root, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    out = {f"model.{k}": v for k, v in state["model"].items()}
+    out.update({f"d.{k}": v for k, v in state["discriminators"].items()})
+    for name, opt in state["optimizers"].items():
+        for idx, s in opt["state"].items():
+            out.update({f"opt.{name}.{idx}.{k}": v for k, v in s.items() if torch.is_tensor(v)})
+    return out
+
+
+def test_tiny_run_fuses(tmp_path, synthetic_root):
+    result = train(tiny_config(), synthetic_root, tmp_path / "run", progress=False)
+    assert result.last_checkpoint.is_file() and result.best_checkpoint is not None and result.best_checkpoint.is_file()
+    assert load_train_config(tmp_path / "run" / "args.yaml") == tiny_config()
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert set(result.final_losses) >= {"g_total", "g_intensity", "g_grad", "g_adv_ir", "g_adv_vis", "d_total"}
+    assert {"Qabf", "VIF", "fusion_loss"} <= set(result.val_metrics)
+    state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
+    assert state["epoch"] == 2 and state["phase"] == "fuse" and state["architecture"] == "dae_fuse"
+    assert {"model", "discriminators", "optimizers", "schedulers", "scaler", "cfg", "versions", "rng"} <= set(state)
+
+    pair = load_m3fd(synthetic_root).pairs("test")[0]
+    ir = read_ir(pair.ir).astype(np.float32)
+    vis, _ = read_visible(pair.vis)
+    fused = load_fuser_checkpoint(result.best_checkpoint).fuse_luma(ir, vis)
+    assert fused.shape == ir.shape and fused.dtype == np.float32
+    assert np.isfinite(fused).all() and fused.min() >= 0 and fused.max() <= 255
+    assert np.abs(fused - ir).mean() > 1 and np.abs(fused - vis).mean() > 1
+
+
+def test_resume_continues_exactly(tmp_path, synthetic_root):
+    """A run killed in the middle of epoch 2 and resumed ends with the same parameters, discriminators and
+    optimiser states, bit for bit, as the run that was never interrupted."""
+    cfg = tiny_config("phases=[{name: recon, epochs: 1}, {name: fuse, epochs: 2}]")
+    whole = train(cfg, synthetic_root, tmp_path / "whole", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_mid_epoch_two(trainer: Trainer) -> None:
+        if trainer.epoch == 1 and trainer.global_step == len(trainer.loader) + 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, synthetic_root, tmp_path / "cut", progress=False, callbacks={"on_step_end": [kill_mid_epoch_two]})
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 1
+    resumed = train(cfg, synthetic_root, tmp_path / "cut", progress=False, resume=True)
+
+    a, b = _params(whole.last_checkpoint), _params(resumed.last_checkpoint)
+    assert a.keys() == b.keys()
+    assert not [k for k in a if not torch.equal(a[k], b[k])]
+    assert resumed.final_losses == whole.final_losses
+    # A finished run resumes to itself without training.
+    again = train(cfg, synthetic_root, tmp_path / "cut", progress=False, resume=True)
+    assert again.final_losses == whole.final_losses
+
+
+def test_resume_refuses_another_config(tmp_path, synthetic_root):
+    cfg = tiny_config("phases=[{name: fuse, epochs: 1}]")
+    train(cfg, synthetic_root, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="optim.lr_g"):
+        train(tiny_config("phases=[{name: fuse, epochs: 1}]", "optim.lr_g=0.5"), synthetic_root, tmp_path / "run",
+              progress=False, resume=True)
+
+
+def test_non_finite_loss_stops_without_a_checkpoint(tmp_path, synthetic_root):
+    cfg = tiny_config("loss.fuse_intensity=.nan")
+    with pytest.raises(NonFiniteLossError, match=r"phase 'fuse' \(intensity, total\).*'intensity': nan"):
+        train(cfg, synthetic_root, tmp_path / "run", progress=False)
+    # Phase 1 finished and was saved; nothing of the failed fusion step was.
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["epoch"] == 1
+    assert not (tmp_path / "run" / "best.pt").exists()
+    assert not list((tmp_path / "run").glob(".*tmp*"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_world_size_one_matches_a_plain_run(tmp_path, synthetic_root, monkeypatch):
+    """The torchrun path (env:// process group, gloo on CPU, DistributedDataParallel, DistributedSampler) with one
+    process trains the same model as the plain path."""
+    cfg = tiny_config("phases=[{name: recon, epochs: 1}, {name: fuse, epochs: 1}]")
+    plain = train(cfg, synthetic_root, tmp_path / "plain", progress=False)
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "LOCAL_RANK": "0",
+                       "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(key, value)
+    wrapped = []
+
+    def record_wrapping(trainer) -> None:
+        wrapped.append(isinstance(trainer.generator_step, DistributedDataParallel))
+
+    ddp = train(cfg, synthetic_root, tmp_path / "ddp", progress=False, callbacks={"on_train_start": [record_wrapping]})
+    assert wrapped == [True]
+    assert not dist.is_initialized()  # the group train() opened is closed again
+    a, b = _params(plain.last_checkpoint), _params(ddp.last_checkpoint)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
