@@ -212,8 +212,9 @@ def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageS
 
         shutil.rmtree(fused_dir)
     os.replace(partial, fused_dir)
+    seconds = list(timing["per_image"].values())  # images fused now (a resumed folder kept the others)
     output = {"dir": str(fused_dir), "n_images": len(pairs),
-              "seconds_per_image": timing.get("seconds_per_image")}
+              "seconds_per_image": float(np.mean(seconds)) if seconds else None}
     store.put(candidate.name, "fuse", key, output)
     return {**output, "key": key, "cached": False}
 
@@ -319,9 +320,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             progress.stage(k, cand.name, "fusion metrics")
             cand.record["metrics"] = stage_metrics(cfg, cand, dataset, fused, store)["mean"]
             progress.stage(k, cand.name, "exporting detection dataset")
-            images = {i: Path(fused["dir"]) / f"{i}.png" for i in dataset.splits[cfg.train_split] + eval_ids}
-            yolo = export_yolo_dataset(images, dataset.annotations(), {cfg.train_split: dataset.splits[cfg.train_split],
-                                                                       cfg.eval_split: eval_ids},
+            splits = {cfg.train_split: dataset.splits[cfg.train_split], cfg.eval_split: eval_ids}
+            used = [i for ids in splits.values() for i in ids]
+            yolo = export_yolo_dataset({i: Path(fused["dir"]) / f"{i}.png" for i in used},
+                                       {i: dataset.annotation(i) for i in used}, splits,
                                        cfg.out / "cache" / "yolo" / fused["key"][:16], eval_split=cfg.eval_split)
             cand.record["detection_runs"] = {}
             for seed in seeds:

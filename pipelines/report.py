@@ -128,7 +128,7 @@ def table_rows(records: list[dict[str, Any]], pm: bool = True) -> list[dict[str,
             **{m: _fmt(fusion.get(m), digits=3) for m in FUSION_METRICS},
             "fuse ms/img": "-" if r.get("fuse_seconds_per_image") is None
             else f"{1000 * r['fuse_seconds_per_image']:.1f}",
-            "status": "ok" if not r.get("error") else f"FAILED: {r['error']}",
+            "status": "ok" if not r.get("error") else "FAILED (see below)",
         }
         rows.append(row)
     return rows
@@ -179,8 +179,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         srows = [{"scenario": s, "images": str(v["n_images"]), "boxes": str(v["n_boxes"])} for s, v in scen.items()]
         out.write(markdown_table(["scenario", "images", "boxes"], srows) + "\n\n")
     failed = [r for r in records if r.get("error")]
+    if failed:
+        out.write("## Failed candidates\n\n")
     for r in failed:
-        out.write(f"- `{r['name']}` failed: {r['error']}\n")
+        out.write(f"- `{r['name']}`: " + r["error"].replace("\n", "\n  ") + "\n")
     return out.getvalue()
 
 

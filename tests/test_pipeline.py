@@ -1,0 +1,145 @@
+"""The whole pipeline on tiny synthetic data: table, JSON, CSV, plots, TensorBoard, cache hits, resume, failures."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import pipelines.m3fd as m3fd
+from data.types import CLASS_NAMES
+from fusion.train import train
+from pipelines.m3fd import PipelineConfig, run_pipeline
+from tests.test_dae_fuse import synthetic_root, tiny_config  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_m3fd_root():
+    """The default data must be the built-in synthetic scenes, whatever the developer's environment says."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("M3FD_ROOT", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, synthetic_root) -> Path:
+    out = tmp_path_factory.mktemp("ckpt")
+    return train(tiny_config("phases=[{name: fuse, epochs: 1}]"), synthetic_root, out, progress=False).last_checkpoint
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_checkpoint):
+    root = tmp_path_factory.mktemp("pipeline")
+    broken = root / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    cfg = PipelineConfig(out=root / "out", checkpoints=[tiny_checkpoint, broken], baselines=["ir", "vis"],
+                         preset="tiny", progress=False)
+    return cfg, run_pipeline(cfg)
+
+
+def test_rows_columns_and_failed_candidate(first_run):
+    cfg, results = first_run
+    rows = {r["name"]: r for r in results["candidates"]}
+    assert set(rows) == {"ir", "vis", "last", "broken"}
+    assert "checkpoint rejected" in rows["broken"]["error"] and rows["broken"]["detection"] is None
+    for name in ("ir", "vis", "last"):
+        det = rows[name]["detection"]
+        assert rows[name]["error"] is None, rows[name]["error"]
+        assert 0.0 <= det["map50"]["mean"] <= 1.0 and det["seeds"] == [0]
+        assert set(det["ap50"]) == set(CLASS_NAMES)
+        assert set(rows[name]["fusion"]) == {"EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM"}
+        assert rows[name]["gain_map50"] is not None and rows[name]["fuse_seconds_per_image"] > 0
+    assert results["candidates"][-1]["name"] == "broken"  # failed rows sort last
+
+    md = (cfg.out / "results.md").read_text()
+    assert "SYNTHETIC DATA" in md
+    header = next(line for line in md.splitlines() if line.startswith("| rank"))
+    for column in ("candidate", "mAP@50", "gain vs best single", "mAP@50:95", "AP50 People", "AP50 Truck",
+                   "EN", "VIF", "Qabf", "SSIM", "fuse ms/img"):
+        assert f"| {column} |" in header
+    table_rows = [line for line in md.splitlines() if line.startswith("| ") and line.split("|")[2].strip() in rows]
+    assert len(table_rows) == 4
+    assert "## Failed candidates" in md and "broken" in md.split("## Failed candidates")[1]
+
+    with (cfg.out / "results.csv").open() as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [r["candidate"] for r in csv_rows][-1] == "broken" and len(csv_rows) == 4
+
+
+def test_results_json_records_config_versions_split_and_timings(first_run):
+    cfg, results = first_run
+    stored = json.loads((cfg.out / "results.json").read_text())
+    assert stored["config"]["preset"] == "tiny" and stored["config"]["seeds"] == [0]
+    assert stored["config"]["detection"]["epochs"] > 0
+    assert {"torch", "ultralytics", "numpy"} <= set(stored["versions"])
+    assert stored["data"]["synthetic"] is True and stored["data"]["split"]["method"]
+    assert Path(stored["data"]["split"]["file"]).is_file()
+    assert stored["wall_time_s"] > 0
+    assert {s["metric"] for s in stored["spearman"]} <= {"EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "AG"}
+    assert stored["spearman"], "three successful candidates give a Spearman table"
+
+
+def test_plots_and_tensorboard(first_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, results = first_run
+    for name in ("map50_vs_fusion_metrics.png", "fused_scenes.png"):
+        image = cv2.imread(str(cfg.out / "plots" / name))
+        assert image is not None and image.shape[0] > 50
+    for name in ("ir", "vis", "last"):
+        events = EventAccumulator(str(cfg.out / "tb" / name)).Reload()
+        scalars = events.Tags()["scalars"]
+        assert any(t.startswith(f"detect/{name}/seed0/") for t in scalars), scalars
+        assert any(t.startswith("fused/") for t in events.Tags()["images"])
+    hparams = list((cfg.out / "tb" / "ir").rglob("events.out.tfevents.*"))
+    assert hparams
+
+
+def test_second_run_is_all_cache_hits(first_run, monkeypatch):
+    cfg, results = first_run
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("finished work was redone")
+
+    monkeypatch.setattr("fusion.fuse.fuse_folder", must_not_run)
+    monkeypatch.setattr("detection.train.train_and_evaluate", must_not_run)
+    again = run_pipeline(cfg)
+    before = {r["name"]: r["detection"] for r in results["candidates"]}
+    after = {r["name"]: r["detection"] for r in again["candidates"]}
+    assert before == after
+    assert [r["error"] for r in again["candidates"] if r["name"] != "broken"] == [None, None, None]
+
+
+def test_interrupted_run_resumes_without_redoing_finished_work(tmp_path, monkeypatch):
+    cfg = PipelineConfig(out=tmp_path / "out", baselines=["ir", "vis"], preset="tiny", progress=False)
+    real_job = m3fd.detect_job
+    calls: list[str] = []
+
+    def interrupted_after_one(job):
+        if calls:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C during the second detector run
+        calls.append(job["candidate"])
+        return real_job(job)
+
+    monkeypatch.setattr(m3fd, "detect_job", interrupted_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg)
+    assert not (cfg.out / "results.json").exists()
+
+    rerun: list[str] = []
+
+    def counting(job):
+        rerun.append(job["candidate"])
+        return real_job(job)
+
+    monkeypatch.setattr(m3fd, "detect_job", counting)
+    results = run_pipeline(cfg)
+    names = {r["name"] for r in results["candidates"]}
+    assert names == {"ir", "vis", "dae_fuse_tiny"}  # no --checkpoints: one DAE-Fuse was trained on the spot
+    assert calls[0] not in rerun and len(rerun) == 2
+    assert all(r["error"] is None and r["detection"] for r in results["candidates"])
+    grid = cv2.imread(str(cfg.out / "plots" / "fused_scenes.png"))
+    assert grid is not None and np.asarray(grid).std() > 0
