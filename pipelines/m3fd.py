@@ -72,6 +72,7 @@ class Candidate:
     checkpoint: Path | None = None
     error: str | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    fuser: Any = None                  # the loaded fuser, kept from validation so it is built once
 
 
 def load_pipeline_preset(name: str) -> dict[str, Any]:
@@ -82,15 +83,19 @@ def load_pipeline_preset(name: str) -> dict[str, Any]:
 
 
 class Progress:
-    """The overall line: candidate k of n, stage, elapsed and ETA (from the mean time of finished candidates)."""
+    """The overall line of one phase: item k of n, what is happening, elapsed time and ETA for the phase.
 
-    def __init__(self, total: int):
-        self.total, self.done, self.start = total, 0, time.time()
+    The ETA is the mean time of the finished items times the items left (two phases: preparing candidates, which
+    is fusing and scoring, then detector runs, which dominate on CPU).
+    """
+
+    def __init__(self, unit: str, total: int):
+        self.unit, self.total, self.done, self.start = unit, total, 0, time.time()
 
     def stage(self, k: int, name: str, stage: str) -> None:
         elapsed = time.time() - self.start
         eta = "?" if self.done == 0 else f"{elapsed / self.done * (self.total - self.done):.0f}s"
-        print(f"[candidate {k}/{self.total}] {name}: {stage}  (elapsed {elapsed:.0f}s, ETA {eta})", flush=True)
+        print(f"[{self.unit} {k}/{self.total}] {name}: {stage}  (elapsed {elapsed:.0f}s, ETA {eta})", flush=True)
 
     def finished(self) -> None:
         self.done += 1
@@ -131,7 +136,7 @@ def resolve_dataset(cfg: PipelineConfig, synthetic_params: dict[str, Any]):
 def build_candidates(cfg: PipelineConfig) -> list[Candidate]:
     """Baselines (IR-only and visible-only always included: every gain is measured against them) and checkpoints.
 
-    Each checkpoint is loaded once here, so a missing, corrupt or wrong-architecture file is reported before any
+    Each checkpoint is loaded here, so a missing, corrupt or wrong-architecture file is reported before any
     heavy work; it then stays in the table as a failed row while the others run.
     """
     from fusion.fuse import load_fuser_checkpoint
@@ -150,7 +155,7 @@ def build_candidates(cfg: PipelineConfig) -> list[Candidate]:
         seen.add(name)
         candidate = Candidate(name=name, kind="checkpoint", checkpoint=path.resolve())
         try:
-            load_fuser_checkpoint(path, device="cpu")
+            candidate.fuser = load_fuser_checkpoint(path, device=cfg.device)
         except Exception as err:  # noqa: BLE001 - any load failure makes this row fail, not the run
             candidate.error = f"checkpoint rejected: {err}"
             print(f"WARNING: {path}: {candidate.error}", flush=True)
@@ -186,11 +191,13 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Sta
 
 
 def make_fuser(candidate: Candidate, device: str):
+    """The candidate's fuser, built on first use and kept (a checkpoint's is already built by validation)."""
     from fusion.fusers import create_fuser
 
-    if candidate.kind == "baseline":
-        return create_fuser(candidate.baseline)
-    return create_fuser("dae_fuse", checkpoint=candidate.checkpoint, device=device)
+    if candidate.fuser is None:
+        candidate.fuser = (create_fuser(candidate.baseline) if candidate.kind == "baseline"
+                           else create_fuser("dae_fuse", checkpoint=candidate.checkpoint, device=device))
+    return candidate.fuser
 
 
 def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageStore) -> dict[str, Any]:
@@ -302,7 +309,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     scenario_ids = {s: sorted(v) for s, v in dataset.scenario_ids(cfg.eval_split).items() if v}
     eval_annotations = dataset.annotations(cfg.eval_split)
     scenario_boxes = {s: sum(len(eval_annotations[i].boxes) for i in ids) for s, ids in scenario_ids.items()}
-    progress = Progress(len(candidates))
+    progress = Progress("candidate", len(candidates))
     pending_jobs: list[tuple[Candidate, dict[str, Any]]] = []
 
     # 2. Per candidate: (train) -> fuse -> metrics -> export; detector runs are queued (they may run concurrently).
@@ -362,14 +369,15 @@ def run_detector_jobs(pending: list[tuple[Candidate, dict[str, Any]]], jobs: int
         store.put(cand.name, f"detect_seed{job['seed']}", job["key"], result)
         cand.record["detection_runs"][job["seed"]] = result
 
-    total = len(pending)
-    if jobs <= 1 or total <= 1:
+    progress = Progress("detector", len(pending))
+    if jobs <= 1 or len(pending) <= 1:
         for i, (cand, job) in enumerate(pending, start=1):
-            print(f"[detector {i}/{total}] {cand.name} seed {job['seed']}", flush=True)
+            progress.stage(i, cand.name, f"training and evaluating, seed {job['seed']}")
             try:
                 finish(cand, job, detect_job(job), None)
             except Exception as err:  # noqa: BLE001
                 finish(cand, job, None, err)
+            progress.finished()
         return
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = [(cand, job, pool.submit(detect_job, job)) for cand, job in pending]
@@ -378,7 +386,8 @@ def run_detector_jobs(pending: list[tuple[Candidate, dict[str, Any]]], jobs: int
                 finish(cand, job, future.result(), None)
             except Exception as err:  # noqa: BLE001
                 finish(cand, job, None, err)
-            print(f"[detector {i}/{total}] {cand.name} seed {job['seed']} done", flush=True)
+            progress.finished()
+            progress.stage(i, cand.name, f"seed {job['seed']} done ({jobs} at a time)")
 
 
 def versions() -> dict[str, str]:

@@ -89,6 +89,41 @@ def spearman_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+# Below this mAP@50 for every candidate the detectors learned nothing, and no ranking can be read from the table.
+MIN_INFORMATIVE_MAP50 = 0.01
+
+
+def verdict(records: list[dict[str, Any]], best_single: float | None) -> str:
+    """The one-paragraph answer: which fusions beat the better single modality, and how far to trust it.
+
+    A gain no larger than the seed spread of the two rows compared is called out as within seed noise; a table in
+    which no detector learned anything is called inconclusive instead of "no fusion helps".
+    """
+    if best_single is None:
+        return "No single-modality detector finished, so no fusion can be judged."
+    values = [_map50(r) for r in records if _map50(r) is not None]
+    if max(values) < MIN_INFORMATIVE_MAP50:
+        return (f"Inconclusive: every detector stayed below mAP@50 {MIN_INFORMATIVE_MAP50} (it learned nothing), so "
+                "this table cannot rank the inputs. Use more images and a longer schedule (e.g. the `standard` "
+                "preset on a GPU with the full M3FD).")
+    reference = max((r for r in records if r.get("baseline") in SINGLE_MODALITY and _map50(r) is not None),
+                    key=_map50)
+    text = f"Better single modality: `{reference['name']}`, mAP@50 {best_single:.3f}. "
+    winners = []
+    for r in records:
+        gain = r.get("gain_map50")
+        if r.get("baseline") in SINGLE_MODALITY or gain is None or gain <= 0:
+            continue
+        spread = max(r["detection"]["map50"]["std"], reference["detection"]["map50"]["std"])
+        n_seeds = min(r["detection"]["map50"]["n"], reference["detection"]["map50"]["n"])
+        note = (" (one seed: no spread known)" if n_seeds < 2
+                else " (within seed noise)" if gain <= spread else "")
+        winners.append(f"`{r['name']}` {gain:+.3f}{note}")
+    if not winners:
+        return text + "No fusion beats it on this data: none earns its keep here."
+    return text + "Fusions that beat it: " + ", ".join(winners) + "."
+
+
 def _fmt(stat: dict | float | None, digits: int = 3, pm: bool = True) -> str:
     if stat is None:
         return "-"
@@ -162,12 +197,7 @@ def render_markdown(results: dict[str, Any]) -> str:
               "(MI, SCD, VIF, SSIM summed over both sources; MI in nats)\n\n")
     rows = table_rows(records)
     out.write(markdown_table(table_columns(records), rows) + "\n\n")
-    best_single = results.get("best_single_map50")
-    if best_single is not None:
-        winners = [r["name"] for r in records if (r.get("gain_map50") or 0) > 0 and r.get("baseline") not in SINGLE_MODALITY]
-        out.write(f"Better single modality: mAP@50 {best_single:.3f}. ")
-        out.write(("Fusions that beat it: " + ", ".join(f"`{w}`" for w in winners) + ".\n\n") if winners
-                  else "No fusion beats it on this data: none earns its keep here.\n\n")
+    out.write(verdict(records, results.get("best_single_map50")) + "\n\n")
     if results.get("spearman"):
         out.write("## Which fusion metric predicts detector utility (Spearman ρ with mAP@50 across candidates)\n\n")
         srows = [{"metric": s["metric"], "rho": "-" if s["rho"] is None else f"{s['rho']:+.2f}",

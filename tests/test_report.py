@@ -83,3 +83,20 @@ def test_scene_grid_shape():
     colour = np.zeros((40, 80, 3), np.uint8)
     grid = report.scene_grid({"a": [grey, colour], "b": [colour, grey]}, tile_width=64)
     assert grid.ndim == 3 and grid.shape[0] == 2 * (32 + 2) and grid.shape[1] >= 150 + 2 * 66
+
+
+def test_verdict_names_winners_noise_and_inconclusive_tables():
+    records = [_record("ir", [0.70, 0.72], "ir"), _record("vis", [0.50, 0.52], "vis"),
+               _record("dae", [0.80, 0.84], None), _record("meh", [0.715, 0.725], None),
+               _record("bad", [0.1, 0.1], None)]
+    best = report.add_gains(records)
+    text = report.verdict(records, best)
+    assert "`ir`, mAP@50 0.710" in text
+    assert "`dae` +0.110" in text and "`dae` +0.110 (" not in text
+    assert "`meh` +0.010 (within seed noise)" in text and "bad" not in text
+    single_seed = [_record("ir", [0.7], "ir"), _record("vis", [0.5], "vis"), _record("f", [0.75], None)]
+    assert "(one seed: no spread known)" in report.verdict(single_seed, report.add_gains(single_seed))
+    losers = [_record("ir", [0.7], "ir"), _record("vis", [0.5], "vis"), _record("f", [0.6], None)]
+    assert "none earns its keep" in report.verdict(losers, report.add_gains(losers))
+    nothing = [_record("ir", [0.0], "ir"), _record("vis", [0.0], "vis"), _record("f", [0.004], None)]
+    assert report.verdict(nothing, report.add_gains(nothing)).startswith("Inconclusive")
