@@ -75,6 +75,16 @@ class Candidate:
     fuser: Any = None                  # the loaded fuser, kept from validation so it is built once
 
 
+def torch_device(device: str) -> str:
+    """The torch device for fusing and fusion training from the pipeline's Ultralytics-style ``--device``.
+
+    Ultralytics names GPUs by index ("0", "0,1"); torch wants "cuda:0". With several GPUs the detectors use all
+    of them (Ultralytics' DDP) and fusion runs on the first (multi-GPU fusion training goes through torchrun).
+    """
+    first = device.split(",")[0].strip()
+    return f"cuda:{first}" if first.isdigit() else first
+
+
 def load_pipeline_preset(name: str) -> dict[str, Any]:
     presets = yaml.safe_load(PRESETS_FILE.read_text())
     if name not in presets:
@@ -155,7 +165,7 @@ def build_candidates(cfg: PipelineConfig) -> list[Candidate]:
         seen.add(name)
         candidate = Candidate(name=name, kind="checkpoint", checkpoint=path.resolve())
         try:
-            candidate.fuser = load_fuser_checkpoint(path, device=cfg.device)
+            candidate.fuser = load_fuser_checkpoint(path, device=torch_device(cfg.device))
         except Exception as err:  # noqa: BLE001 - any load failure makes this row fail, not the run
             candidate.error = f"checkpoint rejected: {err}"
             print(f"WARNING: {path}: {candidate.error}", flush=True)
@@ -170,7 +180,7 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Sta
 
     fusion_cfg = load_train_config(preset=preset_name)
     ids = sorted(dataset.splits[cfg.train_split])
-    key = content_key("dae_fuse_train", asdict(fusion_cfg), str(dataset.root), ids, cfg.device)
+    key = content_key("dae_fuse_train", asdict(fusion_cfg), str(dataset.root), ids, torch_device(cfg.device))
     stored = store.get("_fusion_training", "train", key)
     if stored and Path(stored["checkpoint"]).is_file():
         return Path(stored["checkpoint"])
@@ -179,7 +189,7 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Sta
 
     writer = SummaryWriter(str(cfg.out / "tb" / "fusion_training"))
     try:
-        result = train(fusion_cfg, dataset.root, run_dir, device=cfg.device,
+        result = train(fusion_cfg, dataset.root, run_dir, device=torch_device(cfg.device),
                        resume=(run_dir / "last.pt").is_file(), tb_writer=writer, progress=cfg.progress,
                        split=cfg.train_split)
     finally:
@@ -204,7 +214,7 @@ def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageS
     """Fuse every pair of the train and eval splits into a content-keyed cache folder."""
     from fusion.fuse import fuse_folder
 
-    fuser = make_fuser(candidate, cfg.device)
+    fuser = make_fuser(candidate, torch_device(cfg.device))
     ids = sorted(set(dataset.splits[cfg.train_split]) | set(dataset.splits[cfg.eval_split]))
     key = content_key("fuse", fuser.cache_key(), str(dataset.root), ids)
     stored = store.get(candidate.name, "fuse", key)

@@ -12,7 +12,7 @@ import pytest
 import pipelines.m3fd as m3fd
 from data.types import CLASS_NAMES
 from fusion.train import train
-from pipelines.m3fd import PipelineConfig, run_pipeline
+from pipelines.m3fd import PipelineConfig, run_pipeline, torch_device
 from tests.test_dae_fuse import synthetic_root, tiny_config  # noqa: F401  (fixture)
 
 
@@ -143,3 +143,10 @@ def test_interrupted_run_resumes_without_redoing_finished_work(tmp_path, monkeyp
     assert all(r["error"] is None and r["detection"] for r in results["candidates"])
     grid = cv2.imread(str(cfg.out / "plots" / "fused_scenes.png"))
     assert grid is not None and np.asarray(grid).std() > 0
+
+
+def test_pipeline_device_names_map_to_torch_devices():
+    assert torch_device("cpu") == "cpu"
+    assert torch_device("0") == "cuda:0"
+    assert torch_device("1,2,3") == "cuda:1"
+    assert torch_device("cuda:2") == "cuda:2"

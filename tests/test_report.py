@@ -100,3 +100,4 @@ def test_verdict_names_winners_noise_and_inconclusive_tables():
     assert "none earns its keep" in report.verdict(losers, report.add_gains(losers))
     nothing = [_record("ir", [0.0], "ir"), _record("vis", [0.0], "vis"), _record("f", [0.004], None)]
     assert report.verdict(nothing, report.add_gains(nothing)).startswith("Inconclusive")
+
