@@ -20,7 +20,6 @@ Command line (a thin wrapper; the pipeline calls :func:`train_and_evaluate` dire
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shutil
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from data.io import atomic_write_json
+from data.provenance import content_key
 from data.types import CLASS_NAMES
 from detection.coco_eval import CocoScores, coco_map
 from detection.export import YoloDataset, link_file
@@ -159,7 +159,7 @@ def _run_key(dataset: YoloDataset, settings: Mapping[str, Any], weights: Path | 
 
     payload = {"dataset": dataset.key, **settings, "weights": _file_fingerprint(weights) if weights else None,
                "ultralytics": version("ultralytics")}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return content_key(payload)
 
 
 def _check_arguments(dataset: YoloDataset, model: str, weights: Path | None, epochs: int, imgsz: int, batch: int,

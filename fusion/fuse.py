@@ -20,8 +20,6 @@ Library side (what the pipeline calls):
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import sys
 import time
@@ -35,6 +33,7 @@ import torch
 from data.errors import DatasetError
 from data.io import write_image
 from data.paired import find_pairs
+from data.provenance import content_key, file_sha256
 from data.types import Pair
 
 from .dae_fuse import ARCHITECTURE, DAEFuse, DAEFuseConfig
@@ -104,12 +103,7 @@ class CheckpointFuser:
 
     def cache_key(self) -> str:
         if self._key is None:
-            digest = hashlib.sha256()
-            with self.checkpoint.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            digest.update(json.dumps(self.inference_config(), sort_keys=True).encode())
-            self._key = f"{self.name}:{digest.hexdigest()}"
+            self._key = f"{self.name}:{content_key(file_sha256(self.checkpoint), self.inference_config())}"
         return self._key
 
     @torch.inference_mode()

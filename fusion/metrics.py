@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
-from importlib import metadata
 from pathlib import Path
 
 import cv2
@@ -39,6 +38,7 @@ import numpy as np
 from data.errors import DatasetError
 from data.io import atomic_write_json, luma, read_gray_reference
 from data.paired import check_pair_images, find_pairs, images_by_stem
+from data.provenance import package_versions
 from data.types import Pair
 
 from .registry import Registry
@@ -719,13 +719,6 @@ def format_table(per_image: dict[str, dict[str, float]], mean: dict[str, float])
     return "\n".join(lines)
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def report(per_image: dict[str, dict[str, float]], mean: dict[str, float], **folders: str) -> dict:
     """The JSON document the CLI writes: values, means, conventions and versions."""
     return {
@@ -735,7 +728,7 @@ def report(per_image: dict[str, dict[str, float]], mean: dict[str, float], **fol
         "folders": folders,
         "reference": REFERENCE,
         "conventions": conventions(),
-        "versions": {"fusebench": _version("fusebench"), "numpy": np.__version__, "opencv": cv2.__version__},
+        "versions": package_versions(("fusebench", "numpy", "opencv-python")),
     }
 
 

@@ -28,7 +28,6 @@ import contextlib
 import logging
 import math
 import os
-import platform
 import random
 import sys
 import time
@@ -48,6 +47,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data.io import atomic_path, atomic_write_json, atomic_write_text
+from data.provenance import package_versions
 
 from .config import PRESETS, ConfigError, FusionTrainConfig, dump_config, load_train_config, to_dict
 from .dae_fuse import ARCHITECTURE, DAEFuse, build_discriminators, create_model
@@ -246,18 +246,7 @@ def _metrics_module() -> Any:
 
 def versions() -> dict[str, str]:
     """Package versions stored in checkpoints."""
-    import importlib.metadata
-
-    import timm
-
-    try:
-        fusebench = importlib.metadata.version("fusebench")
-    except importlib.metadata.PackageNotFoundError:
-        fusebench = "unknown"
-    return {
-        "fusebench": fusebench, "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
+    return package_versions(("fusebench", "torch", "timm", "numpy"))
 
 
 def _rng_state() -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -26,10 +25,10 @@ import numpy as np
 import yaml
 
 from data.io import atomic_write_json, atomic_write_text, read_ir, read_visible
-from data.types import CLASS_NAMES
+from data.provenance import content_key, file_sha256, package_versions
 
 from . import report
-from .stages import StageStore, content_key, file_sha256
+from .stages import StageStore
 
 LOGGER = logging.getLogger("pipelines.m3fd")
 PRESETS_FILE = Path(__file__).with_name("presets.yaml")
@@ -400,18 +399,6 @@ def run_detector_jobs(pending: list[tuple[Candidate, dict[str, Any]]], jobs: int
             progress.stage(i, cand.name, f"seed {job['seed']} done ({jobs} at a time)")
 
 
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("fusebench", "torch", "torchvision", "ultralytics", "timm", "numpy", "opencv-python", "pycocotools"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def assemble_results(cfg: PipelineConfig, preset: dict, seeds: list[int], settings: dict, data_info: dict,
                      candidates: list[Candidate], scenarios: dict, wall: float) -> dict[str, Any]:
     """The results.json document: config, versions, data and split, ranked candidates, Spearman, scenarios."""
@@ -430,7 +417,7 @@ def assemble_results(cfg: PipelineConfig, preset: dict, seeds: list[int], settin
     cfg_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     cfg_dict["checkpoints"] = [str(p) for p in cfg.checkpoints]
     cfg_dict.update({"seeds": seeds, "detection": settings, "preset_values": preset})
-    return {"config": cfg_dict, "versions": versions(), "data": data_info, "candidates": report.ranked(records),
+    return {"config": cfg_dict, "versions": package_versions(), "data": data_info, "candidates": report.ranked(records),
             "best_single_map50": best_single,
             "spearman": report.spearman_table(records) if len(records) >= 3 else [],
             "scenarios": scenarios, "wall_time_s": wall, "command": " ".join(sys.argv)}

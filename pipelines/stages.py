@@ -6,26 +6,11 @@ really finished. A record whose key differs from the current inputs' key is stal
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from data.io import atomic_write_json
-
-
-def content_key(*parts: Any) -> str:
-    """A stable hex key of JSON-serialisable parts (dict keys sorted)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class StageStore:

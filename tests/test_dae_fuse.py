@@ -1,17 +1,14 @@
 """DAE-Fuse model: shapes at any size, phase gradients, fusion-rule initialisation, losses.
 
-Also holds the small fixtures the trainer and inference tests share (a synthetic M3FD-layout folder, one torch
-thread, the tiny config).
+The fixtures shared with the trainer and inference tests (synthetic M3FD-layout folder, one torch thread, the tiny
+config) live in conftest.py.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
-from data.synthetic import generate_synthetic_m3fd
-from fusion.config import FusionTrainConfig, load_train_config
 from fusion.dae_fuse import (
     MODELS,
     DAEFuse,
@@ -23,30 +20,13 @@ from fusion.dae_fuse import (
 )
 from fusion.losses import GAN_LOSSES, SSIM, FusionLoss, discriminator_loss
 from fusion.train import PHASES, Losses
+from tests.conftest import tiny_config
 
 
 # -- shared fixtures -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine OpenMP barriers can make a
-    48x64 forward hundreds of times slower when another process holds a core."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session")
-def synthetic_root(tmp_path_factory) -> Path:
-    """A 9-pair synthetic dataset in M3FD layout (80x64, colour visible): 3 train, 3 val, 3 test pairs."""
-    root = tmp_path_factory.mktemp("dae") / "m3fd"
-    return generate_synthetic_m3fd(root, num_scenes=3, frames_per_scene=3, size=(80, 64))
-
-
-def tiny_config(*overrides: str) -> FusionTrainConfig:
-    return load_train_config(preset="tiny", overrides=overrides)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rand_pair(b: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

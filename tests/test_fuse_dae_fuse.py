@@ -14,7 +14,9 @@ from data.m3fd import load_m3fd
 from fusion.fuse import CheckpointError, CheckpointFuser, fuse_folder, load_fuser_checkpoint, main
 from fusion.fusers import create_fuser
 from fusion.train import train
-from tests.test_dae_fuse import one_torch_thread, synthetic_root, tiny_config  # noqa: F401  (fixtures)
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,7 @@ def test_undecodable_images_and_size_mismatch(tmp_path):
     write_image(root / "Vis" / "00002.png", np.zeros((H + 2, W, 3), np.uint8))
     message = problems_of(root)
     assert "unreadable image" in message and "Ir/00000.png" in message and "Vis/00001.png" in message
-    assert f"size mismatch for '00002'" in message and f"{W}x{H + 2}" in message
+    assert "size mismatch for '00002'" in message and f"{W}x{H + 2}" in message
     # validate=False does not decode images, so only structure and annotations are checked.
     ds = load_m3fd(root, validate=False, block_size=1)
     assert len(ds.ids) == 4

@@ -13,7 +13,7 @@ import pipelines.m3fd as m3fd
 from data.types import CLASS_NAMES
 from fusion.train import train
 from pipelines.m3fd import PipelineConfig, run_pipeline, torch_device
-from tests.test_dae_fuse import synthetic_root, tiny_config  # noqa: F401  (fixture)
+from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module", autouse=True)

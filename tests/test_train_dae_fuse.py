@@ -26,7 +26,9 @@ from fusion.data import PairedCropDataset, resolve_training_pairs, split_validat
 from fusion.fuse import load_fuser_checkpoint
 from fusion.train import NonFiniteLossError, Trainer, main, train
 from tests.conftest import shared_path
-from tests.test_dae_fuse import one_torch_thread, synthetic_root, tiny_config  # noqa: F401  (fixtures)
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- configuration ---------------------------------------------------------------------------------------------
