@@ -2,8 +2,8 @@
 
 They share the ``Fuser`` interface with DAE-Fuse. Like every fuser they fuse the luminance only: for a colour
 visible image the fused image is Y (of YCbCr) from the fuser with the visible image's Cb/Cr restored, the field's
-standard (``data.io.restore_colour``). ``ir`` therefore gives the infrared intensities tinted with the visible
-chroma, and ``vis`` gives the visible image back unchanged.
+standard (``data.io.restore_colour``). Two exceptions make the single-modality rows honest: ``ir`` is the grey
+infrared image (it borrows no visible chroma), and ``vis`` gives the visible image back unchanged.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class BaselineFuser:
 
     name: str
     rule: LumaRule
+    keeps_visible_chroma: bool = True
 
     def fuse_luma(self, ir: np.ndarray, vis_y: np.ndarray) -> np.ndarray:
         return self.rule(ir, vis_y).astype(np.float32, copy=False)
@@ -39,4 +40,4 @@ BASELINE_RULES: dict[str, LumaRule] = {
 }
 
 for _name, _rule in BASELINE_RULES.items():
-    FUSERS.register(_name)(lambda _n=_name, _r=_rule: BaselineFuser(_n, _r))
+    FUSERS.register(_name)(lambda _n=_name, _r=_rule: BaselineFuser(_n, _r, keeps_visible_chroma=_n != "ir"))

@@ -88,6 +88,7 @@ class CheckpointFuser:
     """
 
     name = "dae_fuse"
+    keeps_visible_chroma = True
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu"):
         self.checkpoint = Path(checkpoint)

@@ -24,10 +24,13 @@ class Fuser(Protocol):
     ``fuse_luma(ir, vis_y)`` takes float32 (H, W) arrays on the 0..255 scale (the infrared image and the visible
     luma) and returns a float32 (H, W) fused luma on the same scale; values outside 0..255 are clipped by the
     caller, never stretched. ``cache_key`` identifies the fuser's output for caching: two fusers with the same key
-    must produce the same images.
+    must produce the same images. ``keeps_visible_chroma``: whether a colour visible image's Cb/Cr are restored
+    around the fused luma (every real fusion); False for a single-modality infrared passthrough, which must not
+    borrow anything from the visible image.
     """
 
     name: str
+    keeps_visible_chroma: bool
 
     def fuse_luma(self, ir: np.ndarray, vis_y: np.ndarray) -> np.ndarray: ...
 
@@ -52,7 +55,7 @@ def fuse_arrays(fuser: Fuser, ir: np.ndarray, vis_y: np.ndarray, vis_bgr: np.nda
     if ir.shape != vis_y.shape:
         raise ValueError(f"infrared {ir.shape} and visible {vis_y.shape} sizes differ")
     fused = fuser.fuse_luma(ir.astype(np.float32, copy=False), vis_y.astype(np.float32, copy=False))
-    return restore_colour(fused, vis_bgr)
+    return restore_colour(fused, vis_bgr if fuser.keeps_visible_chroma else None)
 
 
 def fuse_pair(fuser: Fuser, pair: Pair) -> np.ndarray:

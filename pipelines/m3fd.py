@@ -221,7 +221,8 @@ def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageS
     if stored and fused_dir.is_dir():
         return {**stored, "key": key, "cached": True}
     partial = fused_dir.with_name(fused_dir.name + ".partial")  # each image is written atomically: safe to resume
-    pairs = [p for p in dataset.pairs() if p.stem in set(ids)]
+    wanted = set(ids)
+    pairs = [p for p in dataset.pairs() if p.stem in wanted]
     timing = fuse_folder(fuser, pairs, partial, progress=cfg.progress, skip_existing=True)
     if fused_dir.exists():
         import shutil

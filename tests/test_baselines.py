@@ -76,3 +76,10 @@ def test_atomic_writes_get_normal_file_permissions(tmp_path):
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o666 & ~mask
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]  # no temporary file left behind
+
+
+def test_ir_only_borrows_nothing_from_the_visible_image(pair_arrays):
+    ir, vis_bgr = pair_arrays
+    fused = fuse_arrays(create_fuser("ir"), ir, luma(vis_bgr), vis_bgr)
+    assert fused.ndim == 2  # grey: no visible chroma
+    np.testing.assert_array_equal(fused, ir.astype(np.uint8))
