@@ -148,14 +148,13 @@ def build_candidates(cfg: PipelineConfig) -> list[Candidate]:
     Each checkpoint is loaded here, so a missing, corrupt or wrong-architecture file is reported before any
     heavy work; it then stays in the table as a failed row while the others run.
     """
+    from fusion.baselines import BASELINE_RULES
     from fusion.fuse import load_fuser_checkpoint
-    from fusion.fusers import FUSERS, create_fuser
 
-    create_fuser("ir")  # registers the baselines
     names = list(dict.fromkeys(list(SINGLE_MODALITY) + list(cfg.baselines)))
-    unknown = [n for n in names if n not in FUSERS or n == "dae_fuse"]
+    unknown = [n for n in names if n not in BASELINE_RULES]
     if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown}; known: {', '.join(DEFAULT_BASELINES)}")
+        raise ValueError(f"unknown baseline(s) {unknown}; known: {', '.join(BASELINE_RULES)}")
     candidates = [Candidate(name=n, kind="baseline", baseline=n) for n in names]
     seen: set[str] = set(names)
     for path in cfg.checkpoints:

@@ -150,3 +150,20 @@ def test_pipeline_device_names_map_to_torch_devices():
     assert torch_device("0") == "cuda:0"
     assert torch_device("1,2,3") == "cuda:1"
     assert torch_device("cuda:2") == "cuda:2"
+
+
+def test_bad_dataset_fails_before_any_heavy_work(tmp_path, synthetic_root):
+    import shutil
+
+    from data.errors import DatasetError
+
+    root = tmp_path / "m3fd"
+    shutil.copytree(synthetic_root, root)
+    bad = sorted((root / "Ir").iterdir())[:2]
+    for path in bad:
+        path.write_bytes(b"not an image")
+    cfg = PipelineConfig(out=tmp_path / "out", data=root, preset="tiny", progress=False)
+    with pytest.raises(DatasetError) as err:
+        run_pipeline(cfg)
+    assert all(path.name in str(err.value) for path in bad)  # every offending file is named
+    assert not (cfg.out / "cache").exists() and not (cfg.out / "state").exists()
