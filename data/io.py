@@ -67,6 +67,11 @@ def luma(bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(bgr.astype(np.float32, copy=False), cv2.COLOR_BGR2GRAY)
 
 
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as stored (uint8/uint16, grey or BGR), e.g. a fused PNG to show next to others."""
+    return _imread(Path(path), cv2.IMREAD_UNCHANGED)
+
+
 def read_ir(path: str | Path) -> np.ndarray:
     """Infrared image as uint8 (H, W); see the module docstring for the 3-channel and 16-bit rules."""
     return read_gray_reference(path).astype(np.uint8)
@@ -144,6 +149,23 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
+def replace_dir(src: str | Path, dst: str | Path) -> None:
+    """Move the finished directory ``src`` onto ``dst``, replacing any existing ``dst``.
+
+    The old ``dst`` is first renamed aside, so at every moment ``dst`` is either the old or the new complete tree.
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old)
+    else:
+        os.replace(src, dst)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it onto ``path`` when the block succeeds.
@@ -155,15 +177,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -45,8 +45,7 @@ from typing import Any
 
 from .errors import DatasetError, DatasetWarning
 from .io import IMAGE_EXTENSIONS, atomic_write_json
-from .paired import images_by_stem  # the paired reader's stem rules (duplicate stems are problems)
-from .probe import probe_images
+from .paired import check_image_groups, images_by_stem  # the paired reader's stem and image rules
 from .splits import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_FRACTIONS,
@@ -528,20 +527,8 @@ def load_m3fd(
 
     sizes: dict[str, tuple[int, int]] = {}
     if validate:
-        probed = probe_images([p for i in ids for p in (ir[i], vis[i])])
-        for image_id in ids:
-            ir_size, vis_size = probed[ir[image_id]], probed[vis[image_id]]
-            for path, size in ((ir[image_id], ir_size), (vis[image_id], vis_size)):
-                if isinstance(size, str):
-                    problems.append(f"unreadable image {path}: {size}")
-            if isinstance(ir_size, tuple) and isinstance(vis_size, tuple):
-                if ir_size != vis_size:
-                    problems.append(
-                        f"size mismatch for '{image_id}': {ir[image_id]} is {ir_size[0]}x{ir_size[1]}, "
-                        f"{vis[image_id]} is {vis_size[0]}x{vis_size[1]}"
-                    )
-                else:
-                    sizes[image_id] = ir_size
+        image_problems, sizes = check_image_groups([(i, (ir[i], vis[i])) for i in ids])
+        problems.extend(image_problems)
 
     annotations: dict[str, Annotation] = {}
     clip_notes: list[str] = []

@@ -83,14 +83,27 @@ def find_pairs(ir_dir: str | Path, vis_dir: str | Path, *, check_images: bool = 
 
 def check_pair_images(pairs: Sequence[Pair]) -> list[str]:
     """Decode every image of every pair; return one problem line per unreadable file or size mismatch."""
-    sizes = probe_images([path for pair in pairs for path in (pair.ir, pair.vis)])
-    problems: list[str] = []
-    for pair in pairs:
-        ir_size, vis_size = sizes[pair.ir], sizes[pair.vis]
-        for path, size in ((pair.ir, ir_size), (pair.vis, vis_size)):
-            if isinstance(size, str):
-                problems.append(f"unreadable image {path}: {size}")
-        if isinstance(ir_size, tuple) and isinstance(vis_size, tuple) and ir_size != vis_size:
-            (w1, h1), (w2, h2) = ir_size, vis_size
-            problems.append(f"size mismatch for '{pair.stem}': {pair.ir} is {w1}x{h1}, {pair.vis} is {w2}x{h2}")
-    return problems
+    return check_image_groups([(pair.stem, (pair.ir, pair.vis)) for pair in pairs])[0]
+
+
+def check_image_groups(groups: Sequence[tuple[str, Sequence[Path]]]
+                       ) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """Decode every file once (a file in several groups too) and check each group's images share one size.
+
+    ``groups`` are (stem, paths) such as a pair or a (fused, ir, vis) triple. Returns (one problem line per
+    unreadable file and per group whose decodable images differ in size, {stem: (width, height)} for every group
+    whose images all decode with one size).
+    """
+    paths = list(dict.fromkeys(path for _, group in groups for path in group))
+    sizes = probe_images(paths)
+    problems = [f"unreadable image {path}: {sizes[path]}" for path in paths if isinstance(sizes[path], str)]
+    agreed: dict[str, tuple[int, int]] = {}
+    for stem, group in groups:
+        readable = [(path, sizes[path]) for path in group if isinstance(sizes[path], tuple)]
+        distinct = {size for _, size in readable}
+        if len(distinct) > 1:
+            listed = ", ".join(f"{path} is {w}x{h}" for path, (w, h) in readable)
+            problems.append(f"size mismatch for '{stem}': {listed}")
+        elif len(readable) == len(group):
+            agreed[stem] = distinct.pop()
+    return problems, agreed

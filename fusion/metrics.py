@@ -37,9 +37,8 @@ import numpy as np
 
 from data.errors import DatasetError
 from data.io import atomic_write_json, luma, read_gray_reference
-from data.paired import check_pair_images, find_pairs, images_by_stem
+from data.paired import check_image_groups, find_pairs, images_by_stem
 from data.provenance import package_versions
-from data.types import Pair
 
 from .registry import Registry
 
@@ -647,14 +646,14 @@ class FileTriple:
 def find_triples(fused_dir: str | Path, ir_dir: str | Path, vis_dir: str | Path) -> list[FileTriple]:
     """Match fused images to source pairs by file stem and validate them, before any metric is computed.
 
-    Source pairs are found and checked by ``data.paired.find_pairs`` (partners, decoding, sizes). Then every
-    fused image must have a source pair, every source pair a fused image, and each fused image must decode and
-    match its sources' size. Raises one ``DatasetError`` naming every offending file.
+    Source pairs are matched by ``data.paired.find_pairs`` (partners, unique stems). Every fused image must have
+    a source pair and every source pair a fused image; then each (fused, ir, vis) triple is decoded once and must
+    share one size. Raises one ``DatasetError`` naming every offending file.
     """
     fused_dir = Path(fused_dir)
     problems: list[str] = []
     try:
-        pairs = {pair.stem: pair for pair in find_pairs(ir_dir, vis_dir)}
+        pairs = {pair.stem: pair for pair in find_pairs(ir_dir, vis_dir, check_images=False)}
     except DatasetError as err:
         problems.extend(err.problems)
         pairs = None
@@ -668,7 +667,8 @@ def find_triples(fused_dir: str | Path, ir_dir: str | Path, vis_dir: str | Path)
         for stem in sorted(set(pairs) - set(fused)):
             problems.append(f"no fused image for {pairs[stem].ir} in {fused_dir}")
         matched = sorted(set(fused) & set(pairs))
-        problems.extend(check_pair_images([Pair(stem, fused[stem], pairs[stem].ir) for stem in matched]))
+        problems.extend(check_image_groups(
+            [(stem, (fused[stem], pairs[stem].ir, pairs[stem].vis)) for stem in matched])[0])
     if problems:
         raise DatasetError(f"fused {fused_dir} against {ir_dir} + {vis_dir}", problems)
     return [FileTriple(stem, fused[stem], pairs[stem].ir, pairs[stem].vis) for stem in matched]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from data.io import atomic_write_json, atomic_write_text, read_ir, read_visible
+from data.io import atomic_write_json, atomic_write_text, read_image, read_ir, read_visible, replace_dir
 from data.provenance import content_key, file_sha256, package_versions
 
 from . import report
@@ -223,11 +223,7 @@ def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageS
     wanted = set(ids)
     pairs = [p for p in dataset.pairs() if p.stem in wanted]
     timing = fuse_folder(fuser, pairs, partial, progress=cfg.progress, skip_existing=True)
-    if fused_dir.exists():
-        import shutil
-
-        shutil.rmtree(fused_dir)
-    os.replace(partial, fused_dir)
+    replace_dir(partial, fused_dir)
     seconds = list(timing["per_image"].values())  # images fused now (a resumed folder kept the others)
     output = {"dir": str(fused_dir), "n_images": len(pairs),
               "seconds_per_image": float(np.mean(seconds)) if seconds else None}
@@ -433,7 +429,7 @@ def write_outputs(cfg: PipelineConfig, results: dict, candidates: list[Candidate
     grid = {}
     for r in records:
         if r.get("fused_dir"):
-            grid[r["name"]] = [read_image_any(Path(r["fused_dir"]) / f"{i}.png") for i in scenes]
+            grid[r["name"]] = [read_image(Path(r["fused_dir"]) / f"{i}.png") for i in scenes]
     if grid:
         sources = {"IR (source)": [read_ir(dataset.ir_path(i)) for i in scenes],
                    "visible (source)": [read_visible_bgr(dataset.vis_path(i)) for i in scenes]}
@@ -451,12 +447,6 @@ def pick_grid_scenes(dataset, eval_ids: list[str]) -> list[str]:
         chosen.append(ids[len(ids) // 2])
     chosen += [i for i in eval_ids if i not in chosen]
     return chosen[:GRID_SCENES]
-
-
-def read_image_any(path: Path) -> np.ndarray:
-    import cv2
-
-    return cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
 
 
 def read_visible_bgr(path: Path) -> np.ndarray:
