@@ -28,21 +28,13 @@ import torch
 from torch.utils.data import Dataset
 
 from data.io import read_ir, read_visible
+from data.m3fd import is_m3fd_root, load_m3fd
 from data.paired import find_pairs, resolve_pair_dirs
 from data.types import Pair
 
 from .config import DataConfig
 
 LOGGER = logging.getLogger(__name__)
-
-
-def _m3fd_module():
-    """``data.m3fd`` when it is importable (it is optional for paired-folder training)."""
-    try:
-        from data import m3fd
-    except ImportError:
-        return None
-    return m3fd
 
 
 def split_validation(pairs: Sequence[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
@@ -66,9 +58,8 @@ def resolve_training_pairs(root: str | Path, cfg: DataConfig, split: str = "trai
     ``cfg.val_fraction`` of its pairs are held out.
     """
     root = Path(root)
-    m3fd = _m3fd_module()
-    if cfg.ir_dir is None and cfg.vis_dir is None and m3fd is not None and m3fd.is_m3fd_root(root):
-        dataset = m3fd.load_m3fd(root)
+    if cfg.ir_dir is None and cfg.vis_dir is None and is_m3fd_root(root):
+        dataset = load_m3fd(root)
         train = list(dataset.pairs(split))
         val = list(dataset.pairs("val")) if split != "val" else []
         if not val:
