@@ -159,19 +159,6 @@ _ONES_7 = np.ones(SSIM_WINDOW, np.float32)
 
 
 @dataclass(frozen=True)
-class VifScale:
-    """One scale of the VIF pyramid of one image, all float64.
-
-    ``level`` is the image at this scale; ``mean`` and ``variance`` are its local Gaussian statistics ('valid'
-    part), with variances below ``VIF_EPS`` (negative ones included) set to 0 as the reference does.
-    """
-
-    level: np.ndarray
-    mean: np.ndarray
-    variance: np.ndarray
-
-
-@dataclass(frozen=True)
 class SsimStats:
     """One image's side of SSIM, float32 (H, W): 7x7 mean, mean squared, sample variance."""
 
@@ -237,27 +224,13 @@ class GreyImage:
         return SsimStats(mean, mean_sq, variance)
 
     @_cached_property
-    def vif_scales(self) -> tuple[VifScale, ...]:
-        """The 4-scale VIF pyramid: for s > 1 the previous level is filtered with this scale's window ('valid')
-        and decimated by 2 (rows and columns 0, 2, 4, ...)."""
-        scales = []
-        level = self.f64
-        for s, window in enumerate(VIF_WINDOWS):
-            if s > 0:
-                level = np.ascontiguousarray(_valid_filter(level, window)[::2, ::2])
-            mean = _valid_filter(level, window)
-            variance = _valid_filter(level * level, window)
-            variance -= np.square(mean)
-            # The reference's clamps: negatives -> 0, then anything below eps -> 0 (TOZERO keeps values > thresh).
-            variance = cv2.threshold(variance, _BELOW_VIF_EPS, 0.0, cv2.THRESH_TOZERO)[1]
-            scales.append(VifScale(level, mean, variance))
-        return tuple(scales)
-
-    @_cached_property
-    def vif_information(self) -> float:
-        """VIF's denominator with this image as the reference: sum over scales and pixels of ln(1 + s1 / sn2);
-        exactly 0 when the image has no variance at any scale."""
-        return sum(float(cv2.log(scale.variance / VIF_NOISE_VAR + 1.0).sum()) for scale in self.vif_scales)
+    def vif_levels(self) -> tuple[np.ndarray, ...]:
+        """The 4-level VIF pyramid, float64: level 0 is the image; level s > 0 is level s - 1 filtered with scale
+        s's window ('valid') and decimated by 2 (rows and columns 0, 2, 4, ...)."""
+        levels = [self.f64]
+        for window in VIF_WINDOWS[1:]:
+            levels.append(np.ascontiguousarray(_valid_filter(levels[-1], window)[::2, ::2]))
+        return tuple(levels)
 
 
 @cache
@@ -434,27 +407,70 @@ def scd(t: FusionTriple) -> float:
     return sum(cross / math.sqrt(spread) if spread > 0 else 0.0 for cross, spread in terms)
 
 
-def _vif_single(ref: GreyImage, dist: GreyImage) -> float:
-    """VIFP(reference=ref, distorted=dist): information kept / information available, summed over 4 scales.
+# VIF's local statistics are computed tile by tile: OpenCV's float64 column filter is about twice as fast when the
+# 17 rows it reads fit in L1 (tiles 256 columns wide), and per-tile temporaries stay in cache. The tile size
+# changes the speed, never the value (each output pixel is computed from the same inputs).
+VIF_TILE_ROWS, VIF_TILE_COLS = 376, 256
 
-    The available information is ``ref.vif_information``; the kept information is ``_vif_kept`` on the local
-    statistics, taken in row blocks so the per-pixel temporaries stay in cache.
+
+def _tiles(shape: tuple[int, int], margin: int, rows: int, cols: int) -> Iterator[tuple[slice, slice]]:
+    """Input windows that cover the 'valid' output of a filter reaching ``margin`` pixels from its centre, in tiles
+    of at most rows x cols output pixels; each window includes the margin on every side."""
+    out_h, out_w = shape[0] - 2 * margin, shape[1] - 2 * margin
+    for top in range(0, out_h, rows):
+        for left in range(0, out_w, cols):
+            yield (slice(top, min(top + rows, out_h) + 2 * margin), slice(left, min(left + cols, out_w) + 2 * margin))
+
+
+# Per tile, every array keeps the tile's full size: a pixel closer than the window radius to the tile's edge holds a
+# zero-padded (invalid) value and is dropped only when the terms are summed (``_sum_log``). Arrays of the full
+# size are contiguous, and NumPy is about twice as fast on them as on 'valid' views.
+
+def _filter_same(image: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Correlation with the separable ``window`` (float64), zero padding, same size as ``image``."""
+    return cv2.sepFilter2D(image, cv2.CV_64F, window, window, borderType=cv2.BORDER_CONSTANT)
+
+
+def _local_stats(image: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Local Gaussian (mean, variance) of an image tile, float64, tile-sized, with the reference's clamps:
+    variances below ``VIF_EPS`` (negative ones included) are set to 0."""
+    mean = _filter_same(image, window)
+    variance = _filter_same(image * image, window)
+    variance -= mean * mean
+    # TOZERO keeps values > thresh: negatives -> 0, then anything below eps -> 0, as the reference does.
+    # (In place; the returned array is used in case OpenCV ever had to allocate.)
+    variance = cv2.threshold(variance, _BELOW_VIF_EPS, 0.0, cv2.THRESH_TOZERO, dst=variance)[1]
+    return mean, variance
+
+
+def _sum_log(terms: np.ndarray, margin: int) -> float:
+    """sum(ln(terms)) over a tile-sized, contiguous float64 array of terms in [1, 2^16), leaving out the invalid
+    ``margin`` pixels along each edge; ``terms`` is overwritten.
+
+    The log is the costly step, so products of 16 terms (below 2^256, far from overflow) are logged instead of
+    each term: 16 times fewer logs, each product rounded 15 times (relative error ~2e-15 per product).
     """
-    if ref.vif_information == 0.0:
-        # The reference's 0/0 -> 1.0 rule (kept is 0 too): a source with no variance at any scale.
-        warnings.warn("VIF: a source has no variance at any scale; its term is 1.0 as in the reference",
-                      DegenerateInputWarning, stacklevel=3)
-        return 1.0
-    kept = 0.0
-    for r, d, window in zip(ref.vif_scales, dist.vif_scales, VIF_WINDOWS):
-        cross = _valid_filter(r.level * d.level, window)  # E[r d]
-        for rows in _row_blocks(cross.shape[0]):
-            kept += _vif_kept(cross[rows], r.mean[rows], d.mean[rows], r.variance[rows], d.variance[rows])
-    return kept / ref.vif_information
+    for edge in (np.s_[:margin], np.s_[-margin:], np.s_[:, :margin], np.s_[:, -margin:]):
+        terms[edge] = 1.0  # ln 1 = 0: the invalid pixels add nothing
+    flat = terms.reshape(-1)
+    n = flat.size
+    for _ in range(4):  # fold the back half onto the front half: after 4 folds, products of up to 16 terms
+        half = n // 2
+        np.multiply(flat[:half], flat[n - half:n], out=flat[:half])
+        n -= half  # an odd middle term, flat[half], stays in place as the last live term
+    return float(cv2.log(flat[:n]).sum())
 
 
-def _vif_kept(cross: np.ndarray, mean_r: np.ndarray, mean_d: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> float:
-    """sum ln(1 + g^2 s1 / (sv2 + sn2)) over a block of pixels (float64, ``cross`` is overwritten).
+def _vif_information(variance: np.ndarray, margin: int) -> float:
+    """sum ln(1 + s1 / sn2) over a tile of reference-image variances (``variance`` is not modified)."""
+    term = variance * (1.0 / VIF_NOISE_VAR)
+    term += 1.0
+    return _sum_log(term, margin)
+
+
+def _vif_kept(cross: np.ndarray, mean_r: np.ndarray, mean_d: np.ndarray, s1: np.ndarray, s2: np.ndarray,
+              margin: int) -> float:
+    """sum ln(1 + g^2 s1 / (sv2 + sn2)) over a tile of pixels (float64, ``cross`` = E[r d] is overwritten).
 
     With c = E[r d] - mean_r mean_d, s1 = var(r) and s2 = var(d) (each already 0 below eps): gain g = c / (s1 + eps),
     0 where g < 0 or s2 == 0 (the reference's rules); noise sv2 = max(s2 - g c, eps). Where s1 == 0 the term is 0
@@ -473,12 +489,29 @@ def _vif_kept(cross: np.ndarray, mean_r: np.ndarray, mean_d: np.ndarray, s1: np.
     gain *= s1
     gain /= noise
     gain += 1.0
-    return float(cv2.log(gain).sum())
+    return _sum_log(gain, margin)
 
 
-def _row_blocks(n_rows: int, block: int = 64) -> Iterator[slice]:
-    """Row slices of at most ``block`` rows covering ``n_rows``: float64 blocks of a 1024-wide image fit in cache."""
-    return (slice(start, start + block) for start in range(0, n_rows, block))
+def vif_terms(t: FusionTriple) -> list[tuple[float, float]]:
+    """VIFP's (kept, available) information for each source as the reference image and F as the distorted one,
+    summed over the 4 scales: (sum ln(1 + g^2 s1 / (sv2 + sn2)), sum ln(1 + s1 / sn2)), in source order (ir, vis).
+
+    The fused image's local statistics are computed once per tile and shared by both sources.
+    """
+    terms = [[0.0, 0.0] for _ in t.sources]
+    for scale, window in enumerate(VIF_WINDOWS):
+        radius = len(window) // 2
+        fused_level = t.fused.vif_levels[scale]
+        source_levels = [source.vif_levels[scale] for source in t.sources]
+        for tile in _tiles(fused_level.shape, radius, VIF_TILE_ROWS, VIF_TILE_COLS):
+            dist = fused_level[tile]
+            mean_d, var_d = _local_stats(dist, window)
+            for term, level in zip(terms, source_levels):
+                ref = level[tile]
+                mean_r, var_r = _local_stats(ref, window)
+                term[0] += _vif_kept(_filter_same(ref * dist, window), mean_r, mean_d, var_r, var_d, radius)
+                term[1] += _vif_information(var_r, radius)
+    return [(kept, available) for kept, available in terms]
 
 
 @METRICS.register("VIF")
@@ -487,10 +520,19 @@ def vif(t: FusionTriple) -> float:
 
     Sheikh & Bovik's VIFP as the reference computes it: each source is the reference image and F the distorted
     one; 4 scales with Gaussian windows 17, 9, 5, 3 (sigma = size / 5, MATLAB fspecial), 'valid' filtering,
-    decimation by 2 between scales, sigma_n^2 = 2; float64. A term is 1.0 when its source has no variance at
-    any scale (the reference's 0/0 rule), with a ``DegenerateInputWarning``; a constant F gives 0.
+    decimation by 2 between scales, sigma_n^2 = 2; float64; VIFP = kept / available information (``vif_terms``).
+    A term is 1.0 when its source has no variance at any scale (the reference's 0/0 rule: the kept information
+    is 0 too), with a ``DegenerateInputWarning``; a constant F gives 0.
     """
-    return sum(_vif_single(source, t.fused) for source in t.sources)
+    total = 0.0
+    for kept, available in vif_terms(t):
+        if available == 0.0:
+            warnings.warn("VIF: a source has no variance at any scale; its term is 1.0 as in the reference",
+                          DegenerateInputWarning, stacklevel=2)
+            total += 1.0
+        else:
+            total += kept / available
+    return total
 
 
 # Xydeas & Petrovic sigmoid constants, as in the reference (Tg, kg, Dg for strength; Ta, ka, Da for orientation).
@@ -502,7 +544,7 @@ def _sigmoid(x: np.ndarray, top: float, slope: float, centre: float) -> np.ndarr
     """top / (1 + exp(slope * (x - centre))), float32, computed in place in ``x`` in the reference's order."""
     x -= centre
     x *= slope
-    np.exp(x, out=x)
+    x = cv2.exp(x, dst=x)  # within 4 float32 ulps of np.exp and ~5x faster; Qabf moves by < 1e-6
     x += 1
     return np.divide(top, x, out=x)
 

@@ -195,7 +195,16 @@ def test_constant_source_vif_term_is_one_with_a_warning(triple):
     flat = np.full_like(vis, 90)
     with pytest.warns(DegenerateInputWarning, match="VIF"):
         value = evaluate(fused, flat, vis)["VIF"]
-    assert value == pytest.approx(1.0 + metrics._vif_single(GreyImage(vis), GreyImage(fused)), rel=1e-12)
+    # The other term is VIFP(vis, F): half of VIF(F, vis, vis), whose two terms are both VIFP(vis, F).
+    assert value == pytest.approx(1.0 + evaluate(fused, vis, vis)["VIF"] / 2, rel=1e-12)
+
+
+def test_vif_tiles_change_speed_not_values(triple, monkeypatch):
+    expected = evaluate(*triple)["VIF"]
+    # Odd tile sizes put tile edges everywhere, at every scale (the last tiles are partial).
+    monkeypatch.setattr(metrics, "VIF_TILE_ROWS", 7)
+    monkeypatch.setattr(metrics, "VIF_TILE_COLS", 13)
+    assert evaluate(*triple)["VIF"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_qabf_without_any_source_edge_is_zero_with_a_warning(triple):
