@@ -55,8 +55,9 @@ class PipelineConfig:
     device: str = "cpu"
     jobs: int | None = None           # concurrent detector runs; None -> the preset's
     force: bool = False
-    train_split: str = "train"
-    eval_split: str = "val"
+    train_split: str = "train"        # M3FD split the detectors (and a DAE-Fuse trained here) learn from
+    select_split: str = "val"         # split Ultralytics validates on each epoch to keep best.pt
+    eval_split: str = "test"          # split the kept detector and the fusion metrics are scored on
     split_seed: int = 0
     progress: bool = True
 
@@ -128,11 +129,11 @@ def resolve_dataset(cfg: PipelineConfig, synthetic_params: dict[str, Any]):
                                 frames_per_scene=synthetic_params["frames_per_scene"],
                                 size=tuple(synthetic_params["size"]), seed=0)
     dataset = load_m3fd(Path(root), seed=cfg.split_seed)
-    missing = [s for s in (cfg.train_split, cfg.eval_split) if not dataset.splits.get(s)]
-    if missing:
+    problems = check_splits(cfg, {name: len(ids) for name, ids in dataset.splits.items()})
+    if problems:
         from data.errors import DatasetError
 
-        raise DatasetError(str(root), [f"split '{s}' is empty" for s in missing])
+        raise DatasetError(str(root), problems)
     split_path = cfg.out / "split.json"
     dataset.write_split(split_path)
     info = {"root": str(Path(root).resolve()), "synthetic": synthetic, "n_images": len(dataset.ids),
@@ -140,6 +141,34 @@ def resolve_dataset(cfg: PipelineConfig, synthetic_params: dict[str, Any]):
                       "seed": dataset.split_info.get("seed"),
                       "counts": {k: len(v) for k, v in dataset.splits.items()}}}
     return dataset, info
+
+
+def check_splits(cfg: PipelineConfig, counts: dict[str, int]) -> list[str]:
+    """Problems with the configured splits, given each split's image count: a used split that is empty, or a
+    detector selected or scored on the images it was trained on."""
+    have = ", ".join(f"{name} {n}" for name, n in counts.items()) or "none"
+    problems = [f"split '{name}' ({role}) is empty or missing; the dataset has: {have}"
+                for role, name in (("--train-split", cfg.train_split), ("--select-split", cfg.select_split),
+                                   ("--eval-split", cfg.eval_split)) if not counts.get(name)]
+    problems += [f"{option} '{name}' is the training split: a detector must be {verb} on images it did not learn"
+                 for option, name, verb in (("--select-split", cfg.select_split, "selected"),
+                                            ("--eval-split", cfg.eval_split, "scored"))
+                 if name == cfg.train_split]
+    return problems
+
+
+def detector_splits(cfg: PipelineConfig, dataset) -> tuple[dict[str, list[str]], str]:
+    """The detector dataset's splits by Ultralytics role, and the role that is scored.
+
+    'train' fits the weights, 'val' is validated every epoch and picks best.pt, 'test' scores best.pt: selecting
+    the epoch on the scored images would flatter every candidate, the noisier ones most. Only when the user
+    names the same split for both (``--eval-split val``) is 'val' scored, and the report says so.
+    """
+    roles = {"train": sorted(dataset.splits[cfg.train_split]), "val": sorted(dataset.splits[cfg.select_split])}
+    if cfg.eval_split == cfg.select_split:
+        return roles, "val"
+    roles["test"] = sorted(dataset.splits[cfg.eval_split])
+    return roles, "test"
 
 
 def build_candidates(cfg: PipelineConfig) -> list[Candidate]:
@@ -209,11 +238,11 @@ def make_fuser(candidate: Candidate, device: str):
 
 
 def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageStore) -> dict[str, Any]:
-    """Fuse every pair of the train and eval splits into a content-keyed cache folder."""
+    """Fuse every pair of the train, selection and evaluation splits into a content-keyed cache folder."""
     from fusion.fuse import fuse_folder
 
     fuser = make_fuser(candidate, torch_device(cfg.device))
-    ids = sorted(set(dataset.splits[cfg.train_split]) | set(dataset.splits[cfg.eval_split]))
+    ids = sorted(set().union(*(dataset.splits[s] for s in (cfg.train_split, cfg.select_split, cfg.eval_split))))
     key = content_key("fuse", fuser.cache_key(), str(dataset.root), ids)
     stored = store.get(candidate.name, "fuse", key)
     fused_dir = cfg.out / "cache" / "fused" / key[:16]
@@ -310,7 +339,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     if not cfg.checkpoints:
         candidates.append(Candidate(name=f"dae_fuse_{preset['fusion_train']}", kind="trained"))
 
-    eval_ids = sorted(dataset.splits[cfg.eval_split])
+    roles, eval_role = detector_splits(cfg, dataset)
     scenario_ids = {s: sorted(v) for s, v in dataset.scenario_ids(cfg.eval_split).items() if v}
     eval_annotations = dataset.annotations(cfg.eval_split)
     scenario_boxes = {s: sum(len(eval_annotations[i].boxes) for i in ids) for s, ids in scenario_ids.items()}
@@ -332,21 +361,19 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             progress.stage(k, cand.name, "fusion metrics")
             cand.record["metrics"] = stage_metrics(cfg, cand, dataset, fused, store)["mean"]
             progress.stage(k, cand.name, "exporting detection dataset")
-            splits = {cfg.train_split: dataset.splits[cfg.train_split], cfg.eval_split: eval_ids}
-            used = [i for ids in splits.values() for i in ids]
+            used = [i for ids in roles.values() for i in ids]
             yolo = export_yolo_dataset({i: Path(fused["dir"]) / f"{i}.png" for i in used},
-                                       {i: dataset.annotation(i) for i in used}, splits,
-                                       cfg.out / "cache" / "yolo" / fused["key"][:16], eval_split=cfg.eval_split)
+                                       {i: dataset.annotation(i) for i in used}, roles,
+                                       cfg.out / "cache" / "yolo" / fused["key"][:16], eval_split=eval_role)
             cand.record["detection_runs"] = {}
             for seed in seeds:
-                key = content_key("detect", fused["key"], settings, seed, cfg.train_split, cfg.eval_split,
-                                  cfg.device)
+                key = content_key("detect", fused["key"], settings, seed, roles, eval_role, cfg.device)
                 stored = store.get(cand.name, f"detect_seed{seed}", key)
                 if stored:
                     cand.record["detection_runs"][seed] = stored
                     continue
                 job = {"candidate": cand.name, "seed": seed, "recipe": settings, "dataset": str(yolo.root),
-                       "coco_gt": str(yolo.coco_gt_path), "device": cfg.device, "eval_split": cfg.eval_split,
+                       "coco_gt": str(yolo.coco_gt_path), "device": cfg.device, "eval_split": eval_role,
                        "run_dir": str(cfg.out / "runs" / cand.name), "tb_dir": str(cfg.out / "tb" / cand.name),
                        "scenario_ids": scenario_ids, "scenario_boxes": scenario_boxes, "key": key}
                 pending_jobs.append((cand, job))
@@ -361,7 +388,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     # 4. Assemble, rank, write.
     scenarios = {s: {"n_images": len(ids), "n_boxes": scenario_boxes[s]} for s, ids in scenario_ids.items()}
     results = assemble_results(cfg, preset, seeds, settings, data_info, candidates, scenarios, time.time() - started)
-    write_outputs(cfg, results, candidates, dataset, eval_ids)
+    write_outputs(cfg, results, candidates, dataset, sorted(dataset.splits[cfg.eval_split]))
     return results
 
 

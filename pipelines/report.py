@@ -188,9 +188,15 @@ def render_markdown(results: dict[str, Any]) -> str:
     if data.get("synthetic"):
         out.write("> **SYNTHETIC DATA.** These numbers come from the built-in synthetic M3FD-layout scenes, not from "
                   "real M3FD. Run with `--data /path/to/M3FD` (or set `M3FD_ROOT`) for real rankings.\n\n")
-    out.write(f"- data: `{data['root']}` ({data['n_images']} pairs; split method `{data['split']['method']}`, "
-              f"train {data['split']['counts'].get(cfg['train_split'], 0)} / "
-              f"evaluated `{cfg['eval_split']}` {data['split']['counts'].get(cfg['eval_split'], 0)})\n")
+    counts = data["split"]["counts"]
+    select = cfg.get("select_split", cfg["eval_split"])
+    out.write(f"- data: `{data['root']}` ({data['n_images']} pairs; split method `{data['split']['method']}`): "
+              f"detectors learn on `{cfg['train_split']}` ({counts.get(cfg['train_split'], 0)} images), keep their "
+              f"best epoch on `{select}` ({counts.get(select, 0)}) and are scored on `{cfg['eval_split']}` "
+              f"({counts.get(cfg['eval_split'], 0)})\n")
+    if select == cfg["eval_split"]:
+        out.write("- **note:** the best epoch was chosen on the scored images, so every mAP here is optimistic, "
+                  "the noisier candidates' most; score on a separate split (`--eval-split test`) to rank fairly\n")
     out.write(f"- detector: `{cfg['detection']['model']}` preset `{cfg['preset']}`, imgsz {cfg['detection']['imgsz']}, "
               f"{cfg['detection']['epochs']} epochs, seeds {cfg['seeds']} (mean ± std over seeds)\n")
     out.write(f"- fusion metrics: mean over the `{cfg['eval_split']}` images, reference-evaluator conventions "

@@ -41,8 +41,12 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
     p.add_argument("--weights", type=Path, help="local detector weights .pt to start from (nothing is downloaded)")
     p.add_argument("--device", default="cpu", help="cpu, 0, or 0,1,... (Ultralytics DDP for several GPUs)")
     p.add_argument("--jobs", type=int, help="detector runs at once (default: the preset's)")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--eval-split", default="val")
+    p.add_argument("--train-split", default="train", help="M3FD split the detectors learn from (default train)")
+    p.add_argument("--select-split", default="val",
+                   help="split validated every epoch to keep the best detector checkpoint (default val)")
+    p.add_argument("--eval-split", default="test",
+                   help="split the kept detector and the fusion metrics are scored on (default test; naming the "
+                        "--select-split here scores on the selection images, which the report flags as optimistic)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the scene-aware split when there are no lists")
     p.add_argument("--out", type=Path, default=Path("runs/m3fd"))
     p.add_argument("--force", action="store_true", help="redo cached fusing and detector runs")
@@ -51,8 +55,8 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
     return PipelineConfig(out=a.out, data=a.data, checkpoints=a.checkpoints, baselines=a.baselines, preset=a.preset,
                           seeds=a.seeds, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, model=a.model,
                           weights=a.weights, device=a.device, jobs=a.jobs, force=a.force,
-                          train_split=a.train_split, eval_split=a.eval_split, split_seed=a.split_seed,
-                          progress=not a.no_progress)
+                          train_split=a.train_split, select_split=a.select_split, eval_split=a.eval_split,
+                          split_seed=a.split_seed, progress=not a.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,6 +82,35 @@ def test_results_json_records_config_versions_split_and_timings(first_run):
     assert stored["spearman"], "three successful candidates give a Spearman table"
 
 
+def test_detectors_keep_their_best_epoch_on_val_and_are_scored_on_test(first_run):
+    from data.m3fd import load_m3fd
+    from detection.export import YoloDataset
+
+    cfg, results = first_run
+    stored = json.loads((cfg.out / "results.json").read_text())
+    splits = load_m3fd(Path(stored["data"]["root"])).splits
+    assert (stored["config"]["select_split"], stored["config"]["eval_split"]) == ("val", "test")
+    ir = next(r for r in results["candidates"] if r["name"] == "ir")
+    run = ir["detection_runs"][0]
+    assert run["eval_split"] == "test" and run["n_images"] == len(splits["test"])
+    exported = YoloDataset.load(cfg.out / "cache" / "yolo" / Path(ir["fused_dir"]).name)  # named by the fused key
+    assert {role: sorted(p.stem for p in (exported.root / "images" / role).iterdir()) for role in exported.splits} \
+        == {role: sorted(splits[role]) for role in ("train", "val", "test")}
+    per_image = json.loads((cfg.out / "state" / "ir" / "metrics.json").read_text())["output"]["per_image"]
+    assert sorted(per_image) == sorted(splits["test"])  # fusion metrics on the scored images too
+    md = (cfg.out / "results.md").read_text()
+    assert "keep their best epoch on `val`" in md and "scored on `test`" in md and "optimistic" not in md
+
+
+def test_splits_are_checked_before_any_work():
+    counts = {"train": 5, "val": 2, "test": 0}
+    assert m3fd.check_splits(PipelineConfig(), {"train": 5, "val": 2, "test": 1}) == []
+    problems = m3fd.check_splits(PipelineConfig(), counts)
+    assert len(problems) == 1 and "'test' (--eval-split) is empty" in problems[0] and "val 2" in problems[0]
+    problems = m3fd.check_splits(PipelineConfig(select_split="train", eval_split="train"), counts)
+    assert len(problems) == 2 and all("is the training split" in p for p in problems)
+
+
 def test_plots_and_tensorboard(first_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
