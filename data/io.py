@@ -47,17 +47,24 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+# Every reader (and data.probe) decodes the stored pixel grid and ignores an EXIF orientation tag: infrared and
+# visible frames are registered pixel for pixel as stored, and a tag on one side only would silently turn a
+# registered pair into a mismatched one. (The reference evaluator's cv2.imread would apply the tag.)
+_IGNORE_ORIENTATION = cv2.IMREAD_IGNORE_ORIENTATION
+
+
 def _imread(path: Path, flags: int) -> np.ndarray:
     # cv2.imread does not understand non-ASCII paths on every platform; imdecode on the bytes always works.
     data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, flags) if data.size else None
+    image = cv2.imdecode(data, flags | _IGNORE_ORIENTATION) if data.size else None
     if image is None:
         raise ValueError(f"cannot decode image: {path}")
     return image
 
 
 def read_gray_reference(path: str | Path) -> np.ndarray:
-    """Read an image exactly as the reference evaluator does. Returns float32 (H, W) of whole numbers 0..255."""
+    """Read an image as the reference evaluator does (BGR 8-bit, float32 BGR->GRAY, rounded half to even), except
+    that an EXIF orientation tag is ignored (see ``_imread``). Returns float32 (H, W) of whole numbers 0..255."""
     bgr = _imread(Path(path), cv2.IMREAD_COLOR).astype(np.float32)
     return np.round(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
 
@@ -152,7 +159,8 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
 def replace_dir(src: str | Path, dst: str | Path) -> None:
     """Move the finished directory ``src`` onto ``dst``, replacing any existing ``dst``.
 
-    The old ``dst`` is first renamed aside, so at every moment ``dst`` is either the old or the new complete tree.
+    The old ``dst`` is first renamed aside (``.NAME.old``) and removed only once the new tree is in place; if that
+    second rename fails, the old tree is put back. Between the two renames ``dst`` is briefly absent, never partial.
     """
     src, dst = Path(src), Path(dst)
     if dst.exists():
@@ -160,7 +168,11 @@ def replace_dir(src: str | Path, dst: str | Path) -> None:
         if old.exists():
             shutil.rmtree(old)
         os.replace(dst, old)
-        os.replace(src, dst)
+        try:
+            os.replace(src, dst)
+        except BaseException:
+            os.replace(old, dst)
+            raise
         shutil.rmtree(old)
     else:
         os.replace(src, dst)

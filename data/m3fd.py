@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import warnings
@@ -94,16 +95,19 @@ def read_voc(path: str | Path, image_id: str | None = None) -> Annotation:
     path = Path(path)
     try:
         tree = ET.parse(path)
-    except ET.ParseError as err:
+    except (ET.ParseError, LookupError, UnicodeError) as err:  # LookupError: an unknown declared encoding
         raise ValueError(f"XML does not parse ({err})") from None
     node = tree.getroot()
 
     def number(parent: ET.Element, tag: str, where: str) -> float:
         text = parent.findtext(tag)
         try:
-            return float(text)  # type: ignore[arg-type]
+            value = float(text)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: <{tag}> is {text!r}, not a number") from None
+            value = math.nan
+        if not math.isfinite(value):  # 'nan' and 'inf' parse as floats but are no coordinates
+            raise ValueError(f"{where}: <{tag}> is {text!r}, not a finite number")
+        return value
 
     width = height = 0
     size = node.find("size")
@@ -165,6 +169,10 @@ def check_annotation(
         if min(box.xmin, box.ymin) < lo or box.xmax > width + tolerance or box.ymax > height + tolerance:
             problems.append(f"{where}: outside the {width}x{height} image by more than {tolerance:g} px")
             continue
+        if box.xmax < 1 or box.ymax < 1 or box.xmin > width or box.ymin > height:
+            # within the tolerance but wholly off the image: clipping would invent a 1-pixel object
+            problems.append(f"{where}: lies wholly outside the {width}x{height} image")
+            continue
         clipped = Box(
             box.name,
             min(max(box.xmin, 1.0), width),
@@ -196,9 +204,17 @@ class _Meta:
 
 def read_id_list(path: Path) -> list[str]:
     """Ids of a one-id-per-line list: blank lines and ``#`` comments skipped, file extensions and folders dropped,
-    duplicates dropped (first kept)."""
+    duplicates dropped (first kept).
+
+    Raises:
+        ValueError: the file is not UTF-8 text (e.g. saved as UTF-16).
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
     out: dict[str, None] = {}
-    for line in path.read_text(encoding="utf-8-sig").splitlines():
+    for line in text.splitlines():
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
@@ -224,7 +240,7 @@ def _read_meta(root: Path, ids: Sequence[str], problems: list[str]) -> _Meta:
     conflicts = 0
     for scenario, path in scenario_files:
         meta.scenario_sources.append(path.name)
-        for image_id in known.intersection(read_id_list(path)):  # a list may cover more than is present
+        for image_id in known.intersection(_read_lists([path], problems)):  # a list may cover more than is present
             if meta.scenario.setdefault(image_id, scenario) != scenario:
                 conflicts += 1
     if conflicts:
@@ -273,12 +289,23 @@ def _classify_lists(meta_dir: Path, scenario_names: set[str], notes: list[str]) 
     return (plain if any(plain.values()) else per_scenario), scenario_files
 
 
+def _read_lists(paths: Iterable[Path], problems: list[str]) -> list[str]:
+    """The ids of several lists in order, without duplicates; an unreadable list is a problem and adds nothing."""
+    ids: dict[str, None] = {}
+    for path in paths:
+        try:
+            ids.update(dict.fromkeys(read_id_list(path)))
+        except (ValueError, OSError) as err:
+            problems.append(str(err) if str(path) in str(err) else f"{path}: {err}")
+    return list(ids)
+
+
 def _read_split_lists(split_files: dict[str, list[Path]], known: set[str], problems: list[str]) -> dict[str, list[str]]:
     """The ids of each split, in list order; listed ids that do not exist and ids in two splits are problems."""
     splits: dict[str, list[str]] = {}
     first_split: dict[str, str] = {}
     for name, files in split_files.items():
-        splits[name] = list(dict.fromkeys(i for path in files for i in read_id_list(path)))
+        splits[name] = _read_lists(files, problems)
         missing = [i for i in splits[name] if i not in known]
         if missing:
             problems.append(
@@ -507,7 +534,12 @@ def load_m3fd(
     problems: list[str] = []
     ir = images_by_stem(root / IR_DIR, problems)
     vis = images_by_stem(root / VIS_DIR, problems)
-    xml = {p.stem: p for p in sorted((root / ANNOTATION_DIR).iterdir()) if p.is_file() and p.suffix.lower() == ".xml"}
+    xml: dict[str, Path] = {}
+    for path in sorted((root / ANNOTATION_DIR).iterdir()):
+        if path.is_file() and path.suffix.lower() == ".xml":
+            if path.stem in xml:  # e.g. 00001.xml and 00001.XML: which one holds the truth is not ours to guess
+                problems.append(f"two annotation files for '{path.stem}': {xml[path.stem]} and {path}")
+            xml.setdefault(path.stem, path)
     sides = ((IR_DIR, ir, "an image"), (VIS_DIR, vis, "an image"), (ANNOTATION_DIR, xml, "an .xml file"))
     for image_id in sorted(set(ir) | set(vis) | set(xml)):
         found = ", ".join(str(files[image_id]) for _, files, _ in sides if image_id in files)
@@ -522,7 +554,7 @@ def load_m3fd(
     for image_id in ids:
         try:
             raw[image_id] = read_voc(xml[image_id], image_id)
-        except (ValueError, OSError) as err:
+        except (ValueError, OSError, OverflowError) as err:
             problems.append(f"{xml[image_id]}: {err}")
 
     sizes: dict[str, tuple[int, int]] = {}

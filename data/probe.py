@@ -64,7 +64,7 @@ def probe_image(path: str | Path) -> tuple[int, int]:
         raise ValueError("empty file")
     header = jpeg_header_size(data)
     if header is not None:
-        small = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8)
+        small = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8 | cv2.IMREAD_IGNORE_ORIENTATION)  # as data.io
         if small is None:
             raise ValueError("cannot decode image")
         width, height = header

@@ -353,7 +353,7 @@ def _things(rng: np.random.Generator, width: int, height: int, horizon: int) -> 
         for _ in range(int(rng.integers(spec.count[0], spec.count[1] + 1))):
             for _attempt in range(20):
                 h = int(round(rng.uniform(*spec.height) * scale))
-                w = max(4, int(round(h * rng.uniform(*spec.aspect))))
+                w = min(max(4, int(round(h * rng.uniform(*spec.aspect)))), width - 1)  # narrow images: fit
                 if name == "Lamp":  # heads above the horizon, posts down to the pavement
                     y0 = rng.uniform(0.1 * horizon, max(0.1 * horizon + 1, horizon - 2 * h))
                 else:  # feet on the road
@@ -498,6 +498,8 @@ def generate_synthetic_m3fd(
         raise ValueError(f"num_scenes must be at least {len(SPLIT_NAMES)} (one whole scene per split), got {num_scenes}")
     if frames_per_scene < 1 or width < 64 or height < 64:
         raise ValueError(f"need frames_per_scene >= 1 and a size of at least 64x64, got {frames_per_scene} and {width}x{height}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
     params = _params(num_scenes, frames_per_scene, (width, height), seed)
     if _is_complete(root, params):
         return root

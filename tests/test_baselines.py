@@ -78,6 +78,30 @@ def test_atomic_writes_get_normal_file_permissions(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]  # no temporary file left behind
 
 
+def test_replace_dir_puts_the_old_tree_back_when_the_swap_fails(tmp_path, monkeypatch):
+    import os
+
+    from data import io
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("old")
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "new.txt").write_text("new")
+    real_replace, calls = os.replace, []
+
+    def second_rename_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", second_rename_fails)
+    with pytest.raises(OSError, match="disk full"):
+        io.replace_dir(tmp_path / "new", tmp_path / "out")
+    assert (tmp_path / "out" / "old.txt").read_text() == "old"  # the previous result survives
+    assert not (tmp_path / ".out.old").exists()
+
+
 def test_ir_only_borrows_nothing_from_the_visible_image(pair_arrays):
     ir, vis_bgr = pair_arrays
     fused = fuse_arrays(create_fuser("ir"), ir, luma(vis_bgr), vis_bgr)

@@ -141,6 +141,39 @@ def test_annotation_problems_each_named(tmp_path):
     assert "00004.xml" in message and f"declared size {W * 2}x{H}" in message
 
 
+def test_odd_annotations_and_lists_are_named_not_crashed_on(tmp_path):
+    boxes = {
+        "00000": [("Car", "nan", 3, "nan", 20)],  # parses as a float, is no coordinate
+        "00001": [("Car", -1, 3, 0, 20)],  # within the clip tolerance but wholly off the image
+    }
+    root = make_m3fd(tmp_path / "d", IDS[:6], boxes=boxes, meta={"val.txt": IDS[4:5], "test.txt": IDS[5:6]})
+    (root / "Annotation" / "00002.xml").write_text('<?xml version="1.0" encoding="bogus"?><annotation/>')
+    (root / "Annotation" / "00003.XML").write_text(voc([("Car", 1, 1, 5, 5)]))  # a second file for 00003
+    (root / "meta" / "train.txt").write_text("00000\n00001\n", encoding="utf-16")  # Notepad's "Unicode"
+    message = problems_of(root)
+    assert "5 problem(s)" in message, message
+    assert "00000.xml" in message and "not a finite number" in message
+    assert "00001.xml" in message and "wholly outside" in message
+    assert "00002.xml" in message and "does not parse" in message
+    assert "two annotation files for '00003'" in message and "00003.XML" in message
+    assert "train.txt" in message and "not UTF-8" in message
+
+
+def test_exif_orientation_is_ignored_so_pairs_stay_registered(tmp_path):
+    root = make_m3fd(tmp_path / "d", IDS[:4], vis_ext=".jpg")
+    # JPEG with an EXIF APP1 segment saying "rotate 90 degrees" (orientation 6), spliced in after SOI.
+    tiff = b"MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00"
+    app1 = b"\xff\xe1" + (len(tiff) + 8).to_bytes(2, "big") + b"Exif\x00\x00" + tiff
+    path = root / "Vis" / "00000.jpg"
+    data = path.read_bytes()
+    path.write_bytes(data[:2] + app1 + data[2:])
+    assert cv2.imread(str(path)).shape[:2] == (W, H)  # OpenCV's default read would rotate it
+    ds = load_m3fd(root, block_size=1)
+    assert ds.pairs()[0].stem == "00000"
+    from data.io import read_gray_reference, read_visible
+    assert read_visible(path)[0].shape == read_gray_reference(path).shape == (H, W)
+
+
 def test_two_bad_files_are_both_named(tmp_path):
     root = make_m3fd(tmp_path / "d", IDS[:6], boxes={"00004": [("Dog", 1, 1, 5, 5)]})
     (root / "Ir" / "00001.png").write_bytes(b"")
