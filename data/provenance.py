@@ -29,6 +29,19 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def file_fingerprint(path: str | Path) -> list[Any]:
+    """[resolved path, size, modification time in ns] of a file: changes when it is rewritten, replaced or touched,
+    without reading it (hashing a full dataset's images on every run would cost minutes)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+def files_fingerprint(paths: Iterable[str | Path]) -> str:
+    """One key over the ``file_fingerprint`` of every file, in the given order."""
+    return content_key([file_fingerprint(p) for p in paths])
+
+
 def package_versions(packages: Iterable[str] = RECORDED_PACKAGES) -> dict[str, str]:
     """Installed versions of ``packages`` ("not installed" where absent), plus Python and the platform."""
     out = {"python": platform.python_version(), "platform": platform.platform()}

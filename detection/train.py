@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from data.io import atomic_write_json
-from data.provenance import content_key
+from data.provenance import content_key, file_fingerprint
 from data.types import CLASS_NAMES
 from detection.coco_eval import CocoScores, coco_map
 from detection.export import YoloDataset, link_file
@@ -149,38 +149,41 @@ class TensorBoardMirror:
         self._training_ended = bool(trainer.stop)
 
 
-def _file_fingerprint(path: Path) -> list[Any]:
-    stat = path.stat()
-    return [str(path), stat.st_size, stat.st_mtime_ns]
-
-
 def _run_key(dataset: YoloDataset, settings: Mapping[str, Any], weights: Path | None) -> str:
     from importlib.metadata import version
 
-    payload = {"dataset": dataset.key, **settings, "weights": _file_fingerprint(weights) if weights else None,
+    payload = {"dataset": dataset.key, **settings, "weights": file_fingerprint(weights) if weights else None,
                "ultralytics": version("ultralytics")}
     return content_key(payload)
 
 
-def _check_arguments(dataset: YoloDataset, model: str, weights: Path | None, epochs: int, imgsz: int, batch: int,
-                     extra_args: Mapping[str, Any], eval_split: str) -> None:
+def check_recipe(model: str, weights: str | Path | None, epochs: int, imgsz: int, batch: int,
+                 extra_args: Mapping[str, Any] | None = None) -> list[str]:
+    """Problems with a detector recipe, found without importing Ultralytics; the pipeline calls this before any
+    heavy work, :func:`train_and_evaluate` again before training."""
     problems = []
     if not model.lower().endswith((".yaml", ".yml")):
         problems.append(f"model '{model}' must be a model yaml (e.g. yolov8n.yaml); a name or .pt would be "
                         "downloaded. Pass a local checkpoint as weights=")
-    if weights is not None and (weights.suffix != ".pt" or not weights.is_file()):
+    if weights is not None and (Path(weights).suffix != ".pt" or not Path(weights).is_file()):
         problems.append(f"weights {weights} must be an existing local .pt file")
-    owned = sorted(set(extra_args) & OWNED_ARGS)
+    owned = sorted(set(extra_args or {}) & OWNED_ARGS)
     if owned:
         problems.append(f"extra_args may not set {', '.join(owned)} (train_and_evaluate sets them)")
+    if epochs < 1 or imgsz < 32 or batch < 1:
+        problems.append(f"need epochs >= 1, imgsz >= 32 and batch >= 1 (got {epochs}, {imgsz}, {batch})")
+    return problems
+
+
+def _check_arguments(dataset: YoloDataset, model: str, weights: Path | None, epochs: int, imgsz: int, batch: int,
+                     extra_args: Mapping[str, Any], eval_split: str) -> None:
+    problems = check_recipe(model, weights, epochs, imgsz, batch, extra_args)
     for split in ("train", "val"):
         if split not in dataset.split_counts:
             problems.append(f"the dataset has no '{split}' split (Ultralytics trains on 'train' and validates "
                             f"each epoch on 'val'); it has: {', '.join(dataset.split_counts)}")
     if eval_split not in dataset.split_counts:
         problems.append(f"eval_split '{eval_split}' is not a split of the dataset ({', '.join(dataset.split_counts)})")
-    if epochs < 1 or imgsz < 32 or batch < 1:
-        problems.append(f"need epochs >= 1, imgsz >= 32 and batch >= 1 (got {epochs}, {imgsz}, {batch})")
     if not dataset.yaml_path.is_file():
         problems.append(f"dataset yaml {dataset.yaml_path} is missing (export it again)")
     if problems:

@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from data.io import atomic_write_json, atomic_write_text, read_image, read_ir, read_visible, replace_dir
-from data.provenance import content_key, file_sha256, package_versions
+from data.provenance import content_key, file_sha256, files_fingerprint, package_versions
 
 from . import report
 from .stages import StageStore
@@ -130,6 +130,8 @@ def resolve_dataset(cfg: PipelineConfig, synthetic_params: dict[str, Any]):
                                 size=tuple(synthetic_params["size"]), seed=0)
     dataset = load_m3fd(Path(root), seed=cfg.split_seed)
     problems = check_splits(cfg, {name: len(ids) for name, ids in dataset.splits.items()})
+    if not problems and not any(ann.boxes for ann in dataset.annotations(cfg.eval_split).values()):
+        problems.append(f"split '{cfg.eval_split}' (--eval-split) has no boxes: there is nothing to detect")
     if problems:
         from data.errors import DatasetError
 
@@ -189,6 +191,9 @@ def build_candidates(cfg: PipelineConfig) -> list[Candidate]:
     for path in cfg.checkpoints:
         path = Path(path)
         name = path.stem if path.stem not in seen else f"{path.parent.name}_{path.stem}"
+        base, k = name, 2
+        while name in seen:  # names key the state/, runs/ and tb/ folders: two rows must never share one
+            name, k = f"{base}_{k}", k + 1
         seen.add(name)
         candidate = Candidate(name=name, kind="checkpoint", checkpoint=path.resolve())
         try:
@@ -207,7 +212,8 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Sta
 
     fusion_cfg = load_train_config(preset=preset_name)
     ids = sorted(dataset.splits[cfg.train_split])
-    key = content_key("dae_fuse_train", asdict(fusion_cfg), str(dataset.root), ids, torch_device(cfg.device))
+    key = content_key("dae_fuse_train", asdict(fusion_cfg), str(dataset.root), ids, source_fingerprint(dataset, ids),
+                      torch_device(cfg.device))
     stored = store.get("_fusion_training", "train", key)
     if stored and Path(stored["checkpoint"]).is_file():
         return Path(stored["checkpoint"])
@@ -227,6 +233,12 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Sta
     return checkpoint
 
 
+def source_fingerprint(dataset, ids: list[str]) -> str:
+    """Key of the infrared and visible files of ``ids`` (path, size, mtime): an edited or replaced source image
+    invalidates what was fused or trained from it."""
+    return files_fingerprint(p for i in ids for p in (dataset.ir_path(i), dataset.vis_path(i)))
+
+
 def make_fuser(candidate: Candidate, device: str):
     """The candidate's fuser, built on first use and kept (a checkpoint's is already built by validation)."""
     from fusion.fusers import create_fuser
@@ -243,7 +255,7 @@ def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageS
 
     fuser = make_fuser(candidate, torch_device(cfg.device))
     ids = sorted(set().union(*(dataset.splits[s] for s in (cfg.train_split, cfg.select_split, cfg.eval_split))))
-    key = content_key("fuse", fuser.cache_key(), str(dataset.root), ids)
+    key = content_key("fuse", fuser.cache_key(), str(dataset.root), ids, source_fingerprint(dataset, ids))
     stored = store.get(candidate.name, "fuse", key)
     fused_dir = cfg.out / "cache" / "fused" / key[:16]
     if stored and fused_dir.is_dir():
@@ -278,13 +290,22 @@ def stage_metrics(cfg: PipelineConfig, candidate: Candidate, dataset, fused: dic
 
 
 def detection_settings(cfg: PipelineConfig, preset: dict[str, Any]) -> dict[str, Any]:
-    """The detector recipe every candidate gets: the preset's, with the command line's overrides."""
+    """The detector recipe every candidate gets: the preset's, with the command line's overrides.
+
+    Raises:
+        ValueError: the recipe cannot train (model not a yaml, missing weights, epochs < 1, ...), all problems listed.
+    """
     from detection.presets import load_preset
+    from detection.train import check_recipe
 
     recipe = load_preset(preset["detection"]).train_kwargs()
     overrides = {"model": cfg.model, "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch}
     recipe.update({k: v for k, v in overrides.items() if v is not None})
     recipe["weights"] = str(Path(cfg.weights).resolve()) if cfg.weights else None
+    problems = check_recipe(recipe["model"], recipe["weights"], recipe["epochs"], recipe["imgsz"], recipe["batch"],
+                            recipe["extra_args"])
+    if problems:  # before the dataset is read or anything is fused: every candidate would fail the same way
+        raise ValueError("detector recipe: " + "; ".join(problems))
     recipe["weights_sha256"] = file_sha256(cfg.weights) if cfg.weights else None  # the cache follows the bytes
     return recipe
 
@@ -312,8 +333,10 @@ def detect_job(job: dict[str, Any]) -> dict[str, Any]:
         writer.close()
     out = result.to_dict()
     out["scenarios"] = {}
+    predictions = Path(result.predictions_path)
     for scenario, ids in job["scenario_ids"].items():
-        scores = coco_map(Path(job["coco_gt"]), Path(result.predictions_path),
+        # Ultralytics writes no predictions.json for a detector that predicted nothing: score no detections.
+        scores = coco_map(Path(job["coco_gt"]), predictions if predictions.is_file() else [],
                           image_ids=[coco_image_id(i) for i in ids])
         out["scenarios"][scenario] = {"map50": scores.map50, "n_images": len(ids),
                                       "n_boxes": job["scenario_boxes"][scenario]}
@@ -328,7 +351,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     cfg = replace(cfg, out=Path(cfg.out).resolve())
     cfg.out.mkdir(parents=True, exist_ok=True)
     preset = load_pipeline_preset(cfg.preset)
-    seeds = list(cfg.seeds if cfg.seeds is not None else preset["seeds"])
+    seeds = list(dict.fromkeys(cfg.seeds if cfg.seeds is not None else preset["seeds"]))  # a repeat is no new seed
     jobs = cfg.jobs or preset["jobs"]
     settings = detection_settings(cfg, preset)
 
@@ -367,7 +390,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                                        cfg.out / "cache" / "yolo" / fused["key"][:16], eval_split=eval_role)
             cand.record["detection_runs"] = {}
             for seed in seeds:
-                key = content_key("detect", fused["key"], settings, seed, roles, eval_role, cfg.device)
+                key = content_key("detect", fused["key"], yolo.key, settings, seed, roles, eval_role, cfg.device,
+                                  scenario_ids)
                 stored = store.get(cand.name, f"detect_seed{seed}", key)
                 if stored:
                     cand.record["detection_runs"][seed] = stored
@@ -434,7 +458,9 @@ def assemble_results(cfg: PipelineConfig, preset: dict, seeds: list[int], settin
             "checkpoint": str(cand.checkpoint) if cand.checkpoint else None, "error": cand.error,
             "fusion": cand.record.get("metrics"), "fuse_seconds_per_image": fuse.get("seconds_per_image"),
             "fused_dir": fuse.get("dir"),
-            "detection": report.summarise_detection(runs) if runs else None, "detection_runs": runs,
+            # A candidate with any failed seed is not ranked: a mean over fewer seeds than the others' is no match.
+            "detection": report.summarise_detection(runs) if runs and not cand.error else None,
+            "detection_runs": runs,
         })
     best_single = report.add_gains(records)
     cfg_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}

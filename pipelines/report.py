@@ -93,6 +93,11 @@ def spearman_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 MIN_INFORMATIVE_MAP50 = 0.01
 
 
+def _shown_gain(gain: float) -> float:
+    """A gain as the table shows it (3 decimals), with -0.0 turned into 0.0: a gain that prints as 0.000 is none."""
+    return round(gain, 3) + 0.0
+
+
 def verdict(records: list[dict[str, Any]], best_single: float | None) -> str:
     """The one-paragraph answer: which fusions beat the better single modality, and how far to trust it.
 
@@ -112,7 +117,7 @@ def verdict(records: list[dict[str, Any]], best_single: float | None) -> str:
     winners = []
     for r in records:
         gain = r.get("gain_map50")
-        if r.get("baseline") in SINGLE_MODALITY or gain is None or gain <= 0:
+        if r.get("baseline") in SINGLE_MODALITY or gain is None or _shown_gain(gain) <= 0:
             continue
         spread = max(r["detection"]["map50"]["std"], reference["detection"]["map50"]["std"])
         n_seeds = min(r["detection"]["map50"]["n"], reference["detection"]["map50"]["n"])
@@ -153,7 +158,7 @@ def table_rows(records: list[dict[str, Any]], pm: bool = True) -> list[dict[str,
             "rank": str(rank) if _map50(r) is not None else "-",
             "candidate": r["name"],
             "mAP@50": _fmt(det.get("map50"), pm=pm),
-            "gain vs best single": "-" if gain is None else f"{gain:+.3f}",
+            "gain vs best single": "-" if gain is None else f"{_shown_gain(gain):+.3f}".replace("+0.000", "0.000"),
             "mAP@50:95": _fmt(det.get("map50_95"), pm=pm),
             "P": _fmt(det.get("precision"), pm=False),
             "R": _fmt(det.get("recall"), pm=False),

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     print((Path(cfg.out) / "results.md").resolve().read_text())
     print(f"results: {Path(cfg.out).resolve()}/results.{{json,csv,md}}, plots/, tb/ "
           f"(tensorboard --logdir {Path(cfg.out).resolve() / 'tb'})")
-    return 0 if results["candidates"] else 1
+    return 0 if any(r["detection"] for r in results["candidates"]) else 1  # no detector result: the run failed
 
 
 if __name__ == "__main__":

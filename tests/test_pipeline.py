@@ -196,3 +196,51 @@ def test_bad_dataset_fails_before_any_heavy_work(tmp_path, synthetic_root):
         run_pipeline(cfg)
     assert all(path.name in str(err.value) for path in bad)  # every offending file is named
     assert not (cfg.out / "cache").exists() and not (cfg.out / "state").exists()
+
+
+def test_eval_split_without_boxes_and_bad_recipe_fail_before_any_heavy_work(tmp_path, synthetic_root):
+    import shutil
+
+    from data.errors import DatasetError
+    from data.m3fd import load_m3fd
+
+    root = tmp_path / "m3fd"
+    shutil.copytree(synthetic_root, root)
+    for image_id in load_m3fd(root).splits["test"]:
+        (root / "Annotation" / f"{image_id}.xml").write_text("<annotation><size><width>80</width><height>64</height>"
+                                                             "</size></annotation>")
+    cfg = PipelineConfig(out=tmp_path / "out", data=root, preset="tiny", progress=False)
+    with pytest.raises(DatasetError, match="'test' .* has no boxes"):
+        run_pipeline(cfg)
+    bad_recipe = PipelineConfig(out=tmp_path / "out2", preset="tiny", model="yolov8n.pt", epochs=0, progress=False)
+    with pytest.raises(ValueError, match="must be a model yaml.*epochs >= 1"):
+        run_pipeline(bad_recipe)
+    assert not (tmp_path / "out2" / "synthetic_m3fd").exists()  # not even the default data was written
+
+
+def test_an_edited_source_image_is_fused_again(tmp_path, synthetic_root):
+    import shutil
+
+    from data.m3fd import load_m3fd
+    from pipelines.stages import StageStore
+
+    root = tmp_path / "m3fd"
+    shutil.copytree(synthetic_root, root)
+    cfg = PipelineConfig(out=tmp_path / "out", data=root, preset="tiny", progress=False)
+    dataset, store = load_m3fd(root), StageStore(tmp_path / "out" / "state")
+    candidate = m3fd.Candidate(name="max", kind="baseline", baseline="max")
+    first = m3fd.stage_fuse(cfg, candidate, dataset, store)
+    assert m3fd.stage_fuse(cfg, candidate, dataset, store)["cached"]
+    edited = dataset.ir_path(dataset.splits["test"][0])
+    cv2.imwrite(str(edited), np.zeros_like(cv2.imread(str(edited))))
+    again = m3fd.stage_fuse(cfg, candidate, dataset, store)
+    assert not again["cached"] and again["key"] != first["key"]
+
+
+def test_checkpoints_with_clashing_names_get_distinct_rows(tmp_path):
+    paths = [tmp_path / "c" / "best.pt", tmp_path / "a" / "x" / "best.pt", tmp_path / "b" / "x" / "best.pt"]
+    for path in paths:
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"junk")  # rejected on load, but still a row with its own folders
+    names = [c.name for c in m3fd.build_candidates(PipelineConfig(checkpoints=paths, baselines=["ir", "vis"]))]
+    assert len(names) == len(set(names)) == 5 and names[:2] == ["ir", "vis"]

@@ -101,3 +101,15 @@ def test_verdict_names_winners_noise_and_inconclusive_tables():
     nothing = [_record("ir", [0.0], "ir"), _record("vis", [0.0], "vis"), _record("f", [0.004], None)]
     assert report.verdict(nothing, report.add_gains(nothing)).startswith("Inconclusive")
 
+
+
+def test_a_gain_that_prints_as_zero_is_no_gain_and_never_negative_zero():
+    def row(name, baseline, value):
+        return {"name": name, "baseline": baseline, "error": None, "fusion": None, "fuse_seconds_per_image": None,
+                "detection": {"map50": {"mean": value, "std": 0.0, "n": 1}}}
+
+    records = [row("ir", "ir", 0.5), row("vis", "vis", 0.2), row("mean", "mean", 0.4996), row("max", "max", 0.5004)]
+    best = report.add_gains(records)
+    shown = {r["candidate"]: r["gain vs best single"] for r in report.table_rows(records)}
+    assert shown["mean"] == shown["max"] == "0.000" and shown["vis"] == "-0.300"
+    assert "No fusion beats it" in report.verdict(records, best)
