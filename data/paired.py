@@ -1,8 +1,10 @@
 """Paired-folder reader for the fusion test sets (``TNO/{ir,vi}``, ``RoadScene/{ir,vi}``, ``MRI_CT/{CT,MRI}`` ...).
 
-Pairs are matched by file stem. Which folder plays the infrared role and which the visible role is data: for the
-medical sets the functional image (CT, PET, SPECT) takes the "ir" role and MRI the "vis" role, as in the
-reference evaluator's ``test_MIF.py``.
+Pairs are matched by file stem. Which folder plays the infrared role and which the visible role is data. For the
+medical sets the colour image takes the "vis" role, because fusers keep the chroma of that role's image: MRI-CT
+pairs CT ("ir", as in the reference evaluator's ``test_MIF.py``) with MRI ("vis"); MRI-PET and MRI-SPECT pair MRI
+("ir") with the colour PET or SPECT image ("vis"), whose colour would otherwise be lost. The fusion metrics are
+symmetric in the two sources, so the roles change no score.
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ from .io import IMAGE_EXTENSIONS
 from .probe import probe_images
 from .types import Pair
 
-# Folder names recognised for each role when a dataset root is given without explicit folder names.
-IR_DIR_NAMES: tuple[str, ...] = ("ir", "Ir", "IR", "infrared", "Infrared", "CT", "PET", "SPECT")
-VIS_DIR_NAMES: tuple[str, ...] = ("vi", "Vis", "vis", "VI", "visible", "Visible", "MRI")
+# Folder names recognised for each role when a dataset root is given without explicit folder names; the first
+# present name wins. MRI is in both lists, last: beside CT it plays "vis" (CT comes first for "ir"), beside PET or
+# SPECT it plays "ir" (they come first for "vis", to keep their colour).
+IR_DIR_NAMES: tuple[str, ...] = ("ir", "Ir", "IR", "infrared", "Infrared", "CT", "MRI")
+VIS_DIR_NAMES: tuple[str, ...] = ("vi", "Vis", "vis", "VI", "visible", "Visible", "PET", "SPECT", "MRI")
 
 
 def images_by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
@@ -43,8 +47,11 @@ def resolve_pair_dirs(root: str | Path, ir_dir: str | None = None, vis_dir: str 
 
     ir, vis = pick(ir_dir, IR_DIR_NAMES), pick(vis_dir, VIS_DIR_NAMES)
     problems = [f"no {role} folder: expected one of {', '.join(names)} (or name it explicitly)"
-                for found, role, names in ((ir, "infrared/functional", IR_DIR_NAMES), (vis, "visible/MRI", VIS_DIR_NAMES))
+                for found, role, names in ((ir, "infrared", IR_DIR_NAMES), (vis, "visible", VIS_DIR_NAMES))
                 if found is None]
+    if not problems and ir.resolve() == vis.resolve():
+        # e.g. a root holding only an MRI folder (recognised for both roles): every image would pair with itself
+        problems.append(f"the folder {ir} would play both the infrared and the visible role; name the two folders")
     if problems:
         raise DatasetError(str(root), problems)
     return ir, vis

@@ -42,7 +42,7 @@ class Annotation:
 
 @dataclass(frozen=True)
 class Pair:
-    """An infrared/visible (or, for medical sets, functional/MRI) pair matched by file stem."""
+    """An infrared/visible pair (for medical sets, the two modalities in those roles) matched by file stem."""
 
     stem: str
     ir: Path

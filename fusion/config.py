@@ -2,7 +2,9 @@
 
 Resolution order: the dataclass defaults (the paper recipe) <- a preset (``fusion/configs/<name>.yaml``) <- a YAML
 file (``--config``) <- ``key=value`` overrides (``optim.lr_g=2e-4``, ``phases=[{name: recon, epochs: 2}]``).
-Every key is type-checked and unknown keys are errors that list the known ones. The trainer saves the resolved
+Every key is type-checked and unknown keys are errors that list the known ones; so are the names that point
+elsewhere (``model.name`` and ``model.args``, checked against ``fusion.dae_fuse``; ``best_metric``, against
+``fusion.metrics``), at load time rather than when training starts. The trainer saves the resolved
 configuration as ``args.yaml`` in the run folder; ``load_train_config(that file)`` gives the same config back.
 
 Where each default comes from is documented beside it in ``fusion/configs/paper.yaml``.
@@ -262,6 +264,35 @@ def preset_path(name: str) -> Path:
     return CONFIG_DIR / f"{name}.yaml"
 
 
+BEST_METRIC_LOSS = "fusion_loss"  # the one best_metric that is minimised; every fusion.metrics name is maximised
+
+
+def best_metric_names() -> list[str]:
+    """What ``best_metric`` may name: a ``fusion.metrics`` metric or the validation fusion loss."""
+    from .metrics import metric_names  # imported here: the config module stays free of the metric code
+
+    return [*metric_names(), BEST_METRIC_LOSS]
+
+
+def check_references(cfg: FusionTrainConfig) -> None:
+    """Check what the dataclasses cannot type-check: the model variant and its ``model.args`` (names and values,
+    through ``fusion.dae_fuse.model_config``) and ``best_metric``. One ConfigError lists every problem."""
+    from .dae_fuse import model_config  # imported here: building a config must not need torch until it is used
+
+    problems = []
+    try:
+        model_config(cfg.model.name, **cfg.model.args)
+    except KeyError as err:
+        problems.append(f"model.name: {err.args[0]}")
+    except (TypeError, ValueError) as err:
+        problems.append(f"model.args: {err}")
+    known = best_metric_names()
+    if cfg.best_metric not in known:
+        problems.append(f"best_metric: unknown metric '{cfg.best_metric}'; known: {', '.join(known)}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def load_train_config(
     path: str | Path | None = None, *, preset: str | None = None, overrides: Sequence[str] = ()
 ) -> FusionTrainConfig:
@@ -274,11 +305,13 @@ def load_train_config(
     for text in overrides:
         data = merge(data, parse_override(text))
     try:
-        return from_dict(FusionTrainConfig, data)
+        cfg = from_dict(FusionTrainConfig, data)
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(str(err)) from err
+    check_references(cfg)
+    return cfg
 
 
 def dump_config(cfg: FusionTrainConfig) -> str:
@@ -291,4 +324,6 @@ def replace_config(cfg: FusionTrainConfig, *overrides: str) -> FusionTrainConfig
     data = to_dict(cfg)
     for text in overrides:
         data = merge(data, parse_override(text))
-    return from_dict(FusionTrainConfig, data)
+    cfg = from_dict(FusionTrainConfig, data)
+    check_references(cfg)
+    return cfg

@@ -28,7 +28,8 @@ full resolution is touched by three cheap convolutions only, so a 1024x768 pair 
 cores. ``benchmarks/bench_fuse.py`` measures it.
 
 Variants are small builders in the ``MODELS`` registry (``dae_fuse_t``, ``dae_fuse_s``, ``dae_fuse_b``); build one
-with ``create_model(name, **overrides)``.
+with ``create_model(name, **overrides)``; ``model_config(name, **overrides)`` gives a variant's configuration without
+building it (the training config checks ``model.args`` with it at load time).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from timm.layers import Mlp, get_norm_layer, trunc_normal_
+from timm.layers import Mlp, trunc_normal_
 from timm.models.resnet import BasicBlock, make_blocks
 from timm.models.vision_transformer import Block
 
@@ -51,6 +52,21 @@ from .registry import Registry
 MODELS: Registry = Registry("fusion model")
 
 ARCHITECTURE = "dae_fuse"  # stored in checkpoints; a checkpoint of another architecture is refused on loading
+
+GROUP_NORM_GROUPS = 32  # the usual group count (Wu & He 2018); narrower layers use the largest divisor of it that fits
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` built from the channel count alone (as timm's blocks call a norm layer): the number of
+    groups is the largest divisor of ``GROUP_NORM_GROUPS`` that divides the channels, so the narrow variants
+    (``dae_fuse_t``'s 8 channels) work too."""
+
+    def __init__(self, num_channels: int, **kwargs: Any):
+        super().__init__(math.gcd(GROUP_NORM_GROUPS, num_channels), num_channels, **kwargs)
+
+
+# cnn_norm name -> norm layer class for the CNN branch (called as ``layer(channels, **kwargs)``, as timm's blocks do)
+CNN_NORMS: dict[str, type[nn.Module]] = {"batchnorm": nn.BatchNorm2d, "groupnorm": GroupNorm, "identity": nn.Identity}
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,8 @@ class DAEFuseConfig:
         stem_chans: channels of the H/2 shallow features that feed both deep branches.
         cnn_channels: widths of the four ResNet18-style stages (ResNet18 itself: 64, 128, 256, 512).
         cnn_layers: BasicBlocks per stage; (2, 2, 2, 2) is ResNet18.
-        cnn_norm: timm norm layer name for the CNN branch ('batchnorm' as in ResNet18, 'groupnorm', 'identity').
+        cnn_norm: norm layer of the CNN branch (``CNN_NORMS``): 'batchnorm' as in ResNet18, 'groupnorm' (up to 32
+            groups, fewer where the channels need it) or 'identity' (none).
         token_stride: pixels per transformer token side (8, 16 or 32); also the CNN branch's output stride.
         vit_dim: transformer width.
         vit_depth: number of transformer blocks.
@@ -108,6 +125,8 @@ class DAEFuseConfig:
             problems.append(f"vit_dim {self.vit_dim} is not divisible by vit_heads {self.vit_heads}")
         if self.embed_dim % self.fusion_heads:
             problems.append(f"embed_dim {self.embed_dim} is not divisible by fusion_heads {self.fusion_heads}")
+        if self.cnn_norm not in CNN_NORMS:
+            problems.append(f"cnn_norm must be one of {', '.join(CNN_NORMS)}, got {self.cnn_norm!r}")
         if problems:
             raise ValueError("invalid DAEFuseConfig: " + "; ".join(problems))
 
@@ -272,7 +291,7 @@ class DualBranchEncoder(nn.Module):
 
     def __init__(self, cfg: DAEFuseConfig):
         super().__init__()
-        norm_layer = get_norm_layer(cfg.cnn_norm)
+        norm_layer = CNN_NORMS[cfg.cnn_norm]
         self.shallow = ShallowEncoder(cfg.in_chans, cfg.shallow_chans, cfg.stem_chans)
         self.cnn = CNNBranch(
             cfg.stem_chans, cfg.cnn_channels, cfg.cnn_layers, cfg.token_stride, norm_layer, cfg.drop_path_rate
@@ -604,34 +623,52 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _create(base: DAEFuseConfig, **overrides: Any) -> DAEFuse:
-    return DAEFuse(replace(base, **overrides))
+# name -> the DAEFuseConfig its MODELS builder starts from (``model_config`` applies the overrides)
+VARIANT_CONFIGS: dict[str, DAEFuseConfig] = {
+    "dae_fuse_t": DAEFuseConfig(
+        shallow_chans=4, stem_chans=8, cnn_channels=(8, 16, 16, 24), cnn_layers=(1, 1, 1, 1), vit_dim=16,
+        vit_depth=1, vit_heads=2, embed_dim=32, fusion_heads=2, decoder_channels=(16, 8, 8),
+    ),
+    "dae_fuse_s": DAEFuseConfig(),
+    "dae_fuse_b": DAEFuseConfig(
+        shallow_chans=16, stem_chans=48, cnn_channels=(64, 128, 256, 512), vit_dim=192, vit_depth=4, vit_heads=6,
+        embed_dim=256, fusion_heads=8, decoder_channels=(128, 64, 32),
+    ),
+}
+
+
+def model_config(name: str, **overrides: Any) -> DAEFuseConfig:
+    """The configuration ``create_model(name, **overrides)`` builds, without building it.
+
+    An unknown variant is a KeyError, an unknown field or a bad value a ValueError; both list the known values.
+    A variant registered in ``MODELS`` without an entry in ``VARIANT_CONFIGS`` starts from the defaults.
+    """
+    MODELS.get(name)  # the registry's error lists the known variants
+    known = {f.name for f in fields(DAEFuseConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown DAEFuseConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    # YAML gives lists where the config holds tuples
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return replace(VARIANT_CONFIGS.get(name, DAEFuseConfig()), **values)
 
 
 @MODELS.register("dae_fuse_t")
 def dae_fuse_t(**overrides: Any) -> DAEFuse:
     """A toy width for tests and smoke runs (~67 k parameters)."""
-    base = DAEFuseConfig(
-        shallow_chans=4, stem_chans=8, cnn_channels=(8, 16, 16, 24), cnn_layers=(1, 1, 1, 1), vit_dim=16,
-        vit_depth=1, vit_heads=2, embed_dim=32, fusion_heads=2, decoder_channels=(16, 8, 8),
-    )
-    return _create(base, **overrides)
+    return DAEFuse(model_config("dae_fuse_t", **overrides))
 
 
 @MODELS.register("dae_fuse_s")
 def dae_fuse_s(**overrides: Any) -> DAEFuse:
     """The default: ResNet18 depth at narrow widths, two ViT blocks; sized for the CPU budget of issue 3."""
-    return _create(DAEFuseConfig(), **overrides)
+    return DAEFuse(model_config("dae_fuse_s", **overrides))
 
 
 @MODELS.register("dae_fuse_b")
 def dae_fuse_b(**overrides: Any) -> DAEFuse:
     """Wider for GPU training: ResNet18's own widths, four ViT blocks."""
-    base = DAEFuseConfig(
-        shallow_chans=16, stem_chans=48, cnn_channels=(64, 128, 256, 512), vit_dim=192, vit_depth=4, vit_heads=6,
-        embed_dim=256, fusion_heads=8, decoder_channels=(128, 64, 32),
-    )
-    return _create(base, **overrides)
+    return DAEFuse(model_config("dae_fuse_b", **overrides))
 
 
 def create_model(name: str, **overrides: Any) -> DAEFuse:

@@ -2,7 +2,8 @@
 
 * ``resolve_training_pairs(root, cfg)``: an M3FD-layout root gives its train and val splits (``data.m3fd``); any
   other root is a paired folder (``data.paired``), with the role of each folder set by ``cfg.ir_dir`` /
-  ``cfg.vis_dir`` (medical sets: CT/PET/SPECT play "ir", MRI plays "vis") and a deterministic validation subset.
+  ``cfg.vis_dir`` or recognised by name (medical sets: the colour image plays "vis" so that its chroma is kept:
+  CT "ir" and MRI "vis"; MRI "ir" and PET/SPECT "vis"; see ``data.paired``) and a deterministic validation subset.
 * ``PairedCropDataset``: the same random crop and flips on both images (albumentations with ``additional_targets``),
   reproducible from (seed, epoch, index) alone, so a resumed run sees exactly the crops of an uninterrupted one
   and the result does not depend on the number of loader workers.
@@ -68,7 +69,7 @@ def resolve_training_pairs(root: str | Path, cfg: DataConfig, split: str = "trai
         return train, val
     if split != "train":
         raise ValueError(f"{root} is a paired folder without splits: cannot train on split '{split}'")
-    ir_dir, vis_dir = resolve_pair_dirs(root, cfg.ir_dir, cfg.vis_dir)
+    ir_dir, vis_dir = resolve_pair_dirs(root, cfg.ir_dir, cfg.vis_dir)  # refuses one folder in both roles
     return split_validation(find_pairs(ir_dir, vis_dir), cfg.val_fraction)
 
 

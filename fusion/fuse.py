@@ -14,15 +14,23 @@ Library side (what the pipeline calls):
 * ``CheckpointFuser(checkpoint, device)``: the Fuser protocol for a trained DAE-Fuse, registered as "dae_fuse"
   (``create_fuser("dae_fuse", checkpoint=path)``). It builds the generator only, never the discriminators.
 * ``load_fuser_checkpoint(path, device)``: the same, with one clear ``CheckpointError`` for a missing file, a file
-  that is not a checkpoint, or a checkpoint of another architecture; use it to validate checkpoints up front.
+  that is not a checkpoint (or holds anything but tensors and plain data), a checkpoint of another architecture,
+  or one saved before any fusion epoch; use it to validate checkpoints up front.
+* ``load_checkpoint(path)``: a checkpoint file's bytes and contents, unpickled without running code from the file
+  (``weights_only``); the trainer resumes through it too.
 * ``fuse_folder(fuser, pairs, out_dir)``: fuse a list of pairs to PNGs, with per-image timings.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import logging
+import pickle
+import re
 import sys
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +41,7 @@ import torch
 from data.errors import DatasetError
 from data.io import write_image
 from data.paired import find_pairs
-from data.provenance import content_key, file_sha256
+from data.provenance import content_key
 from data.types import Pair
 
 from .dae_fuse import ARCHITECTURE, DAEFuse, DAEFuseConfig
@@ -43,24 +51,91 @@ LOGGER = logging.getLogger(__name__)
 
 BASELINES: tuple[str, ...] = ("ir", "vis", "mean", "max")
 
+# The trainer's phases whose epochs train the fusion path (``fusion.train.PHASES`` with ``fuses=True``; a test keeps
+# the two in step). Named here because importing the trainer would pull its training-only dependencies into
+# inference.
+FUSION_PHASES: tuple[str, ...] = ("fuse",)
+
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be used for fusion (missing, unreadable, or of another architecture)."""
+    """A checkpoint cannot be used (missing, unreadable, not DAE-Fuse's, of another architecture, or not trained
+    for fusion)."""
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
+def _numpy_globals() -> list[Any]:
+    """The numpy objects a DAE-Fuse checkpoint pickles (the numpy RNG state: a uint32 array), for ``weights_only``.
+
+    ``_reconstruct`` is taken from numpy itself and allowed under both names numpy writes it as (``numpy.core`` up
+    to 1.x, ``numpy._core`` from 2.0), so a checkpoint saved under either numpy loads under the other.
+    """
+    reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]
+    names = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct")
+    return [np.dtype, np.ndarray, type(np.dtype(np.uint32)), *((reconstruct, name) for name in names)]
+
+
+def unpickle_checkpoint(data: bytes, path: Path) -> Any:
+    """What checkpoint bytes hold, unpickled with ``weights_only=True``: tensors, plain data and the numpy RNG state.
+
+    Nothing in the file runs: a file that needs any other Python object (a detector's ``.pt`` would import its
+    package) is refused. ``path`` only names the file in the error.
+    """
+    if not zipfile.is_zipfile(io.BytesIO(data)):  # torch.save writes a zip archive; anything else is not one
+        raise CheckpointError(f"not a PyTorch checkpoint (or a truncated one): {path}")
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refused an object: name it, without torch's advice to load the file unsafely
+        refused = re.search(r"GLOBAL (\S+)", str(err))
+        what = f"it needs {refused.group(1)}" if refused else str(err.__context__ or err).splitlines()[0]
+        raise CheckpointError(
+            f"not a DAE-Fuse checkpoint: {path} holds Python objects a DAE-Fuse checkpoint never does ({what}); "
+            "nothing in it was run"
+        ) from None
+    except Exception as err:  # torch raises many types for a damaged archive
+        raise CheckpointError(f"not a PyTorch checkpoint: {path} ({type(err).__name__}: {err})") from None
+
+
+def load_checkpoint(path: str | Path) -> tuple[bytes, Any]:
+    """(the file's bytes, what they hold), read once: whoever hashes the bytes describes exactly what was loaded."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise CheckpointError(f"not a PyTorch checkpoint: {path} ({type(err).__name__}: {err})") from None
+    data = path.read_bytes()
+    return data, unpickle_checkpoint(data, path)
+
+
+def _check_fusion_trained(state: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint whose record (``history``, else ``phase``) shows no fusion epoch: its fusion rules are
+    still the initial average, so it would "fuse" without ever having been trained to. A checkpoint recording
+    neither is accepted (nothing says it is untrained)."""
+    history = state.get("history")
+    if isinstance(history, list):
+        phases = [entry.get("phase") for entry in history if isinstance(entry, dict)]
+    elif "phase" in state:
+        phases = [state["phase"]]
+    else:
+        return
+    if not any(phase in FUSION_PHASES for phase in phases):
+        trained = ", ".join(dict.fromkeys(map(str, phases))) or "none"
+        raise CheckpointError(
+            f"checkpoint {path} never trained the fusion phase (epochs trained: {len(phases)}, phases: {trained}): "
+            "its fusion rules are untrained; use a checkpoint saved after a fusion epoch (best.pt), or opt in "
+            "with allow_unfused=True (--allow-unfused)"
+        )
+
+
+def _read_checkpoint(path: Path, allow_unfused: bool = False) -> tuple[bytes, dict[str, Any]]:
+    """(bytes, state) of a DAE-Fuse training checkpoint, or one CheckpointError saying why it is not usable."""
+    data, state = load_checkpoint(path)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"not a DAE-Fuse training checkpoint (no 'model' entry): {path}")
     arch = state.get("architecture")
     if arch != ARCHITECTURE:
         raise CheckpointError(f"checkpoint {path} is of architecture {arch!r}, expected {ARCHITECTURE!r}")
-    return state
+    if not allow_unfused:
+        _check_fusion_trained(state, path)
+    return data, state
 
 
 def build_generator(state: dict[str, Any], path: Path) -> DAEFuse:
@@ -84,27 +159,28 @@ class CheckpointFuser:
     One forward pass per pair at full resolution (the model pads to its size multiple and crops back). On CUDA it
     runs under bf16 autocast; on CPU in fp32. ``cache_key()`` is the sha256 of the checkpoint bytes plus the
     inference settings (architecture config and precision), so a retrained or differently-run model never reuses
-    another's cached images.
+    another's cached images. The file is read once: the weights and the key come from the same bytes, so rewriting
+    the file afterwards changes neither.
+
+    A checkpoint saved before any fusion epoch is refused unless ``allow_unfused=True``.
     """
 
     name = "dae_fuse"
     keeps_visible_chroma = True
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu"):
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", allow_unfused: bool = False):
         self.checkpoint = Path(checkpoint)
-        state = _read_checkpoint(self.checkpoint)
+        data, state = _read_checkpoint(self.checkpoint, allow_unfused)
         self.device = torch.device(device)
         self.model = build_generator(state, self.checkpoint).to(self.device).eval()
         self.precision = "bf16" if self.device.type == "cuda" else "fp32"
         self.epoch = state.get("epoch")
-        self._key: str | None = None
+        self._key = f"{self.name}:{content_key(hashlib.sha256(data).hexdigest(), self.inference_config())}"
 
     def inference_config(self) -> dict[str, Any]:
         return {"architecture": ARCHITECTURE, "model_config": self.model.cfg.to_dict(), "precision": self.precision}
 
     def cache_key(self) -> str:
-        if self._key is None:
-            self._key = f"{self.name}:{content_key(file_sha256(self.checkpoint), self.inference_config())}"
         return self._key
 
     @torch.inference_mode()
@@ -126,9 +202,9 @@ if __name__ != "__main__":
     FUSERS.register("dae_fuse")(CheckpointFuser)
 
 
-def load_fuser_checkpoint(path: str | Path, device: str = "cpu") -> CheckpointFuser:
+def load_fuser_checkpoint(path: str | Path, device: str = "cpu", allow_unfused: bool = False) -> CheckpointFuser:
     """A ``CheckpointFuser`` for ``path``, or one ``CheckpointError`` saying why the file cannot be used."""
-    return CheckpointFuser(Path(path), device)
+    return CheckpointFuser(Path(path), device, allow_unfused)
 
 
 def fuse_folder(
@@ -167,17 +243,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a DAE-Fuse training checkpoint (last.pt / best.pt)")
     source.add_argument("--baseline", choices=BASELINES, help="a simple fuser instead of a model")
-    parser.add_argument("--ir", required=True, type=Path, help="infrared (or CT/PET/SPECT) folder")
-    parser.add_argument("--vis", required=True, type=Path, help="visible (or MRI) folder")
+    parser.add_argument("--ir", required=True, type=Path,
+                        help="infrared folder (medical: CT beside MRI; MRI beside colour PET/SPECT)")
+    parser.add_argument("--vis", required=True, type=Path,
+                        help="visible folder, whose colour is kept (medical: MRI beside CT; PET/SPECT beside MRI)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (PNG per source stem)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (checkpoint only)")
+    parser.add_argument("--allow-unfused", action="store_true",
+                        help="accept a checkpoint saved before any fusion epoch (its fusion rules are untrained)")
     parser.add_argument("--skip-existing", action="store_true", help="keep outputs already in --out (resume)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         pairs = find_pairs(args.ir, args.vis)
-        fuser = load_fuser_checkpoint(args.checkpoint, args.device) if args.checkpoint else create_fuser(args.baseline)
+        fuser = (load_fuser_checkpoint(args.checkpoint, args.device, args.allow_unfused) if args.checkpoint
+                 else create_fuser(args.baseline))
     except (DatasetError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,7 +8,8 @@ Conventions in short (each metric's docstring gives the details):
 
 * Images are grey, whole numbers 0..255, as ``data.io.read_gray_reference`` reads files. Colour (H, W, 3) BGR
   arrays are reduced to their luma and rounded the same way; float arrays are rounded half-to-even.
-* F is the fused image, A the infrared (or functional: CT/PET/SPECT) source, B the visible (or MRI) source.
+* F is the fused image, A the source in the "ir" role (infrared; medical: CT beside MRI, MRI beside PET/SPECT),
+  B the source in the "vis" role (visible; MRI beside CT, PET/SPECT beside MRI). Every metric is symmetric in A, B.
 * MI, SCD, VIF and SSIM are **sums** over the two sources (so MI, VIF and SSIM can exceed 1); MI is in nats.
 * Degenerate inputs give defined values, never NaN: see ``scd``, ``vif`` and ``qabf``.
 
@@ -285,7 +286,7 @@ def _as_grey(image: ImageLike) -> GreyImage:
 class FusionTriple:
     """A fused image and its two sources, validated to share one size of at least ``MIN_SIDE`` per side.
 
-    ``ir`` is the infrared (or functional: CT/PET/SPECT) source, ``vis`` the visible (or MRI) one.
+    ``ir`` and ``vis`` are the two sources in their roles (see the module docstring for the medical sets).
     """
 
     fused: GreyImage
@@ -644,7 +645,7 @@ def evaluate(fused: ImageLike, ir: ImageLike, vis: ImageLike) -> dict[str, float
     """All nine metrics of one triple, as {name: value} in the order of ``metric_names()``.
 
     Args:
-        fused: the fused image; ir: the infrared (or CT/PET/SPECT) source; vis: the visible (or MRI) source.
+        fused: the fused image; ir, vis: the sources in the "ir" and "vis" roles (module docstring).
             Each is an array ``to_reference_gray`` accepts (grey or BGR, uint8 or float 0..255, same size, at least
             ``MIN_SIDE`` a side) or a prepared :class:`GreyImage` (reuse one per source to score many fused images).
     """
@@ -779,8 +780,10 @@ def report(per_image: dict[str, dict[str, float]], mean: dict[str, float], **fol
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusion.metrics", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ir", required=True, type=Path, help="infrared (or CT/PET/SPECT) folder")
-    parser.add_argument("--vis", required=True, type=Path, help="visible (or MRI) folder")
+    parser.add_argument("--ir", required=True, type=Path,
+                        help="infrared folder (medical: CT beside MRI; MRI beside PET/SPECT)")
+    parser.add_argument("--vis", required=True, type=Path,
+                        help="visible folder (medical: MRI beside CT; PET/SPECT beside MRI)")
     parser.add_argument("--fused", required=True, type=Path, help="fused images, named by the source stems")
     parser.add_argument("--json", type=Path, help="also write per-image values and means here (atomically)")
     parser.add_argument("--workers", type=int, default=1, help="threads for scoring (default 1)")

@@ -17,14 +17,18 @@ Each step (``Trainer.train_step``), for the phase the epoch belongs to (``PHASES
 
 Every optimiser step is unscale -> clip -> step -> update -> zero_grad. A non-finite loss stops the run with the
 loss dict in the error, before anything is stepped or saved. ``last.pt`` is written (atomically) at the end of
-every epoch and ``best.pt`` when the validation metric improves in a fusion epoch; ``resume=True`` continues
-from ``last.pt`` exactly (model, discriminators, optimisers, schedulers, scaler, RNG states; data order and
-crops are functions of (seed, epoch)). Side effects (TensorBoard, progress) are callbacks, rank 0 only.
+every epoch and ``best.pt`` when the validation metric improves in a fusion epoch, before ``last.pt``, so that
+``last.pt`` never records a best epoch whose ``best.pt`` was not written. ``resume=True`` continues from
+``last.pt`` exactly (model, discriminators, optimisers, schedulers, scaler, RNG states; data order and crops are
+functions of (seed, epoch)) after checking that it is a readable DAE-Fuse checkpoint of the same configuration,
+split and data root (``OPERATIONAL_KEYS`` may differ), and restores a ``best.pt`` that an interruption under the
+old write order lost. Side effects (TensorBoard, progress) are callbacks, rank 0 only.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -46,12 +50,21 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, DistributedSampler
 
-from data.io import atomic_path, atomic_write_json, atomic_write_text
+from data.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from data.provenance import package_versions
 
-from .config import PRESETS, ConfigError, FusionTrainConfig, dump_config, load_train_config, to_dict
+from .config import (
+    PRESETS,
+    ConfigError,
+    FusionTrainConfig,
+    check_references,
+    dump_config,
+    load_train_config,
+    to_dict,
+)
 from .dae_fuse import ARCHITECTURE, DAEFuse, build_discriminators, create_model
 from .data import PairedCropDataset, load_validation_images, resolve_training_pairs
+from .fuse import CheckpointError, load_checkpoint
 from .losses import GAN_LOSSES, FusionLoss, LossDict, ReconstructionLoss, discriminator_loss
 from .metrics import MIN_SIDE, evaluate
 from .registry import Registry
@@ -60,6 +73,13 @@ LOGGER = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "fusebench.dae_fuse/1"
 MODALITIES = ("ir", "vis")
+# What resuming needs from last.pt ("data_root" is optional: checkpoints written before it was recorded lack it).
+RESUME_KEYS: tuple[str, ...] = (
+    "cfg", "split", "model", "discriminators", "optimizers", "schedulers", "scaler", "epoch", "global_step", "best",
+    "history", "rng",
+)
+# Config keys a resumed run may change: they change how fast it runs or what is logged, never what it computes.
+OPERATIONAL_KEYS: tuple[str, ...] = ("data.num_workers", "data.cache_images", "num_samples")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -260,6 +280,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _resume_identity(cfg: dict[str, Any], split: Any, data_root: Any) -> dict[str, Any]:
+    """What a resumed run must share with its checkpoint: the config without ``OPERATIONAL_KEYS``, the split and
+    the data root (left out when ``data_root`` is None: a checkpoint that predates recording it)."""
+    out = copy.deepcopy(cfg)
+    for dotted in OPERATIONAL_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    out["split"] = split
+    if data_root is not None:
+        out["data_root"] = data_root
+    return out
+
+
 def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     diffs = []
     for key in sorted(set(a) | set(b)):
@@ -291,6 +327,7 @@ class Trainer:
         callbacks: dict[str, Sequence[Callback]] | None = None,
         split: str = "train",
     ):
+        check_references(cfg)  # a config built in code has not been through load_train_config's checks
         self.cfg = cfg
         self.split = split
         self.data_root = Path(data_root)
@@ -532,6 +569,7 @@ class Trainer:
             "history": list(self.history),
             "cfg": to_dict(self.cfg),
             "split": self.split,
+            "data_root": str(self.data_root.resolve()),
             "versions": versions(),
             "rng": _rng_state(),
         }
@@ -540,34 +578,97 @@ class Trainer:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
 
-    def _resume(self) -> None:
-        last = self.out_dir / "last.pt"
-        if not last.is_file():
-            LOGGER.info("no %s to resume from: starting a new run", last)
-            return
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        given = {**to_dict(self.cfg), "split": self.split}
-        diffs = _config_differences({**state["cfg"], "split": state["split"]}, given)
+    def _read_resume_state(self, last: Path) -> dict[str, Any]:
+        """last.pt's contents, checked: readable without running code, a DAE-Fuse training checkpoint with every
+        ``RESUME_KEYS`` entry, of the same configuration, split and data root as this run."""
+        try:
+            _, state = load_checkpoint(last)
+        except CheckpointError as err:
+            raise CheckpointError(f"cannot resume from {last}: {err}") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(
+                f"cannot resume from {last}: not a DAE-Fuse training checkpoint (format {found!r}, expected "
+                f"{CHECKPOINT_FORMAT!r}); use a new --out"
+            )
+        missing = [k for k in RESUME_KEYS if k not in state]
+        if missing or not isinstance(state["cfg"], dict):
+            raise CheckpointError(
+                f"cannot resume from {last}: it lacks {', '.join(missing) or 'a config mapping (cfg)'}; use a new --out"
+            )
+        saved = _resume_identity(state["cfg"], state["split"], state.get("data_root"))
+        given_root = str(self.data_root.resolve()) if "data_root" in state else None
+        diffs = _config_differences(saved, _resume_identity(to_dict(self.cfg), self.split, given_root))
         if diffs:
             raise ConfigError(
                 f"cannot resume {last} with a different configuration (use the same config or a new --out):\n  "
                 + "\n  ".join(diffs)
             )
-        self.model.load_state_dict(state["model"])
-        self.discriminators.load_state_dict(state["discriminators"])
-        for k, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][k])
-        for k, sched in self.schedulers.items():
-            sched.load_state_dict(state["schedulers"][k])
-        self.scaler.load_state_dict(state["scaler"])
+        return state
+
+    def _resume(self) -> None:
+        last = self.out_dir / "last.pt"
+        if not last.is_file():
+            LOGGER.info("no %s to resume from: starting a new run", last)
+            return
+        state = self._read_resume_state(last)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.discriminators.load_state_dict(state["discriminators"])
+            for k, opt in self.optimizers.items():
+                opt.load_state_dict(state["optimizers"][k])
+            for k, sched in self.schedulers.items():
+                sched.load_state_dict(state["schedulers"][k])
+            self.scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"cannot resume from {last}: its states do not fit this run ({err})") from None
         self.start_epoch = state["epoch"]
         self.global_step = state["global_step"]
         self.best = state["best"]
         self.history = state["history"]
         self.epoch_losses = self.history[-1]["losses"] if self.history else {}
         self.val_metrics = self.history[-1]["val"] if self.history else {}
-        _set_rng_state(state["rng"])
+        if self.dist.is_main:
+            self._restore_best(last, state["epoch"])
         LOGGER.info("resumed %s after epoch %d", last, self.start_epoch)
+
+    @staticmethod
+    def _saved_epoch(path: Path) -> int | None:
+        """The epoch a checkpoint file was saved after; None when it is missing or unreadable."""
+        try:
+            state = load_checkpoint(path)[1]
+        except CheckpointError:
+            return None
+        return state.get("epoch") if isinstance(state, dict) else None
+
+    def _restore_best(self, last: Path, last_epoch: int) -> None:
+        """Make best.pt hold the best epoch that last.pt records, where an interruption left it missing or stale.
+
+        * best.pt of the recorded epoch: nothing to do.
+        * best.pt newer than last.pt: written just before an interruption kept last.pt from being written (best.pt
+          goes first); that epoch is trained again, exactly, and rewrites it.
+        * the recorded best epoch is last.pt's own epoch: last.pt holds the same state best.pt should (runs
+          before the current write order wrote last.pt first and could be killed before best.pt), so copy it.
+        * otherwise the best epoch's state is gone: forget it, so that the next validated fusion epoch writes a
+          best.pt that matches the record again.
+        """
+        recorded = self.best.get("epoch")
+        if recorded is None:
+            return
+        best = self.out_dir / "best.pt"
+        found = self._saved_epoch(best)
+        if found == recorded or (found is not None and found > last_epoch):
+            return
+        if recorded == last_epoch:
+            atomic_write_bytes(best, last.read_bytes())
+            LOGGER.warning("restored %s (best epoch %d) from %s", best, recorded, last)
+            return
+        LOGGER.warning(
+            "%s of best epoch %d is %s and cannot be restored: the next validated fusion epoch writes a new one",
+            best, recorded, "missing" if found is None else f"stale (epoch {found})",
+        )
+        self.best = {"metric": None, "value": None, "epoch": None}
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -619,9 +720,11 @@ class Trainer:
                 "lr_g": self.optimizers["g"].param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
             })
             state = self.checkpoint()
-            self.save_checkpoint(self.out_dir / "last.pt", state)
+            # best.pt first: an interruption between the two writes leaves last.pt one epoch behind (that epoch is
+            # trained again on resume and rewrites best.pt), never a last.pt recording a best.pt that was not written.
             if improved:
                 self.save_checkpoint(self.out_dir / "best.pt", state)
+            self.save_checkpoint(self.out_dir / "last.pt", state)
             atomic_write_json(self.out_dir / "history.json", self.history)
             LOGGER.info(
                 "epoch %d/%d %s: %s | val %s", epoch + 1, self.cfg.total_epochs, self.phase,
@@ -696,10 +799,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_train_config(args.config, preset=args.preset, overrides=overrides)
     except ConfigError as err:
         parser.error(str(err))
-    result = train(
-        cfg, args.data, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
-        split=args.split,
-    )
+    try:
+        result = train(
+            cfg, args.data, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
+            split=args.split,
+        )
+    except (ConfigError, CheckpointError) as err:  # e.g. resuming another run's last.pt: no traceback needed
+        parser.exit(2, f"error: {err}\n")
     if DistContext.from_env().is_main:
         print(f"done in {result.wall_time_s:.1f} s: last {result.last_checkpoint}, best {result.best_checkpoint}")
         print("final losses: " + ", ".join(f"{k} {v:.4g}" for k, v in result.final_losses.items()))

@@ -1,6 +1,8 @@
 """DAE-Fuse inference: the checkpoint fuser, checkpoint validation, folder fusion and the fuse CLI."""
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -11,9 +13,17 @@ import torch
 import fusion.dae_fuse
 from data.io import read_ir, read_visible
 from data.m3fd import load_m3fd
-from fusion.fuse import CheckpointError, CheckpointFuser, fuse_folder, load_fuser_checkpoint, main
+from fusion.fuse import (
+    FUSION_PHASES,
+    CheckpointError,
+    CheckpointFuser,
+    fuse_folder,
+    load_fuser_checkpoint,
+    main,
+    unpickle_checkpoint,
+)
 from fusion.fusers import create_fuser
-from fusion.train import train
+from fusion.train import PHASES, train
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -47,6 +57,76 @@ def test_cache_key_follows_the_checkpoint_bytes(checkpoint, tmp_path):
     state["model"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in state["model"].items()}
     torch.save(state, tmp_path / "other.pt")
     assert load_fuser_checkpoint(tmp_path / "other.pt").cache_key() != key
+
+
+def test_cache_key_describes_the_weights_loaded(checkpoint, tmp_path):
+    """The key is taken from the bytes the weights came from: rewriting the file after loading changes neither."""
+    original = load_fuser_checkpoint(checkpoint).cache_key()
+    copy = tmp_path / "model.pt"
+    copy.write_bytes(checkpoint.read_bytes())
+    fuser = load_fuser_checkpoint(copy)
+    weights = {k: v.clone() for k, v in fuser.model.state_dict().items()}
+    state = torch.load(checkpoint, weights_only=False)
+    state["model"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, copy)
+    assert fuser.cache_key() == original
+    assert all(torch.equal(v, fuser.model.state_dict()[k]) for k, v in weights.items())
+
+
+CODE_RAN: list[str] = []
+
+
+def _record(what: str) -> str:
+    CODE_RAN.append(what)
+    return what
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return _record, ("unpickled",)
+
+
+def test_checkpoint_is_loaded_without_running_its_code(checkpoint, tmp_path):
+    """A checkpoint is unpickled with weights_only: the numpy RNG state it holds loads, any other object is refused
+    with one CheckpointError and never runs (a detector's .pt would import its package)."""
+    state = torch.load(checkpoint, weights_only=False)
+    assert isinstance(state["rng"]["numpy"][1], np.ndarray)  # what the allowed numpy globals are for
+    torch.save({**state, "extra": _RunsCodeWhenUnpickled()}, tmp_path / "code.pt")
+    CODE_RAN.clear()
+    with pytest.raises(CheckpointError, match=r"not a DAE-Fuse checkpoint: .*code.pt .*it needs .*_record"):
+        load_fuser_checkpoint(tmp_path / "code.pt")
+    assert not CODE_RAN
+
+
+def test_numpy_state_saved_under_either_numpy_major_loads():
+    """numpy 1 pickles arrays through numpy.core, numpy 2 through numpy._core: both names load."""
+    buf = io.BytesIO()
+    torch.save({"rng": np.random.get_state()}, buf)
+    names = (b"numpy._core.multiarray", b"numpy.core.multiarray")
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as source:
+        entries = {name: source.read(name) for name in source.namelist()}
+    for written, other in (names, names[::-1]):
+        renamed = io.BytesIO()
+        with zipfile.ZipFile(renamed, "w") as archive:
+            for name, data in entries.items():
+                archive.writestr(name, data.replace(written, other) if name.endswith("data.pkl") else data)
+        state = unpickle_checkpoint(renamed.getvalue(), Path("renamed.pt"))
+        assert np.array_equal(state["rng"][1], np.random.get_state()[1])
+
+
+def test_checkpoint_without_a_fusion_epoch_is_refused(tmp_path, synthetic_root, pair_dirs):
+    """last.pt after phase 1 only has untrained fusion rules: refused unless the caller opts in."""
+    last = train(tiny_config("phases=[{name: recon, epochs: 1}]"), synthetic_root, tmp_path / "run",
+                 progress=False).last_checkpoint
+    with pytest.raises(CheckpointError, match="never trained the fusion phase.*phases: recon.*allow_unfused"):
+        load_fuser_checkpoint(last)
+    assert load_fuser_checkpoint(last, allow_unfused=True).epoch == 1
+    ir_dir, vis_dir = pair_dirs
+    args = ["--checkpoint", str(last), "--ir", str(ir_dir), "--vis", str(vis_dir), "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+    assert main([*args, "--out", str(tmp_path / "opted_in"), "--allow-unfused"]) == 0
+    # The fuser's list of fusion phases is the trainer's.
+    assert set(FUSION_PHASES) == {name for name in PHASES.names() if PHASES.get(name).fuses}
 
 
 def test_checkpoint_errors_are_clear(checkpoint, tmp_path):

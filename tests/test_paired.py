@@ -67,12 +67,18 @@ def test_resolve_pair_dirs_roles(tmp_path):
     assert resolve_pair_dirs(tmp_path / "tno") == (tmp_path / "tno" / "ir", tmp_path / "tno" / "vi")
     assert resolve_pair_dirs(tmp_path / "x", "thermal", "rgb") == (tmp_path / "x" / "thermal", tmp_path / "x" / "rgb")
     (tmp_path / "half" / "ir").mkdir(parents=True)
-    with pytest.raises(DatasetError, match="no visible/MRI folder"):
+    with pytest.raises(DatasetError, match="no visible folder"):
         resolve_pair_dirs(tmp_path / "half")
+    (tmp_path / "pet" / "MRI").mkdir(parents=True)
+    (tmp_path / "pet" / "PET").mkdir()
+    assert resolve_pair_dirs(tmp_path / "pet") == (tmp_path / "pet" / "MRI", tmp_path / "pet" / "PET")  # colour: vis
+    (tmp_path / "mri" / "MRI").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="would play both the infrared and the visible role"):
+        resolve_pair_dirs(tmp_path / "mri")
 
 
 @pytest.mark.parametrize(
-    "name, count, ir_name", [("TNO", 25, "ir"), ("RoadScene", 50, "ir"), ("MSRS", 8, "ir"), ("MRI_CT", 21, "CT"), ("MRI_PET", 42, "PET")]
+    "name, count, ir_name", [("TNO", 25, "ir"), ("RoadScene", 50, "ir"), ("MSRS", 8, "ir"), ("MRI_CT", 21, "CT"), ("MRI_PET", 42, "MRI")]
 )
 def test_real_fusion_benchmarks(name, count, ir_name):
     ir_dir, vis_dir = resolve_pair_dirs(shared_path("fusion_benchmarks", name))

@@ -1,8 +1,11 @@
 """DAE-Fuse trainer: configuration as data, tiny runs, exact resume, the non-finite guard, DDP with world size 1."""
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
+
+import cv2
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
+from data.errors import DatasetError
 from data.io import read_ir, read_visible
 from data.m3fd import load_m3fd
 from fusion.config import (
@@ -23,7 +27,8 @@ from fusion.config import (
     load_train_config,
 )
 from fusion.data import PairedCropDataset, resolve_training_pairs, split_validation
-from fusion.fuse import load_fuser_checkpoint
+from fusion.fuse import CheckpointError, load_fuser_checkpoint
+from fusion.fusers import create_fuser, fuse_pair
 from fusion.train import NonFiniteLossError, Trainer, main, train
 from tests.conftest import shared_path
 from tests.conftest import tiny_config
@@ -34,7 +39,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # -- configuration ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("source", [*PRESETS, "mri_ct"])
+@pytest.mark.parametrize("source", [*PRESETS, "mri_ct", "mri_pet", "mri_spect"])
 def test_config_round_trip(tmp_path, source):
     """YAML -> dataclass -> YAML -> dataclass gives the same config and the same text (args.yaml reloads)."""
     if source in PRESETS:
@@ -73,6 +78,19 @@ def test_overrides_are_typed_and_checked():
         load_train_config(overrides=["seed"])
 
 
+def test_model_args_and_best_metric_are_checked_at_load():
+    """Names that point into other modules are checked when the config loads, with the known values listed."""
+    with pytest.raises(ConfigError, match="model.args: unknown DAEFuseConfig field.*vit_dpth; known: .*vit_depth"):
+        load_train_config(preset="tiny", overrides=["model.args.vit_dpth=2"])
+    with pytest.raises(ConfigError, match="model.args: .*cnn_norm must be one of batchnorm, groupnorm, identity"):
+        load_train_config(preset="tiny", overrides=["model.args.cnn_norm=layernorm"])
+    with pytest.raises(ConfigError, match="model.name: unknown fusion model 'dae_fuse_xl'; known: dae_fuse_t"):
+        load_train_config(preset="tiny", overrides=["model.name=dae_fuse_xl"])
+    with pytest.raises(ConfigError, match="best_metric: unknown metric 'qabf'; known: EN, .*Qabf, SSIM, fusion_loss"):
+        load_train_config(preset="tiny", overrides=["best_metric=qabf"])
+    assert load_train_config(preset="tiny", overrides=["best_metric=fusion_loss"]).best_metric == "fusion_loss"
+
+
 # -- data ------------------------------------------------------------------------------------------------------
 
 
@@ -100,6 +118,45 @@ def test_medical_roles_are_configuration():
     train_pairs, val_pairs = resolve_training_pairs(root, cfg.data)
     assert all(p.ir.parent.name == "CT" and p.vis.parent.name == "MRI" for p in train_pairs + val_pairs)
     assert len(val_pairs) == 3 and not {p.stem for p in train_pairs} & {p.stem for p in val_pairs}
+
+
+def _write_images(folder: Path, stems: list[str], colour: bool) -> None:
+    folder.mkdir(parents=True)
+    for i, stem in enumerate(stems):
+        image = np.full((24, 32, 3) if colour else (24, 32), 40 * i, np.uint8)
+        if colour:
+            image[..., 2] = 200  # a red cast: chroma that must survive fusion
+        cv2.imwrite(str(folder / f"{stem}.png"), image)
+
+
+def test_colour_functional_image_plays_the_visible_role(tmp_path):
+    """Recognised medical folders: the colour image (PET, SPECT) plays "vis", so its chroma is kept, and MRI "ir";
+    beside grey CT, MRI plays "vis". A root where one folder would play both roles is refused."""
+    stems = ["a", "b", "c"]
+    for functional, colour in (("PET", True), ("SPECT", True), ("CT", False)):
+        _write_images(tmp_path / functional / "MRI", stems, colour=False)
+        _write_images(tmp_path / functional / functional, stems, colour=colour)
+        pairs = sum(resolve_training_pairs(tmp_path / functional, tiny_config().data), [])
+        expected = ("CT", "MRI") if functional == "CT" else ("MRI", functional)
+        assert {(p.ir.parent.name, p.vis.parent.name) for p in pairs} == {expected}
+        if colour:
+            assert fuse_pair(create_fuser("mean"), pairs[0]).ndim == 3  # the fused image keeps the PET/SPECT colour
+    _write_images(tmp_path / "only" / "MRI", stems, colour=False)
+    with pytest.raises(DatasetError, match="would play both the infrared and the visible role"):
+        resolve_training_pairs(tmp_path / "only", tiny_config().data)
+
+
+@pytest.mark.parametrize("name, functional, n_val", [("MRI_PET", "PET", 4), ("MRI_SPECT", "SPECT", 3)])
+def test_medical_colour_configs(name, functional, n_val):
+    """The README's MRI-PET command (and its MRI-SPECT sibling) resolve their shared folders, PET/SPECT as "vis"."""
+    root = shared_path("fusion_benchmarks", name)
+    cfg = load_train_config(CONFIG_DIR / f"{name.lower()}.yaml", preset="tiny")
+    train_pairs, val_pairs = resolve_training_pairs(root, cfg.data)
+    assert all(p.ir.parent.name == "MRI" and p.vis.parent.name == functional for p in train_pairs + val_pairs)
+    assert len(val_pairs) == n_val
+    auto = sum(resolve_training_pairs(root, tiny_config().data), [])  # recognised by folder name alike
+    assert sorted(p.stem for p in auto) == sorted(p.stem for p in train_pairs + val_pairs)
+    assert {(p.ir, p.vis) for p in auto} == {(p.ir, p.vis) for p in train_pairs + val_pairs}
 
 
 def test_validation_split_is_deterministic_and_disjoint(synthetic_root):
@@ -217,6 +274,79 @@ def test_resume_refuses_another_config(tmp_path, synthetic_root):
     with pytest.raises(ConfigError, match="optim.lr_g"):
         train(tiny_config("phases=[{name: fuse, epochs: 1}]", "optim.lr_g=0.5"), synthetic_root, tmp_path / "run",
               progress=False, resume=True)
+
+
+def test_resume_checks_last_pt(tmp_path, synthetic_root):
+    """Resuming refuses, with one clear error each, a damaged last.pt, one that runs code, one missing entries and
+    another data root; it accepts changed operational keys and a checkpoint that predates the recorded root."""
+    cfg = tiny_config("phases=[{name: fuse, epochs: 1}]")
+    run = tmp_path / "run"
+    train(cfg, synthetic_root, run, progress=False)
+    last = run / "last.pt"
+    good = last.read_bytes()
+    state = torch.load(last, weights_only=False)
+    assert state["data_root"] == str(synthetic_root.resolve())
+
+    def resume(config=cfg, root=synthetic_root):
+        return train(config, root, run, progress=False, resume=True)
+
+    # Operational keys change nothing a run computes: a finished run resumes to itself.
+    assert resume(tiny_config("phases=[{name: fuse, epochs: 1}]", "data.cache_images=false", "data.num_workers=1",
+                              "num_samples=0")).epochs == 1
+    other_root = tmp_path / "copy"
+    shutil.copytree(synthetic_root, other_root)
+    with pytest.raises(ConfigError, match=r"different configuration.*\n  data_root: .*\(checkpoint\) vs .*copy"):
+        resume(root=other_root)
+    torch.save({k: v for k, v in state.items() if k != "data_root"}, last)  # written before the root was recorded
+    assert resume(root=other_root).epochs == 1
+
+    last.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="cannot resume from .*last.pt: not a PyTorch checkpoint"):
+        resume()
+    torch.save({**state, "extra": DatasetError("x", ["y"])}, last)
+    with pytest.raises(CheckpointError, match="cannot resume from .*last.pt: not a DAE-Fuse checkpoint"):
+        resume()
+    torch.save({k: v for k, v in state.items() if k not in ("optimizers", "rng")}, last)
+    with pytest.raises(CheckpointError, match="cannot resume from .*last.pt: it lacks optimizers, rng"):
+        resume()
+    torch.save({**state, "model": {}}, last)
+    with pytest.raises(CheckpointError, match="cannot resume from .*last.pt: its states do not fit this run"):
+        resume()
+
+
+def test_best_checkpoint_survives_an_interruption_between_writes(tmp_path, synthetic_root, monkeypatch):
+    """Killed while writing the checkpoints of a fusion epoch, then resumed: best.pt exists and holds the best
+    epoch that last.pt records."""
+    cfg = tiny_config("phases=[{name: recon, epochs: 1}, {name: fuse, epochs: 1}]")
+    save = Trainer.save_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    def killed_at_best(trainer, path, state):
+        if path.name == "best.pt":
+            raise Killed
+        save(trainer, path, state)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", killed_at_best)
+    with pytest.raises(Killed):
+        train(cfg, synthetic_root, tmp_path / "run", progress=False)
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    result = train(cfg, synthetic_root, tmp_path / "run", progress=False, resume=True)
+    last = torch.load(result.last_checkpoint, weights_only=False)
+    assert result.best_checkpoint is not None and last["best"]["epoch"] == 2
+    assert torch.load(result.best_checkpoint, weights_only=False)["epoch"] == 2
+
+
+def test_resume_restores_a_best_checkpoint_lost_after_last_pt(tmp_path, synthetic_root):
+    """A run interrupted after last.pt but before best.pt (the order of earlier versions) left a last.pt whose best
+    epoch is itself: resuming restores best.pt from it."""
+    cfg = tiny_config("phases=[{name: fuse, epochs: 1}]")
+    result = train(cfg, synthetic_root, tmp_path / "run", progress=False)
+    result.best_checkpoint.unlink()
+    again = train(cfg, synthetic_root, tmp_path / "run", progress=False, resume=True)
+    assert again.best_checkpoint is not None
+    assert again.best_checkpoint.read_bytes() == again.last_checkpoint.read_bytes()
 
 
 def test_non_finite_loss_stops_without_a_checkpoint(tmp_path, synthetic_root):
