@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from fusion.fusers import create_fuser
 from fusion.metrics import evaluate_folders
 from fusion.train import Trainer, train
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))  # as bench_metrics
 COLUMNS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 # set name -> (folder under fusion_benchmarks, "ir" subfolder, "vis" subfolder, heading in metric_reference.md,
 # label of the CDDFuse row to print: the infrared-visible-trained model in every case)

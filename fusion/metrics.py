@@ -26,9 +26,9 @@ CLI: ``python -m fusion.metrics --ir DIR --vis DIR --fused DIR [--json OUT] [--w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import math
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +57,10 @@ METRICS: Registry[Metric] = Registry("fusion metric")
 
 class DegenerateInputWarning(UserWarning):
     """A metric met an input for which the reference's formula is undefined and returned its documented value."""
+
+
+class ScaleWarning(UserWarning):
+    """An input looks like it is on another scale than the 0..255 the metrics expect."""
 
 
 class _cached_property:  # noqa: N801 (a decorator, named like functools.cached_property)
@@ -88,8 +92,10 @@ def to_reference_gray(image: np.ndarray) -> np.ndarray:
     Args:
         image: grey (H, W) or BGR (H, W, 3), uint8 or float on the 0..255 scale. Colour is reduced to its luma in
             float32 (OpenCV BGR->GRAY, ``data.io.luma``) and rounded half-to-even, like ``read_gray_reference``; a
-            float grey image is rounded the same way (what saving it as 8-bit would do). Values are never clipped:
-            anything outside 0..255 after rounding, or not finite, is an error.
+            float grey image is rounded the same way, in its own precision (what saving it as 8-bit would do).
+            Values are never clipped: anything outside 0..255 after rounding, or not finite, is an error. A float
+            image whose values all lie in 0..1 gets a ``ScaleWarning``: it is most likely on the 0..1 scale, and
+            would be scored as a two-level image.
     """
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] == 3:
@@ -97,14 +103,18 @@ def to_reference_gray(image: np.ndarray) -> np.ndarray:
     elif image.ndim == 2:
         if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
             raise TypeError(f"unsupported image dtype {image.dtype}; expected uint8 or float on the 0..255 scale")
-        # np.round makes a new array, so the caller's image is never aliased.
-        gray = image.astype(np.float32) if image.dtype == np.uint8 else np.round(image.astype(np.float32, copy=False))
+        # Round before narrowing (float64 255.4999999 is 255, not float32's 255.5 -> 256); a new array either way,
+        # so the caller's image is never aliased.
+        gray = image.astype(np.float32) if image.dtype == np.uint8 else np.round(image).astype(np.float32)
     else:
         raise ValueError(f"expected a grey (H, W) or BGR (H, W, 3) image, got shape {image.shape}")
     if image.dtype != np.uint8:
         low, high = gray.min(), gray.max()  # NaN propagates into both, and fails the test below
         if not (low >= 0 and high <= 255):
             raise ValueError(f"image values must be finite and within 0..255, got {low}..{high}")
+        if np.issubdtype(image.dtype, np.floating) and 0 < image.max() <= 1:
+            warnings.warn("a float image with all values in 0..1 is scored on the 0..255 scale (as a two-level "
+                          "image); multiply it by 255 if it is on the 0..1 scale", ScaleWarning, stacklevel=3)
     return gray
 
 
@@ -526,7 +536,7 @@ def vif(t: FusionTriple) -> float:
     one; 4 scales with Gaussian windows 17, 9, 5, 3 (sigma = size / 5, MATLAB fspecial), 'valid' filtering,
     decimation by 2 between scales, sigma_n^2 = 2; float64; VIFP = kept / available information (``vif_terms``).
     A term is 1.0 when its source has no variance at any scale (the reference's 0/0 rule: the kept information
-    is 0 too), with a ``DegenerateInputWarning``; a constant F gives 0.
+    is 0 too), with a ``DegenerateInputWarning``; otherwise a constant F makes the term 0.
     """
     total = 0.0
     for kept, available in vif_terms(t):
@@ -653,22 +663,39 @@ def evaluate(fused: ImageLike, ir: ImageLike, vis: ImageLike) -> dict[str, float
     return {name: float(METRICS.get(name)(triple)) for name in METRICS}
 
 
-@contextlib.contextmanager
-def _opencv_threads(n: int) -> Iterator[None]:
-    """Temporarily set OpenCV's thread count (restored afterwards), so worker threads do not oversubscribe."""
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(n)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(previous)
+class _SingleThreadedOpenCV:
+    """Context manager: OpenCV single-threaded while any user is inside, its thread count restored when the last
+    one leaves. OpenCV's count is process-wide, so overlapping users (two ``evaluate_many`` calls on different
+    threads) share one saved value instead of each restoring what the other set."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._saved = cv2.getNumThreads()
+                cv2.setNumThreads(1)
+            self._users += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                cv2.setNumThreads(self._saved)
+
+
+_opencv_single_thread = _SingleThreadedOpenCV()
 
 
 def _map_in_threads(fn: Callable, items: Sequence, workers: int) -> list:
     if workers <= 1 or len(items) <= 1:
         return [fn(item) for item in items]
-    # NumPy and OpenCV release the GIL in their heavy loops, so threads scale without pickling images.
-    with _opencv_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
+    # NumPy and OpenCV release the GIL in their heavy loops, so threads scale without pickling images; worker
+    # threads each run OpenCV single-threaded so that they do not oversubscribe the cores.
+    with _opencv_single_thread, ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(fn, items))
 
 

@@ -120,6 +120,17 @@ def test_vif_matches_a_direct_two_dimensional_implementation(triple):
     assert evaluate(fused, ir, vis)["VIF"] == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.parametrize("shape", [(41, 41), (41, 90), (97, 41)])
+def test_vif_matches_the_direct_implementation_at_the_smallest_sizes(shape):
+    rng = np.random.default_rng(sum(shape))
+    ir = cv2.GaussianBlur(rng.integers(0, 256, shape).astype(np.float32), (0, 0), 2)
+    vis = rng.integers(0, 256, shape).astype(np.float32)
+    ir, vis = np.round(ir), np.round(vis)
+    fused = np.round((ir + vis) / 2)
+    expected = _vif_direct(ir, fused) + _vif_direct(vis, fused)
+    assert evaluate(fused, ir, vis)["VIF"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_vif_window_is_the_separable_factor_of_matlab_fspecial():
     for size in (17, 9, 5, 3):
         m = (size - 1) / 2
@@ -187,7 +198,10 @@ def test_constant_fused_image_gives_defined_values(triple):
     for name in ("EN", "SD", "SF", "AG", "MI", "VIF"):
         assert values[name] == 0.0, name
     assert math.copysign(1.0, values["EN"]) == 1.0  # 0.0, not the reference's -0.0
-    assert abs(values["SSIM"]) < 0.05 and -2 <= values["SCD"] <= 2
+    assert abs(values["SSIM"]) < 0.05
+    # F constant: corr(A, F - B) = corr(A, -B) and corr(B, F - A) = corr(B, -A), so SCD = -2 corr(A, B).
+    a, b = ir.astype(np.float64).ravel(), vis.astype(np.float64).ravel()
+    assert values["SCD"] == pytest.approx(-2 * np.corrcoef(a, b)[0, 1], abs=1e-12)
 
 
 def test_constant_source_vif_term_is_one_with_a_warning(triple):
@@ -218,6 +232,31 @@ def test_qabf_without_any_source_edge_is_zero_with_a_warning(triple):
 # ---------------------------------------------------------------------------------------------------------------
 # Input types and validation
 # ---------------------------------------------------------------------------------------------------------------
+
+def test_float_inputs_are_rounded_in_their_own_precision_and_a_0_to_1_scale_is_flagged():
+    image = np.array([[255.49999999, 3.4999999, 1.49999999, 2.5]])  # float32 would round these up
+    np.testing.assert_array_equal(metrics.to_reference_gray(image), [[255, 3, 1, 2]])
+    with pytest.warns(metrics.ScaleWarning, match="0..1"):
+        metrics.to_reference_gray(np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics.to_reference_gray(np.zeros((3, 4), np.float32))  # all black: nothing to flag
+        metrics.to_reference_gray(np.ones((3, 4), np.uint8))  # integers carry no scale doubt
+
+
+def test_overlapping_single_threaded_opencv_sections_restore_the_thread_count():
+    section = metrics._SingleThreadedOpenCV()
+    previous = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(3)
+        with section:  # e.g. two evaluate_many calls on two threads, overlapping
+            with section:
+                assert cv2.getNumThreads() == 1
+            assert cv2.getNumThreads() == 1  # the other user is still inside
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(previous)
+
 
 def test_uint8_float_and_prepared_inputs_agree(triple):
     fused, ir, vis = triple
