@@ -702,6 +702,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write-split", type=Path, metavar="SPLIT_JSON", help="write the split as JSON")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the summary as JSON")
     args = parser.parse_args(argv)
+    outputs = [p for p in (args.write_split, args.json) if p is not None]
+    unwritable = [f"cannot write {p}: its folder {p.parent} does not exist or is not a folder" for p in outputs
+                  if not p.parent.is_dir()] + [f"cannot write {p}: it is a folder" for p in outputs if p.is_dir()]
+    if unwritable:  # checked before the dataset is read, so that nothing is half written
+        parser.exit(2, "error: " + "; ".join(unwritable) + "\n")
     try:
         dataset = load_m3fd(
             args.root, seed=args.seed, fractions=tuple(args.fractions), block_size=args.block_size, validate=not args.no_validate
@@ -709,15 +714,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatasetError as err:
         print(err, file=sys.stderr)
         return 2
+    except ValueError as err:  # --fractions or --block-size out of range
+        parser.exit(2, f"error: {err}\n")
     summary = dataset.summary()
     if args.summary:
         print(format_summary(summary))
     else:
         print(repr(dataset))
-    if args.write_split:
-        dataset.write_split(args.write_split)
-    if args.json:
-        atomic_write_json(args.json, summary)
+    try:
+        if args.write_split:
+            dataset.write_split(args.write_split)
+        if args.json:
+            atomic_write_json(args.json, summary)
+    except OSError as err:
+        parser.exit(2, f"error: {err}\n")
     return 0
 
 

@@ -69,6 +69,9 @@ def find_pairs(ir_dir: str | Path, vis_dir: str | Path, *, check_images: bool = 
     for folder in (ir_dir, vis_dir):
         if not folder.is_dir():
             problems.append(f"folder does not exist: {folder}")
+    if not problems and ir_dir.resolve() == vis_dir.resolve():
+        problems.append(f"{ir_dir} is given for both the infrared and the visible role: every image would pair "
+                        "with itself")
     if problems:
         raise DatasetError(f"pairs {ir_dir} + {vis_dir}", problems)
     ir_files = images_by_stem(ir_dir, problems)

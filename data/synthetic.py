@@ -561,7 +561,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=2, default=DEFAULT_SIZE, metavar=("W", "H"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    root = generate_synthetic_m3fd(args.out, num_scenes=args.scenes, frames_per_scene=args.frames, size=tuple(args.size), seed=args.seed)
+    try:
+        root = generate_synthetic_m3fd(args.out, num_scenes=args.scenes, frames_per_scene=args.frames,
+                                       size=tuple(args.size), seed=args.seed)
+    except (ValueError, OSError) as err:  # bad sizes/counts, or an --out that is a file or foreign folder
+        parser.exit(2, f"error: {err}\n")
     print(f"synthetic M3FD-layout data: {root} ({args.scenes} scenes x {args.frames} frames, {args.size[0]}x{args.size[1]}, seed {args.seed})")
     return 0
 

@@ -384,10 +384,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    dataset = YoloDataset.load(args.dataset)
+    try:
+        dataset = YoloDataset.load(args.dataset)
+    except FileNotFoundError as err:
+        parser.exit(2, f"error: {err}\n")
     kwargs = load_preset(args.preset).train_kwargs()
     if args.epochs is not None:
         kwargs["epochs"] = args.epochs
+    eval_split = args.eval_split or dataset.eval_split
+    problems = check_recipe(kwargs["model"], args.weights, kwargs["epochs"], kwargs["imgsz"], kwargs["batch"],
+                            kwargs["extra_args"])
+    if eval_split not in dataset.split_counts:
+        problems.append(f"--eval-split '{eval_split}' is not a split of {args.dataset} "
+                        f"({', '.join(dataset.split_counts)})")
+    if problems:  # before TensorBoard or any run folder is created
+        parser.exit(2, "error: " + "; ".join(problems) + "\n")
     writer = None
     if args.tensorboard is not None:
         from torch.utils.tensorboard import SummaryWriter
@@ -396,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = train_and_evaluate(dataset, **kwargs, weights=args.weights, seed=args.seed, device=args.device,
                                     out_dir=args.out, name=args.name, tb_writer=writer,
-                                    tb_prefix=f"detect/{args.name}", eval_split=args.eval_split or dataset.eval_split)
+                                    tb_prefix=f"detect/{args.name}", eval_split=eval_split)
     finally:
         if writer is not None:
             writer.close()

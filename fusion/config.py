@@ -123,6 +123,15 @@ class FusionTrainConfig:
                 problems.append(f"phase '{p.name}' has {p.epochs} epochs")
         if self.amp not in ("bf16", "fp16", "none"):
             problems.append(f"amp must be bf16, fp16 or none, got '{self.amp}'")
+        if self.seed < 0:
+            problems.append(f"seed must be non-negative, got {self.seed}")
+        d = self.data
+        for name in ("crop_size", "crops_per_image", "batch_size", "val_max_pairs", "val_max_side"):
+            if getattr(d, name) < 1:
+                problems.append(f"data.{name} must be at least 1, got {getattr(d, name)}")
+        if d.num_workers < 0 or not 0 <= d.val_fraction < 1:
+            problems.append(f"need data.num_workers >= 0 and 0 <= data.val_fraction < 1, got {d.num_workers}, "
+                            f"{d.val_fraction}")
         if problems:
             raise ValueError("invalid FusionTrainConfig: " + "; ".join(problems))
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.errors import DatasetError
 from data.io import read_ir, read_visible
 from data.m3fd import is_m3fd_root, load_m3fd
 from data.paired import find_pairs, resolve_pair_dirs
@@ -61,6 +62,9 @@ def resolve_training_pairs(root: str | Path, cfg: DataConfig, split: str = "trai
     root = Path(root)
     if cfg.ir_dir is None and cfg.vis_dir is None and is_m3fd_root(root):
         dataset = load_m3fd(root)
+        if not dataset.splits.get(split):
+            have = ", ".join(f"{name} {len(ids)}" for name, ids in dataset.splits.items())
+            raise DatasetError(str(root), [f"split '{split}' is empty or missing; the dataset has: {have}"])
         train = list(dataset.pairs(split))
         val = list(dataset.pairs("val")) if split != "val" else []
         if not val:

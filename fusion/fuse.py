@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import logging
 import pickle
 import re
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 from data.errors import DatasetError
-from data.io import write_image
+from data.io import atomic_write_json, write_image
 from data.paired import find_pairs
 from data.provenance import content_key
 from data.types import Pair
@@ -50,6 +51,8 @@ from .fusers import FUSERS, Fuser, create_fuser, fuse_pair, output_path
 LOGGER = logging.getLogger(__name__)
 
 BASELINES: tuple[str, ...] = ("ir", "vis", "mean", "max")
+# Written into every folder fuse_folder fills: which fuser made its images (its cache_key).
+FUSER_MARKER = ".fuser.json"
 
 # The trainer's phases whose epochs train the fusion path (``fusion.train.PHASES`` with ``fuses=True``; a test keeps
 # the two in step). Named here because importing the trainer would pull its training-only dependencies into
@@ -214,13 +217,28 @@ def fuse_folder(
 
     Returns ``{"per_image": {stem: seconds}, "total_seconds": float, "written": [stems], "skipped": [stems]}``.
     ``skip_existing=True`` (resuming an interrupted folder) leaves outputs that already exist; since every output
-    is written atomically, an existing file is always complete. Nothing else is skipped: a pair that fails to
-    read or fuse raises.
+    is written atomically, an existing file is always complete. ``out_dir/.fuser.json`` records the fuser's
+    ``cache_key``, and a folder fused by another fuser is never resumed (its images would be passed off as this
+    fuser's). Nothing else is skipped: a pair that fails to read or fuse raises.
+
+    Raises:
+        ValueError: ``out_dir`` is a folder of source images, or holds another fuser's images under
+            ``skip_existing``.
     """
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
+    sources = {p.parent.resolve() for pair in pairs for p in (pair.ir, pair.vis)}
+    if out_dir.resolve() in sources:
+        raise ValueError(f"output folder {out_dir} holds source images: fusing into it would overwrite them")
+    marker, key = out_dir / FUSER_MARKER, fuser.cache_key()
+    if skip_existing and marker.is_file():
+        previous = json.loads(marker.read_text()).get("cache_key")
+        if previous != key:
+            raise ValueError(f"{out_dir} holds images of another fuser ({previous}); resume only the same fuser "
+                             f"({key}), or fuse into another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, {"cache_key": key})
     per_image: dict[str, float] = {}
     written, skipped = [], []
     t0 = time.perf_counter()
@@ -262,7 +280,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatasetError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    report = fuse_folder(fuser, pairs, args.out, progress=not args.no_progress, skip_existing=args.skip_existing)
+    try:
+        report = fuse_folder(fuser, pairs, args.out, progress=not args.no_progress, skip_existing=args.skip_existing)
+    except (ValueError, OSError) as err:  # --out is a source folder, another fuser's folder, or not writable
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     n = len(report["written"])
     mean = report["total_seconds"] / n if n else 0.0
     print(f"{n} fused, {len(report['skipped'])} kept, into {args.out} ({mean:.3f} s per pair)")

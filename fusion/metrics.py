@@ -43,6 +43,7 @@ from data.errors import DatasetError
 from data.io import atomic_write_json, luma, read_gray_reference
 from data.paired import check_image_groups, find_pairs, images_by_stem
 from data.provenance import package_versions
+from data.types import Pair
 
 from .registry import Registry
 
@@ -729,19 +730,20 @@ def find_triples(fused_dir: str | Path, ir_dir: str | Path, vis_dir: str | Path)
         pairs = {pair.stem: pair for pair in find_pairs(ir_dir, vis_dir, check_images=False)}
     except DatasetError as err:
         problems.extend(err.problems)
-        pairs = None
+        # Go on with the stems present on both sides, so that this one error also names the files that would
+        # fail next (undecodable, mismatched, unmatched fused images) instead of one round of fixes at a time.
+        sides = [images_by_stem(Path(d), []) if Path(d).is_dir() else {} for d in (ir_dir, vis_dir)]
+        pairs = {s: Pair(s, sides[0][s], sides[1][s]) for s in sorted(set(sides[0]) & set(sides[1]))}
     if not fused_dir.is_dir():
         raise DatasetError(f"fused {fused_dir}", problems + [f"folder does not exist: {fused_dir}"])
     fused = images_by_stem(fused_dir, problems)
-    matched: list[str] = []
-    if pairs is not None:
-        for stem in sorted(set(fused) - set(pairs)):
-            problems.append(f"{fused[stem]} has no source pair in {ir_dir} + {vis_dir}")
-        for stem in sorted(set(pairs) - set(fused)):
-            problems.append(f"no fused image for {pairs[stem].ir} in {fused_dir}")
-        matched = sorted(set(fused) & set(pairs))
-        problems.extend(check_image_groups(
-            [(stem, (fused[stem], pairs[stem].ir, pairs[stem].vis)) for stem in matched])[0])
+    for stem in sorted(set(fused) - set(pairs)):
+        problems.append(f"{fused[stem]} has no source pair in {ir_dir} + {vis_dir}")
+    for stem in sorted(set(pairs) - set(fused)):
+        problems.append(f"no fused image for {pairs[stem].ir} in {fused_dir}")
+    matched = sorted(set(fused) & set(pairs))
+    problems.extend(check_image_groups(
+        [(stem, (fused[stem], pairs[stem].ir, pairs[stem].vis)) for stem in matched])[0])
     if problems:
         raise DatasetError(f"fused {fused_dir} against {ir_dir} + {vis_dir}", problems)
     return [FileTriple(stem, fused[stem], pairs[stem].ir, pairs[stem].vis) for stem in matched]
@@ -815,14 +817,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write per-image values and means here (atomically)")
     parser.add_argument("--workers", type=int, default=1, help="threads for scoring (default 1)")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.json is not None:  # checked before the scoring, not after it
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            parser.error(f"--json {args.json}: cannot create its folder ({err})")
+        if args.json.is_dir():
+            parser.error(f"--json {args.json} is a folder; name a file")
     try:
         per_image, mean = evaluate_folders(args.fused, args.ir, args.vis, workers=args.workers)
     except DatasetError as err:
         parser.exit(2, f"error: {err}\n")
     print(format_table(per_image, mean))
     if args.json:
-        atomic_write_json(args.json, report(per_image, mean, fused=str(args.fused), ir=str(args.ir),
-                                            vis=str(args.vis)))
+        try:
+            atomic_write_json(args.json, report(per_image, mean, fused=str(args.fused), ir=str(args.ir),
+                                                vis=str(args.vis)))
+        except OSError as err:
+            parser.exit(2, f"error: cannot write {args.json}: {err}\n")
         print(f"wrote {args.json}")
     return 0
 

@@ -50,6 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, DistributedSampler
 
+from data.errors import DatasetError
 from data.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from data.provenance import package_versions
 
@@ -799,12 +800,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_train_config(args.config, preset=args.preset, overrides=overrides)
     except ConfigError as err:
         parser.error(str(err))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device here (use --device cpu)")
     try:
         result = train(
             cfg, args.data, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
             split=args.split,
         )
-    except (ConfigError, CheckpointError) as err:  # e.g. resuming another run's last.pt: no traceback needed
+    except (ConfigError, CheckpointError, DatasetError) as err:  # e.g. a bad dataset or another run's last.pt
         parser.exit(2, f"error: {err}\n")
     if DistContext.from_env().is_main:
         print(f"done in {result.wall_time_s:.1f} s: last {result.last_checkpoint}, best {result.best_checkpoint}")

@@ -116,9 +116,13 @@ def resolve_dataset(cfg: PipelineConfig, synthetic_params: dict[str, Any]):
     from data.m3fd import load_m3fd
     from data.synthetic import generate_synthetic_m3fd
 
+    from data.synthetic import PARAMS_FILE as SYNTHETIC_MARKER
+
     root = cfg.data or (Path(os.environ["M3FD_ROOT"]) if os.environ.get("M3FD_ROOT") else None)
-    synthetic = root is None
-    if synthetic:
+    generate = root is None
+    # Data the synthetic generator wrote stays labelled synthetic when it is passed with --data too.
+    synthetic = generate or (Path(root) / SYNTHETIC_MARKER).is_file()
+    if generate:
         root = cfg.out / "synthetic_m3fd"
         banner = "=" * 78
         print(f"{banner}\nNo --data given and M3FD_ROOT is not set: using the BUILT-IN SYNTHETIC M3FD-layout scenes\n"
@@ -136,6 +140,7 @@ def resolve_dataset(cfg: PipelineConfig, synthetic_params: dict[str, Any]):
         from data.errors import DatasetError
 
         raise DatasetError(str(root), problems)
+    cfg.out.mkdir(parents=True, exist_ok=True)  # only now: a run refused up front leaves no empty --out behind
     split_path = cfg.out / "split.json"
     dataset.write_split(split_path)
     info = {"root": str(Path(root).resolve()), "synthetic": synthetic, "n_images": len(dataset.ids),
@@ -143,6 +148,30 @@ def resolve_dataset(cfg: PipelineConfig, synthetic_params: dict[str, Any]):
                       "seed": dataset.split_info.get("seed"),
                       "counts": {k: len(v) for k, v in dataset.splits.items()}}}
     return dataset, info
+
+
+class OptionsError(ValueError):
+    """The run's options cannot work (detector recipe, seeds, jobs, device, --out); raised before any work."""
+
+
+def check_options(cfg: PipelineConfig, seeds: list[int], jobs: int) -> list[str]:
+    """Problems with the options that are not the detector recipe's (``detection_settings`` checks that)."""
+    problems = []
+    if not seeds or min(seeds) < 0:
+        problems.append(f"seeds must be non-negative integers, got {seeds}")
+    if jobs < 1:
+        problems.append(f"--jobs must be at least 1, got {jobs}")
+    if cfg.out.exists() and not cfg.out.is_dir():
+        problems.append(f"--out {cfg.out} exists and is not a folder")
+    if cfg.device != "cpu" and not cfg.device.startswith("mps"):
+        import torch
+
+        spec = cfg.device.removeprefix("cuda").lstrip(":")  # "0", "0,1", "cuda:1" or "cuda"
+        wanted = [int(d) for d in spec.split(",") if d.strip().isdigit()] if spec else [0]
+        available = torch.cuda.device_count()
+        if not wanted or max(wanted) >= available:
+            problems.append(f"--device {cfg.device}: {available} CUDA device(s) here (use cpu, 0, 0,1, ...)")
+    return problems
 
 
 def check_splits(cfg: PipelineConfig, counts: dict[str, int]) -> list[str]:
@@ -349,11 +378,16 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     started = time.time()
     cfg = replace(cfg, out=Path(cfg.out).resolve())
-    cfg.out.mkdir(parents=True, exist_ok=True)
     preset = load_pipeline_preset(cfg.preset)
     seeds = list(dict.fromkeys(cfg.seeds if cfg.seeds is not None else preset["seeds"]))  # a repeat is no new seed
     jobs = cfg.jobs or preset["jobs"]
-    settings = detection_settings(cfg, preset)
+    problems = check_options(cfg, seeds, jobs)
+    try:
+        settings = detection_settings(cfg, preset)
+    except ValueError as err:
+        problems.append(str(err))
+    if problems:  # options first: cheap, and every candidate would fail the same way after hours of work
+        raise OptionsError("; ".join(problems))
 
     # 1. Up-front validation: the dataset and every checkpoint, before any heavy work.
     dataset, data_info = resolve_dataset(cfg, preset["synthetic"])

@@ -20,7 +20,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.m3fd import DEFAULT_BASELINES, PipelineConfig, run_pipeline  # noqa: E402
+from data.errors import DatasetError  # noqa: E402
+from pipelines.m3fd import DEFAULT_BASELINES, OptionsError, PipelineConfig, run_pipeline  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> PipelineConfig:
@@ -61,7 +62,11 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
-    results = run_pipeline(cfg)
+    try:
+        results = run_pipeline(cfg)
+    except (DatasetError, OptionsError) as err:  # refused before any heavy work: say why, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print((Path(cfg.out) / "results.md").resolve().read_text())
     print(f"results: {Path(cfg.out).resolve()}/results.{{json,csv,md}}, plots/, tb/ "
           f"(tensorboard --logdir {Path(cfg.out).resolve() / 'tb'})")

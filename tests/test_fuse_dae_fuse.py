@@ -196,3 +196,23 @@ def test_fuse_cli_checkpoint_and_baseline(checkpoint, pair_dirs, tmp_path, capsy
                  str(tmp_path / "x")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_fuse_cli_refuses_to_overwrite_sources_or_mix_fusers(pair_dirs, tmp_path, capsys):
+    import shutil
+
+    ir_src, vis_src = pair_dirs
+    ir_dir, vis_dir = tmp_path / "ir", tmp_path / "vis"
+    shutil.copytree(ir_src, ir_dir)
+    shutil.copytree(vis_src, vis_dir)
+    before = {p.name: p.read_bytes() for p in ir_dir.iterdir()}
+    common = ["--ir", str(ir_dir), "--vis", str(vis_dir), "--no-progress"]
+    assert main(["--baseline", "mean", *common, "--out", str(ir_dir)]) == 2
+    assert "would overwrite them" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in ir_dir.iterdir()} == before  # the sources are untouched
+    assert main(["--baseline", "mean", "--ir", str(ir_dir), "--vis", str(ir_dir), "--out", str(tmp_path / "o")]) == 2
+    assert "both the infrared and the visible role" in capsys.readouterr().err
+    assert main(["--baseline", "max", *common, "--out", str(tmp_path / "o")]) == 0
+    assert main(["--baseline", "mean", *common, "--out", str(tmp_path / "o"), "--skip-existing"]) == 2
+    assert "another fuser (baseline:max)" in capsys.readouterr().err
+    assert main(["--baseline", "max", *common, "--out", str(tmp_path / "o"), "--skip-existing"]) == 0  # same one

@@ -393,6 +393,17 @@ def test_cli_prints_the_table_and_writes_json(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]  # no temporary left behind
 
 
+def test_one_error_names_source_and_fused_problems_together(tmp_path):
+    fused_dir, ir_dir, vis_dir = write_folders(tmp_path, stems=("a", "b", "c"))
+    (vis_dir / "c.jpg").unlink()  # a source partner missing ...
+    (ir_dir / "a.png").write_bytes(b"not an image")  # ... and, in the same round, an undecodable source
+    cv2.imwrite(str(fused_dir / "b.png"), np.zeros((10, 10), np.uint8))  # and a fused image of the wrong size
+    with pytest.raises(DatasetError) as err:
+        evaluate_folders(fused_dir, ir_dir, vis_dir)
+    message = str(err.value)
+    assert "c.png has no partner" in message and "ir/a.png" in message and "b.png" in message, message
+
+
 def test_cli_reports_bad_folders_and_fails(tmp_path, capsys):
     fused_dir, ir_dir, vis_dir = write_folders(tmp_path, fused_stems=("a",))
     with pytest.raises(SystemExit) as exit_info:

@@ -244,3 +244,21 @@ def test_checkpoints_with_clashing_names_get_distinct_rows(tmp_path):
         path.write_bytes(b"junk")  # rejected on load, but still a row with its own folders
     names = [c.name for c in m3fd.build_candidates(PipelineConfig(checkpoints=paths, baselines=["ir", "vis"]))]
     assert len(names) == len(set(names)) == 5 and names[:2] == ["ir", "vis"]
+
+
+def test_cli_refuses_bad_data_and_options_with_one_message_and_exit_2(tmp_path, capsys):
+    from pipelines.run_m3fd import main
+
+    out = tmp_path / "out"
+    assert main(["--preset", "tiny", "--data", str(tmp_path / "missing"), "--out", str(out), "--no-progress"]) == 2
+    assert "not an M3FD-layout folder" in capsys.readouterr().err
+    assert main(["--preset", "tiny", "--epochs", "-1", "--seeds", "-1", "--device", "7", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "epochs >= 1" in err and "seeds must be non-negative" in err and "--device 7" in err
+    assert not out.exists()  # refused runs leave no empty output folder behind
+
+
+def test_synthetic_data_passed_with_data_stays_labelled_synthetic(tmp_path, synthetic_root):
+    cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", progress=False)
+    _, info = m3fd.resolve_dataset(cfg, {})
+    assert info["synthetic"] is True

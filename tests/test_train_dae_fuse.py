@@ -384,3 +384,14 @@ def test_ddp_world_size_one_matches_a_plain_run(tmp_path, synthetic_root, monkey
     a, b = _params(plain.last_checkpoint), _params(ddp.last_checkpoint)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_cli_refuses_a_missing_split_and_bad_numbers_without_a_traceback(synthetic_root, tmp_path, capsys):
+    for bad in (["--split", "nosuch"], ["data.batch_size=0"], ["--seed", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--data", str(synthetic_root), "--out", str(tmp_path / "run"), "--preset", "tiny",
+                  "--device", "cpu", "--no-progress", *bad])
+        assert exit_info.value.code == 2, bad
+    err = capsys.readouterr().err
+    assert "split 'nosuch' is empty or missing" in err and "batch_size must be at least 1" in err
+    assert "seed must be non-negative" in err and "Traceback" not in err
