@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -508,6 +509,8 @@ def assemble_results(cfg: PipelineConfig, preset: dict, seeds: list[int], settin
 
 def write_outputs(cfg: PipelineConfig, results: dict, candidates: list[Candidate], dataset, eval_ids) -> None:
     records = results["candidates"]
+    # matplotlib's font cache goes into the run, not the user's home (Ultralytics' setup does the same when it ran).
+    os.environ.setdefault("MPLCONFIGDIR", str(cfg.out / ".matplotlib"))
     atomic_write_json(cfg.out / "results.json", results)
     report.write_csv(cfg.out / "results.csv", records)
     atomic_write_text(cfg.out / "results.md", report.render_markdown(results))
@@ -542,11 +545,15 @@ def read_visible_bgr(path: Path) -> np.ndarray:
 
 
 def write_tensorboard(tb_root: Path, results: dict, grid: dict[str, list[np.ndarray]], scenes: list[str]) -> None:
-    """One TensorBoard run per candidate: fused sample images and the hparams view (curves come from the runs)."""
+    """Per candidate, a TensorBoard run ``<name>/summary`` with fused sample images and the hparams view (the
+    detector curves are in ``<name>``, written by the runs). It is rewritten, not appended to, on every run, so a
+    rerun does not show each candidate twice."""
     from torch.utils.tensorboard import SummaryWriter
 
     for r in results["candidates"]:
-        writer = SummaryWriter(str(tb_root / r["name"]))
+        summary_dir = tb_root / r["name"] / "summary"
+        shutil.rmtree(summary_dir, ignore_errors=True)
+        writer = SummaryWriter(str(summary_dir))
         try:
             for scene, image in zip(scenes, grid.get(r["name"], [])):
                 rgb = image[..., ::-1] if image.ndim == 3 else image

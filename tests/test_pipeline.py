@@ -119,10 +119,10 @@ def test_plots_and_tensorboard(first_run):
         image = cv2.imread(str(cfg.out / "plots" / name))
         assert image is not None and image.shape[0] > 50
     for name in ("ir", "vis", "last"):
-        events = EventAccumulator(str(cfg.out / "tb" / name)).Reload()
-        scalars = events.Tags()["scalars"]
+        scalars = EventAccumulator(str(cfg.out / "tb" / name)).Reload().Tags()["scalars"]
         assert any(t.startswith(f"detect/{name}/seed0/") for t in scalars), scalars
-        assert any(t.startswith("fused/") for t in events.Tags()["images"])
+        summary = EventAccumulator(str(cfg.out / "tb" / name / "summary")).Reload()
+        assert any(t.startswith("fused/") for t in summary.Tags()["images"])
     hparams = list((cfg.out / "tb" / "ir").rglob("events.out.tfevents.*"))
     assert hparams
 
@@ -140,6 +140,8 @@ def test_second_run_is_all_cache_hits(first_run, monkeypatch):
     after = {r["name"]: r["detection"] for r in again["candidates"]}
     assert before == after
     assert [r["error"] for r in again["candidates"] if r["name"] != "broken"] == [None, None, None]
+    summaries = list((cfg.out / "tb" / "ir" / "summary").rglob("events.out.tfevents.*"))
+    assert len(summaries) == 2  # images + hparams, rewritten rather than piled up by the rerun
 
 
 def test_interrupted_run_resumes_without_redoing_finished_work(tmp_path, monkeypatch):
