@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -117,12 +118,50 @@ def restore_colour(fused_luma: np.ndarray, vis_bgr: np.ndarray | None) -> np.nda
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+# Temporary files and folders are named ".<name>.<pid>.<random>.tmp[suffix]": hidden (readers skip dot-files), and
+# a process killed with SIGKILL (no cleanup runs) leaves ones whose pid is gone, which ``remove_stale_temps`` sweeps.
+_TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp(\.[^.]*)?$")
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Remove the temporary files and folders a killed process left in ``folder`` (those of ``name`` only, when
+    given): ones whose writer's pid is no longer running. Returns what was removed."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMP_PATTERN.match(entry.name)
+        if not match or (name is not None and match["name"] != name) or _pid_alive(int(match["pid"])):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``, on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     os.chmod(tmp, _FILE_MODE)
     tmp_path = Path(tmp)
@@ -182,11 +221,13 @@ def replace_dir(src: str | Path, dst: str | Path) -> None:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it onto ``path`` when the block succeeds.
 
-    An existing ``path`` is replaced. On error the temporary directory is removed and ``path`` is untouched.
+    An existing ``path`` is replaced. On error the temporary directory is removed and ``path`` is untouched; one
+    left by a killed process is removed by the next build of the same ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temps(path.parent, path.name)  # what an earlier, killed build of the same folder left behind
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         replace_dir(tmp, path)

@@ -24,10 +24,11 @@ VIS_DIR_NAMES: tuple[str, ...] = ("vi", "Vis", "vis", "VI", "visible", "Visible"
 
 
 def images_by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
-    """Image files of ``folder`` by stem; a stem used twice (e.g. ``a.png`` and ``a.jpg``) is a problem."""
+    """Image files of ``folder`` by stem; a stem used twice (e.g. ``a.png`` and ``a.jpg``) is a problem. Hidden
+    files are not images of the set (macOS ``._a.png`` metadata, a killed writer's ``.a.png.<pid>.x.tmp.png``)."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
         if path.stem in found:
             problems.append(f"two images share the stem '{path.stem}': {found[path.stem]} and {path}")

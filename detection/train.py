@@ -20,6 +20,7 @@ Command line (a thin wrapper; the pipeline calls :func:`train_and_evaluate` dire
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import shutil
@@ -360,12 +361,13 @@ def _resumable(checkpoint: Path) -> bool:
 
 
 def _epochs_completed(run_dir: Path) -> int:
-    # results.csv has one row per trained epoch (resumed runs append to it).
+    # results.csv has a row per trained epoch; a run killed after an epoch's row but before its checkpoint trains
+    # that epoch again on resume and appends a second row for it, so count distinct epochs.
     try:
-        lines = (run_dir / "results.csv").read_text().strip().splitlines()
-    except OSError:
+        with (run_dir / "results.csv").open() as f:
+            return len({row["epoch"].strip() for row in csv.DictReader(f) if row.get("epoch")})
+    except (OSError, KeyError):
         return 0
-    return max(0, len(lines) - 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from data.errors import DatasetError
-from data.io import atomic_write_json, write_image
+from data.io import atomic_write_json, remove_stale_temps, write_image
 from data.paired import find_pairs
 from data.provenance import content_key
 from data.types import Pair
@@ -238,6 +238,7 @@ def fuse_folder(
             raise ValueError(f"{out_dir} holds images of another fuser ({previous}); resume only the same fuser "
                              f"({key}), or fuse into another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)  # half-written images of a killed run (SIGKILL skips every cleanup)
     atomic_write_json(marker, {"cache_key": key})
     per_image: dict[str, float] = {}
     written, skipped = [], []

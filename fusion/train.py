@@ -632,6 +632,8 @@ class Trainer:
         self.val_metrics = self.history[-1]["val"] if self.history else {}
         if self.dist.is_main:
             self._restore_best(last, state["epoch"])
+            # last.pt is written before history.json: a run killed between the two left the file an epoch short.
+            atomic_write_json(self.out_dir / "history.json", self.history)
         LOGGER.info("resumed %s after epoch %d", last, self.start_epoch)
 
     @staticmethod

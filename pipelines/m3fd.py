@@ -10,6 +10,7 @@ is reported with its error; the others still run. A bad dataset fails before any
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -246,6 +247,7 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Sta
                       torch_device(cfg.device))
     stored = store.get("_fusion_training", "train", key)
     if stored and Path(stored["checkpoint"]).is_file():
+        LOGGER.info("DAE-Fuse trained here reused: %s", stored["checkpoint"])
         return Path(stored["checkpoint"])
     run_dir = cfg.out / "fusion_training" / key[:12]
     from torch.utils.tensorboard import SummaryWriter
@@ -279,6 +281,9 @@ def make_fuser(candidate: Candidate, device: str):
     return candidate.fuser
 
 
+FUSE_RECORD = ".fuse_record.json"  # inside a finished fused folder: what its stage record says
+
+
 def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageStore) -> dict[str, Any]:
     """Fuse every pair of the train, selection and evaluation splits into a content-keyed cache folder."""
     from fusion.fuse import fuse_folder
@@ -288,16 +293,24 @@ def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageS
     key = content_key("fuse", fuser.cache_key(), str(dataset.root), ids, source_fingerprint(dataset, ids))
     stored = store.get(candidate.name, "fuse", key)
     fused_dir = cfg.out / "cache" / "fused" / key[:16]
-    if stored and fused_dir.is_dir():
+    record = fused_dir / FUSE_RECORD
+    if fused_dir.is_dir() and (stored or record.is_file()):
+        # The key-named folder only ever appears by the rename of a finished one, with its record inside: a run
+        # killed between that rename and the stage record loses nothing.
+        if not stored:
+            stored = json.loads(record.read_text())
+            store.put(candidate.name, "fuse", key, stored)
+        LOGGER.info("%s: fused images reused from %s", candidate.name, fused_dir)
         return {**stored, "key": key, "cached": True}
     partial = fused_dir.with_name(fused_dir.name + ".partial")  # each image is written atomically: safe to resume
     wanted = set(ids)
     pairs = [p for p in dataset.pairs() if p.stem in wanted]
     timing = fuse_folder(fuser, pairs, partial, progress=cfg.progress, skip_existing=True)
-    replace_dir(partial, fused_dir)
     seconds = list(timing["per_image"].values())  # images fused now (a resumed folder kept the others)
     output = {"dir": str(fused_dir), "n_images": len(pairs),
               "seconds_per_image": float(np.mean(seconds)) if seconds else None}
+    atomic_write_json(partial / FUSE_RECORD, output)
+    replace_dir(partial, fused_dir)
     store.put(candidate.name, "fuse", key, output)
     return {**output, "key": key, "cached": False}
 
@@ -429,6 +442,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                                   scenario_ids)
                 stored = store.get(cand.name, f"detect_seed{seed}", key)
                 if stored:
+                    LOGGER.info("%s: detector seed %d reused (%s)", cand.name, seed, stored.get("run_dir"))
                     cand.record["detection_runs"][seed] = stored
                     continue
                 job = {"candidate": cand.name, "seed": seed, "recipe": settings, "dataset": str(yolo.root),

@@ -204,6 +204,12 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "the noisier candidates' most; score on a separate split (`--eval-split test`) to rank fairly\n")
     out.write(f"- detector: `{cfg['detection']['model']}` preset `{cfg['preset']}`, imgsz {cfg['detection']['imgsz']}, "
               f"{cfg['detection']['epochs']} epochs, seeds {cfg['seeds']} (mean ± std over seeds)\n")
+    resumed = [f"`{r['name']}` seed {run['seed']}" for r in records for run in r.get("detection_runs") or []
+               if run.get("resumed")]
+    if resumed:
+        out.write(f"- **note:** detector run(s) {', '.join(resumed)} resumed after an interruption: Ultralytics "
+                  "resumes from its EMA checkpoint without the random state, so those numbers can differ slightly "
+                  "from an uninterrupted run's\n")
     out.write(f"- fusion metrics: mean over the `{cfg['eval_split']}` images, reference-evaluator conventions "
               "(MI, SCD, VIF, SSIM summed over both sources; MI in nats)\n\n")
     rows = table_rows(records)

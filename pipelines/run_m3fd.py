@@ -9,6 +9,7 @@ A thin wrapper over ``pipelines.m3fd.run_pipeline``; see ``--help`` for the opti
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -62,6 +63,11 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
+    # The project's own progress notes (stages reused from the cache, resumed runs, training epochs) at INFO; the
+    # libraries' chatter stays at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for package in ("pipelines", "data", "fusion", "detection"):
+        logging.getLogger(package).setLevel(logging.INFO)
     try:
         results = run_pipeline(cfg)
     except (DatasetError, OptionsError) as err:  # refused before any heavy work: say why, no traceback

@@ -1,6 +1,8 @@
 """Simple fusers and the shared colour rule (fuse Y, keep the visible Cb/Cr)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -107,3 +109,27 @@ def test_ir_only_borrows_nothing_from_the_visible_image(pair_arrays):
     fused = fuse_arrays(create_fuser("ir"), ir, luma(vis_bgr), vis_bgr)
     assert fused.ndim == 2  # grey: no visible chroma
     np.testing.assert_array_equal(fused, ir.astype(np.uint8))
+
+
+def test_a_killed_writers_temporaries_are_hidden_and_swept(tmp_path):
+    import subprocess
+    import sys
+
+    from data.io import atomic_dir, atomic_path, remove_stale_temps
+    from data.paired import images_by_stem
+
+    # A writer killed with SIGKILL runs no cleanup: make one, with temporaries named the way data.io names them.
+    code = ("import os, sys; from data.io import atomic_path, atomic_dir; from pathlib import Path; d = Path(sys.argv[1]); "
+            "a = atomic_path(d / 'x.png'); a.__enter__().write_bytes(b'half'); "
+            "b = atomic_dir(d / 'export'); b.__enter__(); os.kill(os.getpid(), 9)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=Path(__file__).resolve().parents[1])
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 2 and all(name.startswith((".x.png.", ".export.")) for name in left), left
+    assert images_by_stem(tmp_path, []) == {}  # a half-written hidden file is no image of the set
+    with atomic_path(tmp_path / "live.txt") as tmp:  # a live writer's temporary is never swept
+        tmp.write_text("writing")
+        with atomic_dir(tmp_path / "export") as built:  # the next build of the same folder sweeps its dead twin
+            (built / "ok").write_text("ok")
+        assert sorted(p.name for p in remove_stale_temps(tmp_path)) == [n for n in left if n.startswith(".x.png.")]
+        assert tmp.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "live.txt"]

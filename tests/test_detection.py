@@ -485,3 +485,12 @@ def test_tiny_run_mirrors_metrics_to_tensorboard(tiny_run):
         assert f"detect/a/{tag}" in tags
     assert [e.step for e in events.Scalars("detect/a/mAP50")] == list(range(1, tiny_run.epochs + 1))
     assert [e.step for e in events.Scalars("detect/a/best/mAP50")] == [tiny_run.epochs]
+
+
+def test_epochs_completed_counts_an_epoch_trained_again_after_a_kill_once(tmp_path):
+    from detection.train import _epochs_completed
+
+    header = "epoch,time,train/box_loss\n"
+    (tmp_path / "results.csv").write_text(header + "1,1.0,5.0\n2,2.0,4.0\n2,2.1,4.1\n")  # epoch 2 redone on resume
+    assert _epochs_completed(tmp_path) == 2
+    assert _epochs_completed(tmp_path / "missing") == 0

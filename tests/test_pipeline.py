@@ -264,3 +264,18 @@ def test_synthetic_data_passed_with_data_stays_labelled_synthetic(tmp_path, synt
     cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", progress=False)
     _, info = m3fd.resolve_dataset(cfg, {})
     assert info["synthetic"] is True
+
+
+def test_a_fused_folder_renamed_into_place_is_reused_without_its_stage_record(tmp_path, synthetic_root, monkeypatch):
+    from data.m3fd import load_m3fd
+    from pipelines.stages import StageStore
+
+    cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", progress=False)
+    dataset, store = load_m3fd(synthetic_root), StageStore(tmp_path / "out" / "state")
+    candidate = m3fd.Candidate(name="max", kind="baseline", baseline="max")
+    first = m3fd.stage_fuse(cfg, candidate, dataset, store)
+    (tmp_path / "out" / "state" / "max" / "fuse.json").unlink()  # killed right after the folder's rename
+    monkeypatch.setattr("fusion.fuse.fuse_folder", lambda *a, **k: pytest.fail("finished fusing was redone"))
+    again = m3fd.stage_fuse(cfg, candidate, dataset, store)
+    assert again["cached"] and again["key"] == first["key"]
+    assert again["seconds_per_image"] == first["seconds_per_image"]
