@@ -58,23 +58,16 @@ def resolve_pair_dirs(root: str | Path, ir_dir: str | None = None, vis_dir: str 
     return ir, vis
 
 
-def find_pairs(ir_dir: str | Path, vis_dir: str | Path, *, check_images: bool = True) -> list[Pair]:
-    """Match the images of two folders by stem and validate them.
-
-    Checks, all before returning: both folders exist, every stem exists on both sides, stems are unique per
-    folder, every image decodes, and the two images of a pair have the same size. Every problem found is
-    reported in one ``DatasetError``.
-    """
+def match_pairs(ir_dir: str | Path, vis_dir: str | Path) -> tuple[list[Pair], list[str]]:
+    """Match the images of two folders by stem, without decoding them: (the stems found on both sides, every
+    problem: a missing or shared folder, a stem on one side only or used twice in one folder, no pair at all)."""
     ir_dir, vis_dir = Path(ir_dir), Path(vis_dir)
-    problems: list[str] = []
-    for folder in (ir_dir, vis_dir):
-        if not folder.is_dir():
-            problems.append(f"folder does not exist: {folder}")
-    if not problems and ir_dir.resolve() == vis_dir.resolve():
-        problems.append(f"{ir_dir} is given for both the infrared and the visible role: every image would pair "
-                        "with itself")
+    problems = [f"folder does not exist: {folder}" for folder in (ir_dir, vis_dir) if not folder.is_dir()]
     if problems:
-        raise DatasetError(f"pairs {ir_dir} + {vis_dir}", problems)
+        return [], problems
+    if ir_dir.resolve() == vis_dir.resolve():
+        return [], [f"{ir_dir} is given for both the infrared and the visible role: every image would pair "
+                    "with itself"]
     ir_files = images_by_stem(ir_dir, problems)
     vis_files = images_by_stem(vis_dir, problems)
     for stem in sorted(set(ir_files) - set(vis_files)):
@@ -84,7 +77,17 @@ def find_pairs(ir_dir: str | Path, vis_dir: str | Path, *, check_images: bool = 
     stems = sorted(set(ir_files) & set(vis_files))
     if not stems and not problems:
         problems.append(f"no image pairs found in {ir_dir} and {vis_dir}")
-    pairs = [Pair(stem, ir_files[stem], vis_files[stem]) for stem in stems]
+    return [Pair(stem, ir_files[stem], vis_files[stem]) for stem in stems], problems
+
+
+def find_pairs(ir_dir: str | Path, vis_dir: str | Path, *, check_images: bool = True) -> list[Pair]:
+    """Match the images of two folders by stem (``match_pairs``) and validate them.
+
+    Checks, all before returning: both folders exist, every stem exists on both sides, stems are unique per
+    folder, every image decodes, and the two images of a pair have the same size. Every problem found is
+    reported in one ``DatasetError``.
+    """
+    pairs, problems = match_pairs(ir_dir, vis_dir)
     if check_images:
         problems.extend(check_pair_images(pairs))
     if problems:

@@ -41,9 +41,8 @@ import numpy as np
 
 from data.errors import DatasetError
 from data.io import atomic_write_json, luma, read_gray_reference
-from data.paired import check_image_groups, find_pairs, images_by_stem
+from data.paired import check_image_groups, images_by_stem, match_pairs
 from data.provenance import package_versions
-from data.types import Pair
 
 from .registry import Registry
 
@@ -720,20 +719,15 @@ class FileTriple:
 def find_triples(fused_dir: str | Path, ir_dir: str | Path, vis_dir: str | Path) -> list[FileTriple]:
     """Match fused images to source pairs by file stem and validate them, before any metric is computed.
 
-    Source pairs are matched by ``data.paired.find_pairs`` (partners, unique stems). Every fused image must have
+    Source pairs are matched by ``data.paired.match_pairs`` (partners, unique stems). Every fused image must have
     a source pair and every source pair a fused image; then each (fused, ir, vis) triple is decoded once and must
     share one size. Raises one ``DatasetError`` naming every offending file.
     """
     fused_dir = Path(fused_dir)
-    problems: list[str] = []
-    try:
-        pairs = {pair.stem: pair for pair in find_pairs(ir_dir, vis_dir, check_images=False)}
-    except DatasetError as err:
-        problems.extend(err.problems)
-        # Go on with the stems present on both sides, so that this one error also names the files that would
-        # fail next (undecodable, mismatched, unmatched fused images) instead of one round of fixes at a time.
-        sides = [images_by_stem(Path(d), []) if Path(d).is_dir() else {} for d in (ir_dir, vis_dir)]
-        pairs = {s: Pair(s, sides[0][s], sides[1][s]) for s in sorted(set(sides[0]) & set(sides[1]))}
+    # Source problems do not stop the checks: the stems present on both sides go on, so that this one error also
+    # names the files that would fail next (undecodable, mismatched, unmatched fused images).
+    matched_pairs, problems = match_pairs(ir_dir, vis_dir)
+    pairs = {pair.stem: pair for pair in matched_pairs}
     if not fused_dir.is_dir():
         raise DatasetError(f"fused {fused_dir}", problems + [f"folder does not exist: {fused_dir}"])
     fused = images_by_stem(fused_dir, problems)
