@@ -34,7 +34,7 @@ building it (the training config checks ``model.args`` with it at load time).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
 import torch
@@ -644,13 +644,8 @@ def model_config(name: str, **overrides: Any) -> DAEFuseConfig:
     A variant registered in ``MODELS`` without an entry in ``VARIANT_CONFIGS`` starts from the defaults.
     """
     MODELS.get(name)  # the registry's error lists the known variants
-    known = {f.name for f in fields(DAEFuseConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown DAEFuseConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    # YAML gives lists where the config holds tuples
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return replace(VARIANT_CONFIGS.get(name, DAEFuseConfig()), **values)
+    # from_dict checks the field names and turns YAML's lists into the config's tuples
+    return DAEFuseConfig.from_dict({**VARIANT_CONFIGS.get(name, DAEFuseConfig()).to_dict(), **overrides})
 
 
 @MODELS.register("dae_fuse_t")
