@@ -149,6 +149,29 @@ class TensorBoardMirror:
         self._last_step = step
         self._training_ended = bool(trainer.stop)
 
+    @property
+    def received(self) -> bool:
+        """Whether Ultralytics called this callback at all (its DDP subprocesses never call in-process callbacks)."""
+        return self._last_step > 0
+
+    def replay_results_csv(self, path: Path) -> int:
+        """Log every epoch of an Ultralytics ``results.csv`` under the same tags as the live callback (per-epoch
+        time from the cumulative ``time`` column); for runs the callback never saw. Returns the epochs logged."""
+        with path.open() as f:
+            rows = list(csv.DictReader(f))
+        previous_time = 0.0
+        for row in rows:
+            row = {k.strip(): v for k, v in row.items()}
+            step = int(float(row.pop("epoch")))
+            elapsed = float(row.pop("time", "nan"))
+            for key, value in row.items():
+                self._add(_METRIC_TAGS.get(key, key), float(value), step)
+            self._add("epoch_time_s", elapsed - previous_time, step)
+            previous_time = elapsed
+            self._last_step = step
+        self.writer.flush()
+        return len(rows)
+
 
 def _run_key(dataset: YoloDataset, settings: Mapping[str, Any], weights: Path | None) -> str:
     from importlib.metadata import version
@@ -288,6 +311,8 @@ def train_and_evaluate(
                           "project": str(out_dir), "name": name, "exist_ok": True, "pretrained": pretrained,
                           "save_json": False}
             _fit(model, train_args, mirror)
+        if mirror is not None and not mirror.received and (run_dir / "results.csv").is_file():
+            mirror.replay_results_csv(run_dir / "results.csv")  # e.g. --device 0,1: Ultralytics trained in DDP
         atomic_write_json(run_dir / STATE_NAME, {"key": key, "trained": True, "settings": settings})
 
     metrics, coco, predictions = _evaluate(best if best.is_file() else last, dataset, run_dir, eval_split=eval_split,

@@ -333,6 +333,20 @@ def test_tensorboard_mirror_logs_epochs_and_treats_the_extra_call_as_best():
     assert ("detect/ir/best/mAP50", 0.5, 2) in writer.scalars
 
 
+def test_tensorboard_mirror_replays_results_csv_for_runs_it_never_saw(tmp_path):
+    # Ultralytics' DDP subprocesses (--device 0,1) never call in-process callbacks; results.csv has the curves.
+    (tmp_path / "results.csv").write_text(
+        "epoch,time,train/box_loss,metrics/mAP50(B),val/box_loss,lr/pg0\n1,2.5,4.0,0.1,5.0,0.01\n2,6.0,3.0,0.2,4.5,0.005\n")
+    writer = _Writer()
+    mirror = TensorBoardMirror(writer, "detect/ir")
+    assert not mirror.received
+    assert mirror.replay_results_csv(tmp_path / "results.csv") == 2
+    assert {("detect/ir/train/box_loss", 4.0, 1), ("detect/ir/mAP50", 0.2, 2), ("detect/ir/val/box_loss", 4.5, 2),
+            ("detect/ir/lr/pg0", 0.005, 2), ("detect/ir/epoch_time_s", 2.5, 1), ("detect/ir/epoch_time_s", 3.5, 2)} \
+        <= set(writer.scalars)
+    assert mirror.received
+
+
 # -------------------------------------------------------------------------------------------------- training
 
 def test_train_rejects_bad_arguments_before_any_work(tmp_path):
