@@ -80,6 +80,15 @@ def read_image(path: str | Path) -> np.ndarray:
     return _imread(Path(path), cv2.IMREAD_UNCHANGED)
 
 
+def read_8bit(path: str | Path) -> np.ndarray:
+    """An image as 8-bit grey (H, W) or BGR (H, W, 3), as OpenCV converts to 8 bits (16-bit: the upper byte;
+    alpha dropped); a 3-channel file whose channels are identical is grey. E.g. another method's fused image."""
+    bgr = _imread(Path(path), cv2.IMREAD_COLOR)
+    if np.array_equal(bgr[..., 0], bgr[..., 1]) and np.array_equal(bgr[..., 1], bgr[..., 2]):
+        return np.ascontiguousarray(bgr[..., 0])
+    return bgr
+
+
 def read_ir(path: str | Path) -> np.ndarray:
     """Infrared image as uint8 (H, W); see the module docstring for the 3-channel and 16-bit rules."""
     return read_gray_reference(path).astype(np.uint8)
@@ -215,6 +224,37 @@ def replace_dir(src: str | Path, dst: str | Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(src, dst)
+
+
+def write_record(path: str | Path, key: str, output: Any) -> None:
+    """Record, atomically, that finished work with input key ``key`` produced ``output`` (plain JSON data).
+
+    The one format of "this folder holds finished work for this key" (pipeline stage records, a fused folder's
+    record and fuser marker, a detector run's state and result, an export's manifest): ``{"key": ..., "output":
+    ...}``. Write it after the work's files are in place, so that a record exists only for finished work.
+    """
+    atomic_write_json(path, {"key": key, "output": output})
+
+
+def read_record(path: str | Path, key: str | None = None) -> Any | None:
+    """The ``output`` of the record at ``path`` when it exists, parses and was written for ``key`` (for any key
+    when ``key`` is None); None otherwise: missing, damaged and stale records all mean "not finished"."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or "output" not in record or (key is not None and record.get("key") != key):
+        return None
+    return record["output"]
+
+
+def record_key(path: str | Path) -> str | None:
+    """The key a record at ``path`` was written for, or None when there is no readable record."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("key") if isinstance(record, dict) else None
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import yaml
 from data.errors import DatasetError
-from data.io import IMAGE_EXTENSIONS, atomic_dir
+from data.io import IMAGE_EXTENSIONS, atomic_dir, read_record, write_record
 from data.m3fd import check_annotation
 from data.probe import probe_images
 from data.types import CLASS_NAMES, Annotation
@@ -293,12 +293,11 @@ def _coco_json(split: str, ids: Sequence[str], checked: Mapping[str, _Checked]) 
             "categories": [{"id": i + 1, "name": name} for i, name in enumerate(CLASS_NAMES)]}
 
 
-def _read_manifest(root: Path) -> dict[str, Any] | None:
-    try:
-        manifest = json.loads((root / MANIFEST_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if manifest.get("complete") else None
+def _read_manifest(root: Path, key: str | None = None) -> dict[str, Any] | None:
+    """The manifest of a finished export (of ``key``, when given; written last: a folder without it is never taken
+    for a finished export)."""
+    manifest = read_record(root / MANIFEST_NAME, key)
+    return manifest if isinstance(manifest, dict) else None
 
 
 def _dataset_from_manifest(root: Path, manifest: Mapping[str, Any]) -> YoloDataset:
@@ -336,8 +335,8 @@ def export_yolo_dataset(
     """
     out_dir = Path(out_dir).resolve()
     key = _input_key(images, annotations, splits, eval_split, out_dir)
-    existing = _read_manifest(out_dir)
-    if key is not None and existing is not None and existing.get("key") == key:
+    existing = _read_manifest(out_dir, key) if key is not None else None
+    if existing is not None:
         return _dataset_from_manifest(out_dir, existing)  # the same inputs were validated when it was built
     checked, warnings = _validate(images, annotations, splits, eval_split)
     for line in warnings:
@@ -360,9 +359,9 @@ def export_yolo_dataset(
         data_yaml = {"path": str(out_dir), **{split: str(out_dir / "images" / split) for split in splits},
                      "names": dict(enumerate(CLASS_NAMES))}
         (tmp / YAML_NAME).write_text(yaml.safe_dump(data_yaml, sort_keys=False))
-        manifest = {"complete": True, "key": key, "format_version": EXPORT_FORMAT_VERSION, "eval_split": eval_split,
+        manifest = {"key": key, "format_version": EXPORT_FORMAT_VERSION, "eval_split": eval_split,
                     "class_names": list(CLASS_NAMES), "splits": {k: list(v) for k, v in splits.items()},
                     "box_counts": box_counts, "warnings": warnings}
         # Written last: a folder without it is never taken for a finished export.
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+        write_record(tmp / MANIFEST_NAME, key, manifest)
     return _dataset_from_manifest(out_dir, manifest)

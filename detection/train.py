@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.io import atomic_write_json
+from data.io import read_record, write_record
 from data.provenance import content_key, file_fingerprint
 from data.types import CLASS_NAMES
 from detection.coco_eval import CocoScores, coco_map
@@ -214,13 +214,6 @@ def _check_arguments(dataset: YoloDataset, model: str, weights: Path | None, epo
         raise ValueError("train_and_evaluate: " + "; ".join(problems))
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _per_class_ap50(metrics: Any, n_boxes: Mapping[str, int]) -> tuple[dict[str, float | None], list[str]]:
     by_index = {int(c): float(ap) for c, ap in zip(metrics.box.ap_class_index, metrics.box.ap50)}
     absent = [name for name in CLASS_NAMES if n_boxes.get(name, 0) == 0]
@@ -281,14 +274,14 @@ def train_and_evaluate(
     settings = {"model": model, "epochs": epochs, "imgsz": imgsz, "batch": batch, "seed": seed, "device": device,
                 "workers": workers, "extra_args": extra_args, "eval_split": eval_split, "threads": threads}
     key = _run_key(dataset, settings, weights)
-    finished = _read_json(run_dir / RESULT_NAME)
-    if finished and finished.get("key") == key:
+    finished = read_record(run_dir / RESULT_NAME, key)
+    if finished:
         LOGGER.info("detection run %s is complete; reusing its result", run_dir)
-        return DetectionResult.from_dict(finished["result"])
+        return DetectionResult.from_dict(finished)
 
     setup_offline(out_dir / CONFIG_DIR_NAME, threads=threads)
-    state = _read_json(run_dir / STATE_NAME) or {}
-    same_run = state.get("key") == key
+    state = read_record(run_dir / STATE_NAME, key) or {}
+    same_run = bool(state)
     last, best = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"
     resumed = same_run and not state.get("trained") and _resumable(last)
     mirror = TensorBoardMirror(tb_writer, tb_prefix) if tb_writer is not None else None
@@ -299,7 +292,7 @@ def train_and_evaluate(
         else:
             shutil.rmtree(run_dir, ignore_errors=True)  # stale files from another configuration
             run_dir.mkdir(parents=True)
-            atomic_write_json(run_dir / STATE_NAME, {"key": key, "trained": False, "settings": settings})
+            write_record(run_dir / STATE_NAME, key, {"trained": False, "settings": settings})
             pretrained: str | bool = False
             if weights is not None:
                 # A neutral name: Ultralytics renames e.g. yolov5s.pt to yolov5su.pt and would then download it.
@@ -313,7 +306,7 @@ def train_and_evaluate(
             _fit(model, train_args, mirror)
         if mirror is not None and not mirror.received and (run_dir / "results.csv").is_file():
             mirror.replay_results_csv(run_dir / "results.csv")  # e.g. --device 0,1: Ultralytics trained in DDP
-        atomic_write_json(run_dir / STATE_NAME, {"key": key, "trained": True, "settings": settings})
+        write_record(run_dir / STATE_NAME, key, {"trained": True, "settings": settings})
 
     metrics, coco, predictions = _evaluate(best if best.is_file() else last, dataset, run_dir, eval_split=eval_split,
                                            imgsz=imgsz, batch=batch, device=device, workers=workers)
@@ -334,7 +327,7 @@ def train_and_evaluate(
         eval_split=eval_split, n_images=dataset.split_counts[eval_split], n_boxes=n_boxes, resumed=resumed,
         key=key, notes=notes,
     )
-    atomic_write_json(run_dir / RESULT_NAME, {"key": key, "result": result.to_dict()})
+    write_record(run_dir / RESULT_NAME, key, result.to_dict())
     return result
 
 

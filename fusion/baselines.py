@@ -39,5 +39,8 @@ BASELINE_RULES: dict[str, LumaRule] = {
     "max": np.maximum,
 }
 
+# The one list of the simple fusers' names; the CLIs and the pipeline take theirs from here.
+BASELINE_NAMES: tuple[str, ...] = tuple(BASELINE_RULES)
+
 for _name, _rule in BASELINE_RULES.items():
     FUSERS.register(_name)(lambda _n=_name, _r=_rule: BaselineFuser(_n, _r, keeps_visible_chroma=_n != "ir"))

@@ -14,6 +14,7 @@ Images are the fusers' inputs: the infrared image as read by ``data.io.read_ir``
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Sequence
@@ -77,6 +78,40 @@ def resolve_training_pairs(root: str | Path, cfg: DataConfig, split: str = "trai
     return split_validation(find_pairs(ir_dir, vis_dir), cfg.val_fraction)
 
 
+def resolve_training_roots(
+    roots: str | Path | Sequence[str | Path], cfg: DataConfig, split: str = "train"
+) -> tuple[list[Pair], list[Pair]]:
+    """(train pairs, validation pairs) over several roots, each resolved by ``resolve_training_pairs``.
+
+    Every root's problems are collected and raised together before any training. Validation pairs are interleaved
+    root by root, so the few pairs scored per epoch (``cfg.val_max_pairs``) come from every root, not the first.
+    """
+    roots = [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
+    if not roots:
+        raise ValueError("no training data roots given")
+    duplicates = sorted({str(r) for r in roots if [x.resolve() for x in roots].count(r.resolve()) > 1})
+    if duplicates:
+        raise DatasetError(", ".join(duplicates), ["the same root is given more than once (its pairs would count twice)"])
+    train: list[Pair] = []
+    vals: list[list[Pair]] = []
+    problems: list[str] = []
+    for root in roots:
+        try:
+            t, v = resolve_training_pairs(root, cfg, split)
+        except DatasetError as err:
+            problems += [f"{root}: {p}" for p in err.problems]
+            continue
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        train += t
+        vals.append(v)
+    if problems:
+        raise DatasetError(", ".join(map(str, roots)), problems)
+    val = [p for group in itertools.zip_longest(*vals) for p in group if p is not None]
+    return train, val
+
+
 def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     """(ir, visible luma), float32 (H, W) in [0, 1]."""
     ir = read_ir(pair.ir).astype(np.float32) / 255.0
@@ -109,7 +144,7 @@ class PairedCropDataset(Dataset):
         self.crops_per_image = crops_per_image
         self.seed = seed
         self.epoch = 0
-        self.cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = {} if cache_images else None
+        self.cache: dict[tuple[Path, Path], tuple[np.ndarray, np.ndarray]] | None = {} if cache_images else None
         self.transform = A.Compose(
             [
                 A.PadIfNeeded(crop_size, crop_size, border_mode=cv2.BORDER_REFLECT_101),
@@ -129,9 +164,10 @@ class PairedCropDataset(Dataset):
     def _images(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
         if self.cache is None:
             return read_pair(pair)
-        if pair.stem not in self.cache:
-            self.cache[pair.stem] = read_pair(pair)
-        return self.cache[pair.stem]
+        key = (pair.ir, pair.vis)  # not the stem: two roots may both hold a "00001"
+        if key not in self.cache:
+            self.cache[key] = read_pair(pair)
+        return self.cache[key]
 
     def _seed_transforms(self, index: int) -> None:
         # Each transform gets its own stream: one shared seed would correlate e.g. the flip with the crop position.

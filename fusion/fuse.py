@@ -4,6 +4,7 @@ Command line (a thin wrapper over ``fuse_folder``)::
 
     python -m fusion.fuse --checkpoint runs/dae_fuse/best.pt --ir DIR --vis DIR --out DIR [--device cuda]
     python -m fusion.fuse --baseline max --ir DIR --vis DIR --out DIR
+    python -m fusion.fuse --fuser my_pkg.wrap:make_fuser weights=w.pth --ir DIR --vis DIR --out DIR
 
 Outputs are 8-bit PNGs named by the source stem (``fusion.fusers.output_path``), grey or, for colour visible
 (or PET/SPECT) images, with the visible chroma restored (``fusion.fusers.fuse_pair``). Values are clipped to
@@ -15,23 +16,17 @@ Library side (what the pipeline calls):
   (``create_fuser("dae_fuse", checkpoint=path)``). It builds the generator only, never the discriminators.
 * ``load_fuser_checkpoint(path, device)``: the same, with one clear ``CheckpointError`` for a missing file, a file
   that is not a checkpoint (or holds anything but tensors and plain data), a checkpoint of another architecture,
-  or one saved before any fusion epoch; use it to validate checkpoints up front.
-* ``load_checkpoint(path)``: a checkpoint file's bytes and contents, unpickled without running code from the file
-  (``weights_only``); the trainer resumes through it too.
+  or one saved before any fusion epoch; use it to validate checkpoints up front. The format itself (read, write,
+  validate) is ``fusion.checkpoint``'s, shared with the trainer.
 * ``fuse_folder(fuser, pairs, out_dir)``: fuse a list of pairs to PNGs, with per-image timings.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import io
-import json
 import logging
-import pickle
-import re
 import sys
 import time
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,116 +35,27 @@ import numpy as np
 import torch
 
 from data.errors import DatasetError
-from data.io import atomic_write_json, remove_stale_temps, write_image
+from data.io import record_key, remove_stale_temps, write_image, write_record
 from data.paired import find_pairs
 from data.provenance import content_key
 from data.types import Pair
 
-from .dae_fuse import ARCHITECTURE, DAEFuse, DAEFuseConfig
-from .fusers import FUSERS, Fuser, create_fuser, fuse_pair, output_path
+from .checkpoint import (  # noqa: F401  (re-exported: the names callers have imported from here)
+    FUSION_PHASES,
+    CheckpointError,
+    build_generator,
+    load_checkpoint,
+    read_generator_checkpoint,
+    unpickle_checkpoint,
+)
+from .dae_fuse import ARCHITECTURE
+from .baselines import BASELINE_NAMES
+from .fusers import FUSERS, Fuser, FuserSpecError, create_fuser, fuse_pair, fuser_names, output_path, parse_fuser_args
 
 LOGGER = logging.getLogger(__name__)
 
-BASELINES: tuple[str, ...] = ("ir", "vis", "mean", "max")
 # Written into every folder fuse_folder fills: which fuser made its images (its cache_key).
 FUSER_MARKER = ".fuser.json"
-
-# The trainer's phases whose epochs train the fusion path (``fusion.train.PHASES`` with ``fuses=True``; a test keeps
-# the two in step). Named here because importing the trainer would pull its training-only dependencies into
-# inference.
-FUSION_PHASES: tuple[str, ...] = ("fuse",)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used (missing, unreadable, not DAE-Fuse's, of another architecture, or not trained
-    for fusion)."""
-
-
-def _numpy_globals() -> list[Any]:
-    """The numpy objects a DAE-Fuse checkpoint pickles (the numpy RNG state: a uint32 array), for ``weights_only``.
-
-    ``_reconstruct`` is taken from numpy itself and allowed under both names numpy writes it as (``numpy.core`` up
-    to 1.x, ``numpy._core`` from 2.0), so a checkpoint saved under either numpy loads under the other.
-    """
-    reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]
-    names = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct")
-    return [np.dtype, np.ndarray, type(np.dtype(np.uint32)), *((reconstruct, name) for name in names)]
-
-
-def unpickle_checkpoint(data: bytes, path: Path) -> Any:
-    """What checkpoint bytes hold, unpickled with ``weights_only=True``: tensors, plain data and the numpy RNG state.
-
-    Nothing in the file runs: a file that needs any other Python object (a detector's ``.pt`` would import its
-    package) is refused. ``path`` only names the file in the error.
-    """
-    if not zipfile.is_zipfile(io.BytesIO(data)):  # torch.save writes a zip archive; anything else is not one
-        raise CheckpointError(f"not a PyTorch checkpoint (or a truncated one): {path}")
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # weights_only refused an object: name it, without torch's advice to load the file unsafely
-        refused = re.search(r"GLOBAL (\S+)", str(err))
-        what = f"it needs {refused.group(1)}" if refused else str(err.__context__ or err).splitlines()[0]
-        raise CheckpointError(
-            f"not a DAE-Fuse checkpoint: {path} holds Python objects a DAE-Fuse checkpoint never does ({what}); "
-            "nothing in it was run"
-        ) from None
-    except Exception as err:  # torch raises many types for a damaged archive
-        raise CheckpointError(f"not a PyTorch checkpoint: {path} ({type(err).__name__}: {err})") from None
-
-
-def load_checkpoint(path: str | Path) -> tuple[bytes, Any]:
-    """(the file's bytes, what they hold), read once: whoever hashes the bytes describes exactly what was loaded."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    data = path.read_bytes()
-    return data, unpickle_checkpoint(data, path)
-
-
-def _check_fusion_trained(state: dict[str, Any], path: Path) -> None:
-    """Refuse a checkpoint whose record (``history``, else ``phase``) shows no fusion epoch: its fusion rules are
-    still the initial average, so it would "fuse" without ever having been trained to. A checkpoint recording
-    neither is accepted (nothing says it is untrained)."""
-    history = state.get("history")
-    if isinstance(history, list):
-        phases = [entry.get("phase") for entry in history if isinstance(entry, dict)]
-    elif "phase" in state:
-        phases = [state["phase"]]
-    else:
-        return
-    if not any(phase in FUSION_PHASES for phase in phases):
-        trained = ", ".join(dict.fromkeys(map(str, phases))) or "none"
-        raise CheckpointError(
-            f"checkpoint {path} never trained the fusion phase (epochs trained: {len(phases)}, phases: {trained}): "
-            "its fusion rules are untrained; use a checkpoint saved after a fusion epoch (best.pt), or opt in "
-            "with allow_unfused=True (--allow-unfused)"
-        )
-
-
-def _read_checkpoint(path: Path, allow_unfused: bool = False) -> tuple[bytes, dict[str, Any]]:
-    """(bytes, state) of a DAE-Fuse training checkpoint, or one CheckpointError saying why it is not usable."""
-    data, state = load_checkpoint(path)
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"not a DAE-Fuse training checkpoint (no 'model' entry): {path}")
-    arch = state.get("architecture")
-    if arch != ARCHITECTURE:
-        raise CheckpointError(f"checkpoint {path} is of architecture {arch!r}, expected {ARCHITECTURE!r}")
-    if not allow_unfused:
-        _check_fusion_trained(state, path)
-    return data, state
-
-
-def build_generator(state: dict[str, Any], path: Path) -> DAEFuse:
-    """The generator of a checkpoint dict, weights loaded strictly (any mismatch is a CheckpointError)."""
-    try:
-        model = DAEFuse(DAEFuseConfig.from_dict(state["model_config"]))
-        model.load_state_dict(state["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint {path} does not match the DAE-Fuse architecture: {err}") from None
-    return model
-
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W) on 0..255 -> (1, 1, H, W) float32 in [0, 1]."""
@@ -173,7 +79,7 @@ class CheckpointFuser:
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu", allow_unfused: bool = False):
         self.checkpoint = Path(checkpoint)
-        data, state = _read_checkpoint(self.checkpoint, allow_unfused)
+        data, state = read_generator_checkpoint(self.checkpoint, allow_unfused)
         self.device = torch.device(device)
         self.model = build_generator(state, self.checkpoint).to(self.device).eval()
         self.precision = "bf16" if self.device.type == "cuda" else "fp32"
@@ -233,13 +139,13 @@ def fuse_folder(
         raise ValueError(f"output folder {out_dir} holds source images: fusing into it would overwrite them")
     marker, key = out_dir / FUSER_MARKER, fuser.cache_key()
     if skip_existing and marker.is_file():
-        previous = json.loads(marker.read_text()).get("cache_key")
+        previous = record_key(marker)
         if previous != key:
             raise ValueError(f"{out_dir} holds images of another fuser ({previous}); resume only the same fuser "
                              f"({key}), or fuse into another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir)  # half-written images of a killed run (SIGKILL skips every cleanup)
-    atomic_write_json(marker, {"cache_key": key})
+    write_record(marker, key, {"fuser": getattr(fuser, "name", None)})
     per_image: dict[str, float] = {}
     written, skipped = [], []
     t0 = time.perf_counter()
@@ -261,7 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusion.fuse", description="Fuse a folder of image pairs.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a DAE-Fuse training checkpoint (last.pt / best.pt)")
-    source.add_argument("--baseline", choices=BASELINES, help="a simple fuser instead of a model")
+    source.add_argument("--baseline", choices=BASELINE_NAMES, help="a simple fuser instead of a model")
+    source.add_argument("--fuser", nargs="+", metavar=("NAME|package.module:factory", "key=value"),
+                        help="any fuser: a registered name (" + ", ".join(fuser_names()) + ") or a plug-in "
+                             "factory, with its key=value arguments")
     parser.add_argument("--ir", required=True, type=Path,
                         help="infrared folder (medical: CT beside MRI; MRI beside colour PET/SPECT)")
     parser.add_argument("--vis", required=True, type=Path,
@@ -276,9 +185,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         pairs = find_pairs(args.ir, args.vis)
-        fuser = (load_fuser_checkpoint(args.checkpoint, args.device, args.allow_unfused) if args.checkpoint
-                 else create_fuser(args.baseline))
-    except (DatasetError, CheckpointError) as err:
+        if args.checkpoint:
+            fuser = load_fuser_checkpoint(args.checkpoint, args.device, args.allow_unfused)
+        elif args.fuser:
+            fuser = create_fuser(args.fuser[0], **parse_fuser_args(args.fuser[1:]))
+        else:
+            fuser = create_fuser(args.baseline)
+    except (DatasetError, CheckpointError, FuserSpecError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:

@@ -51,7 +51,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data.errors import DatasetError
-from data.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from data.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from data.provenance import package_versions
 
 from .config import (
@@ -64,21 +64,15 @@ from .config import (
     to_dict,
 )
 from .dae_fuse import ARCHITECTURE, DAEFuse, build_discriminators, create_model
-from .data import PairedCropDataset, load_validation_images, resolve_training_pairs
-from .fuse import CheckpointError, load_checkpoint
+from .data import PairedCropDataset, load_validation_images, resolve_training_roots
+from .checkpoint import CHECKPOINT_FORMAT, RESUME_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 from .losses import GAN_LOSSES, FusionLoss, LossDict, ReconstructionLoss, discriminator_loss
 from .metrics import MIN_SIDE, evaluate
 from .registry import Registry
 
 LOGGER = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "fusebench.dae_fuse/1"
 MODALITIES = ("ir", "vis")
-# What resuming needs from last.pt ("data_root" is optional: checkpoints written before it was recorded lack it).
-RESUME_KEYS: tuple[str, ...] = (
-    "cfg", "split", "model", "discriminators", "optimizers", "schedulers", "scaler", "epoch", "global_step", "best",
-    "history", "rng",
-)
 # Config keys a resumed run may change: they change how fast it runs or what is logged, never what it computes.
 OPERATIONAL_KEYS: tuple[str, ...] = ("data.num_workers", "data.cache_images", "num_samples")
 
@@ -318,7 +312,7 @@ class Trainer:
     def __init__(
         self,
         cfg: FusionTrainConfig,
-        data_root: str | Path,
+        data_root: str | Path | Sequence[str | Path],
         out_dir: str | Path,
         *,
         device: str = "cpu",
@@ -331,7 +325,8 @@ class Trainer:
         check_references(cfg)  # a config built in code has not been through load_train_config's checks
         self.cfg = cfg
         self.split = split
-        self.data_root = Path(data_root)
+        roots = [data_root] if isinstance(data_root, (str, Path)) else list(data_root)
+        self.data_roots = [Path(r) for r in roots]
         self.out_dir = Path(out_dir)
         self.dist = DistContext.from_env()
         self.device = self._setup_device(device)
@@ -345,7 +340,7 @@ class Trainer:
             raise ConfigError(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASES.names())}")
 
         # Data first: a bad dataset fails before any model is built.
-        train_pairs, val_pairs = resolve_training_pairs(self.data_root, cfg.data, split)
+        train_pairs, val_pairs = resolve_training_roots(self.data_roots, cfg.data, split)
         self.dataset = PairedCropDataset(
             train_pairs, cfg.data.crop_size, cfg.data.crops_per_image, cfg.data.hflip, cfg.data.vflip, cfg.seed,
             cfg.data.cache_images,
@@ -428,6 +423,11 @@ class Trainer:
                 self.add_callback(ProgressBar())
 
     # -- setup ----------------------------------------------------------------------------------------------------
+    def _data_root_record(self) -> str | list[str]:
+        """The data roots as a checkpoint records them: one path as a string (as before several were allowed)."""
+        roots = [str(r.resolve()) for r in self.data_roots]
+        return roots[0] if len(roots) == 1 else roots
+
     def _setup_device(self, device: str) -> torch.device:
         dev = torch.device(device)
         if self.dist.enabled:
@@ -568,16 +568,17 @@ class Trainer:
             "global_step": self.global_step,
             "best": dict(self.best),
             "history": list(self.history),
+            # Counted here, where the phases are known, so that inference never needs their names.
+            "fusion_epochs": sum(PHASES.get(e["phase"]).fuses for e in self.history if e.get("phase") in PHASES),
             "cfg": to_dict(self.cfg),
             "split": self.split,
-            "data_root": str(self.data_root.resolve()),
+            "data_root": self._data_root_record(),
             "versions": versions(),
             "rng": _rng_state(),
         }
 
     def save_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        save_checkpoint(path, state)
 
     def _read_resume_state(self, last: Path) -> dict[str, Any]:
         """last.pt's contents, checked: readable without running code, a DAE-Fuse training checkpoint with every
@@ -598,7 +599,7 @@ class Trainer:
                 f"cannot resume from {last}: it lacks {', '.join(missing) or 'a config mapping (cfg)'}; use a new --out"
             )
         saved = _resume_identity(state["cfg"], state["split"], state.get("data_root"))
-        given_root = str(self.data_root.resolve()) if "data_root" in state else None
+        given_root = self._data_root_record() if "data_root" in state else None
         diffs = _config_differences(saved, _resume_identity(to_dict(self.cfg), self.split, given_root))
         if diffs:
             raise ConfigError(
@@ -739,7 +740,7 @@ class Trainer:
 
 def train(
     cfg: FusionTrainConfig,
-    data_root: str | Path,
+    data_root: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     *,
     device: str = "cpu",
@@ -751,8 +752,9 @@ def train(
 ) -> TrainResult:
     """Train DAE-Fuse on the pairs under ``data_root``; checkpoints, ``args.yaml``, TensorBoard go to ``out_dir``.
 
-    ``data_root`` is an M3FD-layout root (trained on its ``split``, validated on its "val" split) or a folder of
-    paired subfolders (``cfg.data.ir_dir`` / ``vis_dir`` say which plays which role; part is held out).
+    ``data_root`` is one root or several, each an M3FD-layout root (trained on its ``split``, validated on its "val"
+    split) or a folder of paired subfolders (``cfg.data.ir_dir`` / ``vis_dir`` say which plays which role; part is
+    held out); the training pairs of every root are pooled.
 
     Under ``torchrun`` (WORLD_SIZE/RANK set) this runs DistributedDataParallel, one process per device
     (``cfg.data.batch_size`` is per process); rank 0 validates, logs and saves. ``resume=True`` continues from
@@ -785,7 +787,9 @@ def process_group(device: str) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusion.train", description="Train DAE-Fuse (two phases).")
-    parser.add_argument("--data", required=True, type=Path, help="M3FD-layout root or a folder with paired subfolders")
+    parser.add_argument("--data", required=True, type=Path, nargs="+",
+                        help="one or more roots, each an M3FD-layout root (its --split is used) or a folder with "
+                             "paired subfolders; their training pairs are pooled")
     parser.add_argument("--out", required=True, type=Path, help="run folder: args.yaml, last.pt, best.pt, tensorboard/")
     parser.add_argument("--preset", choices=PRESETS, default="paper", help="base configuration (default: paper)")
     parser.add_argument("--config", type=Path, help="YAML file applied on top of the preset")

@@ -10,7 +10,6 @@ is reported with its error; the others still run. A bad dataset fails before any
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -26,15 +25,27 @@ from typing import Any
 import numpy as np
 import yaml
 
-from data.io import atomic_write_json, atomic_write_text, read_image, read_ir, read_visible, replace_dir
+from fusion.baselines import BASELINE_NAMES  # no torch: the simple rules only
+
+from data.errors import DatasetError
+from data.io import (
+    atomic_write_json,
+    atomic_write_text,
+    read_image,
+    read_ir,
+    read_record,
+    read_visible,
+    replace_dir,
+    write_record,
+)
 from data.provenance import content_key, file_sha256, files_fingerprint, package_versions
 
 from . import report
+from .candidates import CandidateError, CandidateSpec, build_source, check_unique, checkpoint_specs, parse_fused, parse_fuser
 from .stages import StageStore
 
 LOGGER = logging.getLogger("pipelines.m3fd")
 PRESETS_FILE = Path(__file__).with_name("presets.yaml")
-DEFAULT_BASELINES: tuple[str, ...] = ("ir", "vis", "mean", "max")
 SINGLE_MODALITY: tuple[str, ...] = ("ir", "vis")
 GRID_SCENES = 4  # scenes shown in the side-by-side grid of fused images
 
@@ -46,7 +57,9 @@ class PipelineConfig:
     out: Path = Path("runs/m3fd")
     data: Path | None = None          # M3FD root; None -> $M3FD_ROOT, else built-in synthetic scenes
     checkpoints: list[Path] = field(default_factory=list)  # DAE-Fuse checkpoints; none -> train one here
-    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
+    baselines: list[str] = field(default_factory=lambda: list(BASELINE_NAMES))
+    fused: list[str] = field(default_factory=list)          # NAME=DIR: folders of another method's fused images
+    plugins: list[list[str]] = field(default_factory=list)  # [NAME=package.module:factory, key=value, ...]
     preset: str = "quick"
     seeds: list[int] | None = None    # None -> the preset's seeds
     epochs: int | None = None         # overrides of the detector preset
@@ -65,16 +78,54 @@ class PipelineConfig:
 
 
 @dataclass
-class Candidate:
-    """One row of the table: a baseline fuser, a given checkpoint, or the DAE-Fuse trained by this run."""
+class FuseOutput:
+    """The fuse stage's result: the folder of ``<id>.png`` images a candidate gives the metrics and the detector."""
 
-    name: str
-    kind: str                          # "baseline" | "checkpoint" | "trained"
-    baseline: str | None = None
-    checkpoint: Path | None = None
+    dir: str
+    n_images: int
+    seconds_per_image: float | None   # None: not fused here (a folder of another method's images)
+    key: str = ""
+    cached: bool = False
+
+    def stored(self) -> dict[str, Any]:
+        """What the stage record keeps (the key is the record's own, ``cached`` is this run's)."""
+        return {"dir": self.dir, "n_images": self.n_images, "seconds_per_image": self.seconds_per_image}
+
+
+@dataclass
+class CandidateRecord:
+    """What the stages produced for one candidate, passed to ``assemble_results``."""
+
+    fuse: FuseOutput | None = None
+    metrics: dict[str, float] | None = None          # mean fusion metrics over the evaluation split
+    detection_runs: dict[int, dict[str, Any]] = field(default_factory=dict)  # seed -> DetectionResult dict
+
+
+@dataclass
+class Candidate:
+    """One row of the table: its spec (``pipelines.candidates``) and what this run made of it."""
+
+    spec: CandidateSpec
     error: str | None = None
-    record: dict[str, Any] = field(default_factory=dict)
-    fuser: Any = None                  # the loaded fuser, kept from validation so it is built once
+    record: CandidateRecord = field(default_factory=CandidateRecord)
+    fuser: Any = None                  # the built fuser (or pre-fused folder), kept from validation: built once
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def baseline(self) -> str | None:
+        return self.spec.fuser if self.spec.kind == "baseline" else None
+
+    @property
+    def checkpoint(self) -> Path | None:
+        path = self.spec.args.get("checkpoint")
+        return Path(path) if path else None
 
 
 def torch_device(device: str) -> str:
@@ -204,35 +255,56 @@ def detector_splits(cfg: PipelineConfig, dataset) -> tuple[dict[str, list[str]],
     return roles, "test"
 
 
-def build_candidates(cfg: PipelineConfig) -> list[Candidate]:
-    """Baselines (IR-only and visible-only always included: every gain is measured against them) and checkpoints.
+def candidate_specs(cfg: PipelineConfig) -> list[CandidateSpec]:
+    """Every row's spec: the baselines (IR-only and visible-only always: every gain is measured against them),
+    the pre-fused folders and plug-ins named on the command line, then the checkpoints (named around the others).
 
-    Each checkpoint is loaded here, so a missing, corrupt or wrong-architecture file is reported before any
-    heavy work; it then stays in the table as a failed row while the others run.
+    Raises:
+        OptionsError: an unknown baseline, a malformed ``--fused``/``--fuser``, or two candidates with one name.
     """
-    from fusion.baselines import BASELINE_RULES
-    from fusion.fuse import load_fuser_checkpoint
-
     names = list(dict.fromkeys(list(SINGLE_MODALITY) + list(cfg.baselines)))
-    unknown = [n for n in names if n not in BASELINE_RULES]
+    unknown = [n for n in names if n not in BASELINE_NAMES]
     if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown}; known: {', '.join(BASELINE_RULES)}")
-    candidates = [Candidate(name=n, kind="baseline", baseline=n) for n in names]
-    seen: set[str] = set(names)
-    for path in cfg.checkpoints:
-        path = Path(path)
-        name = path.stem if path.stem not in seen else f"{path.parent.name}_{path.stem}"
-        base, k = name, 2
-        while name in seen:  # names key the state/, runs/ and tb/ folders: two rows must never share one
-            name, k = f"{base}_{k}", k + 1
-        seen.add(name)
-        candidate = Candidate(name=name, kind="checkpoint", checkpoint=path.resolve())
+        raise OptionsError(f"unknown baseline(s) {unknown}; known: {', '.join(BASELINE_NAMES)}")
+    specs = [CandidateSpec(name=n, kind="baseline", fuser=n) for n in names]
+    try:
+        specs += [parse_fused(text) for text in cfg.fused] + [parse_fuser(tokens) for tokens in cfg.plugins]
+    except CandidateError as err:
+        raise OptionsError(str(err)) from None
+    problems = check_unique(specs)
+    if problems:
+        raise OptionsError("; ".join(problems))
+    return specs + checkpoint_specs(cfg.checkpoints, {s.name for s in specs})
+
+
+def build_candidates(cfg: PipelineConfig, dataset=None) -> list[Candidate]:
+    """The candidates, each built (fusers, plug-ins) or checked (folders, checkpoints) here, before heavy work.
+
+    A plug-in that does not build or a folder that does not hold the splits' images refuses the run, every such
+    problem in one ``OptionsError``: both are the command line's mistakes. A checkpoint that does not load stays in
+    the table as a failed row while the others run.
+    """
+    from fusion.checkpoint import CheckpointError
+    from fusion.fusers import FuserSpecError
+
+    candidates = [Candidate(spec) for spec in candidate_specs(cfg)]
+    pairs, sizes = [], {}
+    if dataset is not None:
+        wanted = set().union(*(dataset.splits[s] for s in (cfg.train_split, cfg.select_split, cfg.eval_split)))
+        pairs = [p for p in dataset.pairs() if p.stem in wanted]
+        sizes = {p.stem: (dataset.annotation(p.stem).width, dataset.annotation(p.stem).height) for p in pairs}
+    refused = []
+    for cand in candidates:
         try:
-            candidate.fuser = load_fuser_checkpoint(path, device=torch_device(cfg.device))
-        except Exception as err:  # noqa: BLE001 - any load failure makes this row fail, not the run
-            candidate.error = f"checkpoint rejected: {err}"
-            print(f"WARNING: {path}: {candidate.error}", flush=True)
-        candidates.append(candidate)
+            cand.fuser = build_source(cand.spec, device=torch_device(cfg.device), pairs=pairs, sizes=sizes)
+        except CheckpointError as err:
+            cand.error = f"checkpoint rejected: {err}"
+            print(f"WARNING: {cand.checkpoint}: {cand.error}", flush=True)
+        except Exception as err:  # noqa: BLE001 - a plug-in's own failure, whatever its type, refuses the run
+            prefix = "" if isinstance(err, (FuserSpecError, DatasetError)) else f"{type(err).__name__}: "
+            refused.append(f"candidate '{cand.name}' ({cand.spec.origin}): {prefix}{err}")
+    if refused:
+        raise OptionsError("\n".join(refused))
     return candidates
 
 
@@ -272,20 +344,18 @@ def source_fingerprint(dataset, ids: list[str]) -> str:
 
 
 def make_fuser(candidate: Candidate, device: str):
-    """The candidate's fuser, built on first use and kept (a checkpoint's is already built by validation)."""
-    from fusion.fusers import create_fuser
-
+    """The candidate's fuser, built on first use and kept (validation has usually built it already)."""
     if candidate.fuser is None:
-        candidate.fuser = (create_fuser(candidate.baseline) if candidate.kind == "baseline"
-                           else create_fuser("dae_fuse", checkpoint=candidate.checkpoint, device=device))
+        candidate.fuser = build_source(candidate.spec, device=device)
     return candidate.fuser
 
 
 FUSE_RECORD = ".fuse_record.json"  # inside a finished fused folder: what its stage record says
 
 
-def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageStore) -> dict[str, Any]:
-    """Fuse every pair of the train, selection and evaluation splits into a content-keyed cache folder."""
+def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageStore) -> FuseOutput:
+    """Fuse every pair of the train, selection and evaluation splits into a content-keyed cache folder (a folder
+    candidate's images are copied in as PNG: metrics and detectors then read every candidate the same way)."""
     from fusion.fuse import fuse_folder
 
     fuser = make_fuser(candidate, torch_device(cfg.device))
@@ -294,37 +364,39 @@ def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageS
     stored = store.get(candidate.name, "fuse", key)
     fused_dir = cfg.out / "cache" / "fused" / key[:16]
     record = fused_dir / FUSE_RECORD
-    if fused_dir.is_dir() and (stored or record.is_file()):
+    if fused_dir.is_dir() and (stored or read_record(record, key)):
         # The key-named folder only ever appears by the rename of a finished one, with its record inside: a run
         # killed between that rename and the stage record loses nothing.
         if not stored:
-            stored = json.loads(record.read_text())
+            stored = read_record(record, key)
             store.put(candidate.name, "fuse", key, stored)
         LOGGER.info("%s: fused images reused from %s", candidate.name, fused_dir)
-        return {**stored, "key": key, "cached": True}
+        return FuseOutput(**stored, key=key, cached=True)
     partial = fused_dir.with_name(fused_dir.name + ".partial")  # each image is written atomically: safe to resume
     wanted = set(ids)
     pairs = [p for p in dataset.pairs() if p.stem in wanted]
     timing = fuse_folder(fuser, pairs, partial, progress=cfg.progress, skip_existing=True)
     seconds = list(timing["per_image"].values())  # images fused now (a resumed folder kept the others)
-    output = {"dir": str(fused_dir), "n_images": len(pairs),
-              "seconds_per_image": float(np.mean(seconds)) if seconds else None}
-    atomic_write_json(partial / FUSE_RECORD, output)
+    # Reading another method's images is no measure of its fusing time.
+    measured = bool(seconds) and candidate.kind != "folder"
+    output = FuseOutput(dir=str(fused_dir), n_images=len(pairs),
+                        seconds_per_image=float(np.mean(seconds)) if measured else None, key=key)
+    write_record(partial / FUSE_RECORD, key, output.stored())
     replace_dir(partial, fused_dir)
-    store.put(candidate.name, "fuse", key, output)
-    return {**output, "key": key, "cached": False}
+    store.put(candidate.name, "fuse", key, output.stored())
+    return output
 
 
-def stage_metrics(cfg: PipelineConfig, candidate: Candidate, dataset, fused: dict, store: StageStore) -> dict:
+def stage_metrics(cfg: PipelineConfig, candidate: Candidate, dataset, fused: FuseOutput, store: StageStore) -> dict:
     """Mean fusion metrics over the evaluation split (reference-evaluator conventions)."""
     from fusion.metrics import FileTriple, evaluate_triples
 
     ids = sorted(dataset.splits[cfg.eval_split])
-    key = content_key("metrics", fused["key"], ids)
+    key = content_key("metrics", fused.key, ids)
     stored = store.get(candidate.name, "metrics", key)
     if stored:
         return stored
-    fused_dir = Path(fused["dir"])
+    fused_dir = Path(fused.dir)
     triples = [FileTriple(i, fused_dir / f"{i}.png", dataset.ir_path(i), dataset.vis_path(i)) for i in ids]
     per_image, mean = evaluate_triples(triples, workers=min(2, os.cpu_count() or 1))
     output = {"mean": mean, "per_image": per_image}
@@ -405,10 +477,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     # 1. Up-front validation: the dataset and every checkpoint, before any heavy work.
     dataset, data_info = resolve_dataset(cfg, preset["synthetic"])
-    candidates = build_candidates(cfg)
+    candidates = build_candidates(cfg, dataset)
     store = StageStore(cfg.out / "state", force=cfg.force)
     if not cfg.checkpoints:
-        candidates.append(Candidate(name=f"dae_fuse_{preset['fusion_train']}", kind="trained"))
+        candidates.append(Candidate(CandidateSpec(name=f"dae_fuse_{preset['fusion_train']}", kind="trained")))
 
     roles, eval_role = detector_splits(cfg, dataset)
     scenario_ids = {s: sorted(v) for s, v in dataset.scenario_ids(cfg.eval_split).items() if v}
@@ -425,25 +497,26 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         try:
             if cand.kind == "trained":
                 progress.stage(k, cand.name, "training DAE-Fuse")
-                cand.checkpoint = train_fusion_here(cfg, preset["fusion_train"], dataset, store)
+                checkpoint = train_fusion_here(cfg, preset["fusion_train"], dataset, store)
+                cand.spec = replace(cand.spec, fuser="dae_fuse", args={"checkpoint": checkpoint})
             progress.stage(k, cand.name, "fusing")
             fused = stage_fuse(cfg, cand, dataset, store)
-            cand.record["fuse"] = fused
+            cand.record.fuse = fused
             progress.stage(k, cand.name, "fusion metrics")
-            cand.record["metrics"] = stage_metrics(cfg, cand, dataset, fused, store)["mean"]
+            cand.record.metrics = stage_metrics(cfg, cand, dataset, fused, store)["mean"]
             progress.stage(k, cand.name, "exporting detection dataset")
             used = [i for ids in roles.values() for i in ids]
-            yolo = export_yolo_dataset({i: Path(fused["dir"]) / f"{i}.png" for i in used},
+            yolo = export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in used},
                                        {i: dataset.annotation(i) for i in used}, roles,
-                                       cfg.out / "cache" / "yolo" / fused["key"][:16], eval_split=eval_role)
-            cand.record["detection_runs"] = {}
+                                       cfg.out / "cache" / "yolo" / fused.key[:16], eval_split=eval_role)
+            cand.record.detection_runs = {}
             for seed in seeds:
-                key = content_key("detect", fused["key"], yolo.key, settings, seed, roles, eval_role, cfg.device,
+                key = content_key("detect", fused.key, yolo.key, settings, seed, roles, eval_role, cfg.device,
                                   scenario_ids)
                 stored = store.get(cand.name, f"detect_seed{seed}", key)
                 if stored:
                     LOGGER.info("%s: detector seed %d reused (%s)", cand.name, seed, stored.get("run_dir"))
-                    cand.record["detection_runs"][seed] = stored
+                    cand.record.detection_runs[seed] = stored
                     continue
                 job = {"candidate": cand.name, "seed": seed, "recipe": settings, "dataset": str(yolo.root),
                        "coco_gt": str(yolo.coco_gt_path), "device": cfg.device, "eval_split": eval_role,
@@ -472,7 +545,7 @@ def run_detector_jobs(pending: list[tuple[Candidate, dict[str, Any]]], jobs: int
             cand.error = f"detector (seed {job['seed']}): {type(err).__name__}: {err}"
             return
         store.put(cand.name, f"detect_seed{job['seed']}", job["key"], result)
-        cand.record["detection_runs"][job["seed"]] = result
+        cand.record.detection_runs[job["seed"]] = result
 
     progress = Progress("detector", len(pending))
     if jobs <= 1 or len(pending) <= 1:
@@ -500,13 +573,14 @@ def assemble_results(cfg: PipelineConfig, preset: dict, seeds: list[int], settin
     """The results.json document: config, versions, data and split, ranked candidates, Spearman, scenarios."""
     records = []
     for cand in candidates:
-        runs = [cand.record.get("detection_runs", {})[s] for s in seeds if s in cand.record.get("detection_runs", {})]
-        fuse = cand.record.get("fuse") or {}
+        runs = [cand.record.detection_runs[s] for s in seeds if s in cand.record.detection_runs]
+        fuse = cand.record.fuse
         records.append({
             "name": cand.name, "kind": cand.kind, "baseline": cand.baseline,
             "checkpoint": str(cand.checkpoint) if cand.checkpoint else None, "error": cand.error,
-            "fusion": cand.record.get("metrics"), "fuse_seconds_per_image": fuse.get("seconds_per_image"),
-            "fused_dir": fuse.get("dir"),
+            "origin": cand.spec.origin, "spec": cand.spec.to_dict(),
+            "fusion": cand.record.metrics, "fuse_seconds_per_image": fuse.seconds_per_image if fuse else None,
+            "fused_dir": fuse.dir if fuse else None,
             # A candidate with any failed seed is not ranked: a mean over fewer seeds than the others' is no match.
             "detection": report.summarise_detection(runs) if runs and not cand.error else None,
             "detection_runs": runs,
@@ -514,6 +588,7 @@ def assemble_results(cfg: PipelineConfig, preset: dict, seeds: list[int], settin
     best_single = report.add_gains(records)
     cfg_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     cfg_dict["checkpoints"] = [str(p) for p in cfg.checkpoints]
+    cfg_dict["fused"], cfg_dict["plugins"] = list(cfg.fused), [list(tokens) for tokens in cfg.plugins]
     cfg_dict.update({"seeds": seeds, "detection": settings, "preset_values": preset})
     return {"config": cfg_dict, "versions": package_versions(), "data": data_info, "candidates": report.ranked(records),
             "best_single_map50": best_single,

@@ -225,6 +225,12 @@ def render_markdown(results: dict[str, Any]) -> str:
         out.write("## Scenarios in the evaluated split\n\n")
         srows = [{"scenario": s, "images": str(v["n_images"]), "boxes": str(v["n_boxes"])} for s, v in scen.items()]
         out.write(markdown_table(["scenario", "images", "boxes"], srows) + "\n\n")
+    origins = [r for r in records if r.get("origin")]
+    if origins:
+        out.write("## Candidates\n\n")
+        for r in origins:
+            out.write(f"- `{r['name']}`: {r['origin']}\n")
+        out.write("\n")
     failed = [r for r in records if r.get("error")]
     if failed:
         out.write("## Failed candidates\n\n")
@@ -239,7 +245,7 @@ def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
                "map50_95_std", "precision", "recall", "coco_map50"]
     columns += [f"ap50_{c}" for c in CLASS_NAMES]
     scenarios = sorted({s for r in records for s in ((r.get("detection") or {}).get("scenarios") or {})})
-    columns += [f"map50_{s}" for s in scenarios] + list(FUSION_METRICS) + ["fuse_seconds_per_image"]
+    columns += [f"map50_{s}" for s in scenarios] + list(FUSION_METRICS) + ["fuse_seconds_per_image", "origin"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
@@ -256,7 +262,7 @@ def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
                "map50_95": m(det.get("map50_95")), "map50_95_std": m(det.get("map50_95"), "std"),
                "precision": m(det.get("precision")), "recall": m(det.get("recall")),
                "coco_map50": m(det.get("coco_map50")),
-               "fuse_seconds_per_image": r.get("fuse_seconds_per_image") or ""}
+               "fuse_seconds_per_image": r.get("fuse_seconds_per_image") or "", "origin": r.get("origin") or ""}
         row.update({f"ap50_{c}": m((det.get("ap50") or {}).get(c)) for c in CLASS_NAMES})
         row.update({f"map50_{s}": m(((det.get("scenarios") or {}).get(s) or {}).get("map50")) for s in scenarios})
         row.update({k: "" if (r.get("fusion") or {}).get(k) is None else r["fusion"][k] for k in FUSION_METRICS})

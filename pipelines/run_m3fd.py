@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Compare fusion checkpoints and simple baselines by the mAP@50 they give a detector on M3FD.
+"""Compare fusion checkpoints, other methods and simple baselines by the mAP@50 they give a detector on M3FD.
 
     python pipelines/run_m3fd.py                         # quick preset on the built-in synthetic scenes
     python pipelines/run_m3fd.py --data /data/M3FD --checkpoints a.pt b.pt --preset standard --device 0
+    python pipelines/run_m3fd.py --data /data/M3FD --fused tardal=/data/TarDAL_M3FD --fuser cddfuse=my.cdd:make w=x.pth
 
 A thin wrapper over ``pipelines.m3fd.run_pipeline``; see ``--help`` for the options.
 """
@@ -22,7 +23,8 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.errors import DatasetError  # noqa: E402
-from pipelines.m3fd import DEFAULT_BASELINES, OptionsError, PipelineConfig, run_pipeline  # noqa: E402
+from fusion.baselines import BASELINE_NAMES  # noqa: E402
+from pipelines.m3fd import OptionsError, PipelineConfig, run_pipeline  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> PipelineConfig:
@@ -31,9 +33,17 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
                                              "else built-in synthetic scenes")
     p.add_argument("--checkpoints", type=Path, nargs="*", default=[],
                    help="DAE-Fuse checkpoints to compare; without any, one is trained here with a short schedule")
-    p.add_argument("--baselines", nargs="*", default=list(DEFAULT_BASELINES), choices=list(DEFAULT_BASELINES),
+    p.add_argument("--baselines", nargs="*", default=list(BASELINE_NAMES), choices=list(BASELINE_NAMES),
                    help="simple fusers to include (IR-only and visible-only are always included: gains are "
                         "measured against the better of them)")
+    p.add_argument("--fused", action="append", default=[], metavar="NAME=DIR",
+                   help="another method's fused images as a candidate: a folder with one image per M3FD id "
+                        "(00001.png, any format, grey or colour) covering the train, selection and evaluation "
+                        "splits; repeatable")
+    p.add_argument("--fuser", action="append", nargs="+", default=[], dest="plugins",
+                   metavar=("NAME=package.module:factory", "key=value"),
+                   help="a plug-in fuser as a candidate: a factory returning a fusion.fusers.Fuser (or the name of an "
+                        "installed 'fusebench.fusers' entry point), called with the key=value arguments; repeatable")
     p.add_argument("--preset", default="quick", choices=["quick", "standard", "paper", "tiny"])
     p.add_argument("--seeds", type=int, nargs="+", help="detector seeds (default: the preset's)")
     p.add_argument("--epochs", type=int, help="override the detector preset's epochs")
@@ -54,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
     p.add_argument("--force", action="store_true", help="redo cached fusing and detector runs")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    return PipelineConfig(out=a.out, data=a.data, checkpoints=a.checkpoints, baselines=a.baselines, preset=a.preset,
+    return PipelineConfig(out=a.out, data=a.data, checkpoints=a.checkpoints, baselines=a.baselines,
+                          fused=a.fused, plugins=a.plugins, preset=a.preset,
                           seeds=a.seeds, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, model=a.model,
                           weights=a.weights, device=a.device, jobs=a.jobs, force=a.force,
                           train_split=a.train_split, select_split=a.select_split, eval_split=a.eval_split,

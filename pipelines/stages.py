@@ -6,11 +6,10 @@ really finished. A record whose key differs from the current inputs' key is stal
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from data.io import atomic_write_json
+from data.io import read_record, write_record
 
 
 class StageStore:
@@ -25,14 +24,7 @@ class StageStore:
 
     def get(self, candidate: str, stage: str, key: str) -> dict[str, Any] | None:
         """The stored output of a finished stage with this key, or None (also None under ``force``)."""
-        path = self._path(candidate, stage)
-        if self.force or not path.is_file():
-            return None
-        try:
-            record = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError):
-            return None
-        return record["output"] if record.get("key") == key else None
+        return None if self.force else read_record(self._path(candidate, stage), key)
 
     def put(self, candidate: str, stage: str, key: str, output: dict[str, Any]) -> None:
-        atomic_write_json(self._path(candidate, stage), {"key": key, "output": output})
+        write_record(self._path(candidate, stage), key, output)

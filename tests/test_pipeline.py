@@ -13,6 +13,7 @@ import pipelines.m3fd as m3fd
 from data.types import CLASS_NAMES
 from fusion.train import train
 from pipelines.m3fd import PipelineConfig, run_pipeline, torch_device
+from pipelines.candidates import CandidateSpec
 from tests.conftest import tiny_config
 
 
@@ -230,13 +231,13 @@ def test_an_edited_source_image_is_fused_again(tmp_path, synthetic_root):
     shutil.copytree(synthetic_root, root)
     cfg = PipelineConfig(out=tmp_path / "out", data=root, preset="tiny", progress=False)
     dataset, store = load_m3fd(root), StageStore(tmp_path / "out" / "state")
-    candidate = m3fd.Candidate(name="max", kind="baseline", baseline="max")
+    candidate = m3fd.Candidate(CandidateSpec(name="max", kind="baseline", fuser="max"))
     first = m3fd.stage_fuse(cfg, candidate, dataset, store)
-    assert m3fd.stage_fuse(cfg, candidate, dataset, store)["cached"]
+    assert m3fd.stage_fuse(cfg, candidate, dataset, store).cached
     edited = dataset.ir_path(dataset.splits["test"][0])
     cv2.imwrite(str(edited), np.zeros_like(cv2.imread(str(edited))))
     again = m3fd.stage_fuse(cfg, candidate, dataset, store)
-    assert not again["cached"] and again["key"] != first["key"]
+    assert not again.cached and again.key != first.key
 
 
 def test_checkpoints_with_clashing_names_get_distinct_rows(tmp_path):
@@ -272,10 +273,10 @@ def test_a_fused_folder_renamed_into_place_is_reused_without_its_stage_record(tm
 
     cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", progress=False)
     dataset, store = load_m3fd(synthetic_root), StageStore(tmp_path / "out" / "state")
-    candidate = m3fd.Candidate(name="max", kind="baseline", baseline="max")
+    candidate = m3fd.Candidate(CandidateSpec(name="max", kind="baseline", fuser="max"))
     first = m3fd.stage_fuse(cfg, candidate, dataset, store)
     (tmp_path / "out" / "state" / "max" / "fuse.json").unlink()  # killed right after the folder's rename
     monkeypatch.setattr("fusion.fuse.fuse_folder", lambda *a, **k: pytest.fail("finished fusing was redone"))
     again = m3fd.stage_fuse(cfg, candidate, dataset, store)
-    assert again["cached"] and again["key"] == first["key"]
-    assert again["seconds_per_image"] == first["seconds_per_image"]
+    assert again.cached and again.key == first.key
+    assert again.seconds_per_image == first.seconds_per_image
