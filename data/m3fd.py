@@ -358,6 +358,9 @@ class M3FDDataset:
         self._scene = scene
         self._groups = groups
         self._split_of = split_of(splits)
+        # The classes its annotations use, in label-index order: what the export, the detector and the report
+        # name (M3FD's six; a loader of another dataset sets its own).
+        self.class_names: tuple[str, ...] = CLASS_NAMES
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{name}={len(ids)}" for name, ids in self.splits.items())

@@ -58,7 +58,7 @@ class YoloDataset:
         yaml_path: the Ultralytics dataset yaml (absolute paths).
         split_counts: split name -> number of images, in the order given.
         eval_split: the split evaluated by default; :attr:`coco_gt_path` is its COCO ground truth.
-        class_names: class index -> name (always ``data.types.CLASS_NAMES``).
+        class_names: class index -> name, as the export was given them (M3FD's ``data.types.CLASS_NAMES``).
         box_counts: split name -> class name -> number of boxes (every class listed, zeros included).
         key: the content key the export was built from.
         warnings: harmless problems that were fixed (boxes clipped into the image, duplicate boxes dropped).
@@ -140,7 +140,7 @@ class _Checked:
 
 
 def _check_image(image_id: str, path: Path, size: tuple[int, int] | str, ann: Annotation,
-                 problems: list[str]) -> _Checked | None:
+                 problems: list[str], class_names: Sequence[str] = CLASS_NAMES) -> _Checked | None:
     """Validate one image/annotation pair; appends to ``problems`` and returns None when it cannot be used.
 
     ``size`` is the image's (width, height) from ``data.probe.probe_images``, or its decoding error.
@@ -156,7 +156,12 @@ def _check_image(image_id: str, path: Path, size: tuple[int, int] | str, ann: An
     problems.extend(ann_problems)
     if ann_problems:
         return None
-    index = {name: i for i, name in enumerate(CLASS_NAMES)}
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = sorted({b.name for b in checked.boxes if b.name not in index})
+    if unknown:
+        problems.append(f"{image_id}: class(es) {', '.join(unknown)} are not among the dataset's classes "
+                        f"({', '.join(class_names)})")
+        return None
     classes = np.array([index[b.name] for b in checked.boxes], dtype=np.int64)
     boxes = np.array([[b.xmin, b.ymin, b.xmax, b.ymax] for b in checked.boxes], dtype=np.float64).reshape(-1, 4)
     # Ultralytics drops exact duplicate label rows when it reads labels; drop them here too so that its ground
@@ -174,6 +179,7 @@ def _validate(
     annotations: Mapping[str, Annotation],
     splits: Mapping[str, Sequence[str]],
     eval_split: str,
+    class_names: Sequence[str] = CLASS_NAMES,
 ) -> tuple[dict[str, _Checked], list[str]]:
     """Check everything and return (checked images by id, warnings); raises one DatasetError listing all problems."""
     problems: list[str] = []
@@ -226,7 +232,7 @@ def _validate(
     sizes = probe_images(list(usable.values()))  # decodes every image once, in parallel
     checked: dict[str, _Checked] = {}
     for id_, path in usable.items():
-        item = _check_image(id_, path, sizes[path], annotations[id_], problems)
+        item = _check_image(id_, path, sizes[path], annotations[id_], problems, class_names)
         if item is not None:
             checked[id_] = item
             warnings.extend(item.warnings)
@@ -236,14 +242,15 @@ def _validate(
 
 
 def _input_key(images: Mapping[str, Path], annotations: Mapping[str, Annotation],
-               splits: Mapping[str, Sequence[str]], eval_split: str, out_dir: Path) -> str | None:
+               splits: Mapping[str, Sequence[str]], eval_split: str, out_dir: Path,
+               class_names: Sequence[str] = CLASS_NAMES) -> str | None:
     """Hash of everything the export depends on, computed without decoding images; None if an image is missing.
 
     Images count by resolved path, size and modification time (a rewritten file gets a new key).
     """
     digest = hashlib.sha256()
     # out_dir is part of the key because the yaml holds absolute paths: a moved export is rebuilt, not reused.
-    header = {"version": EXPORT_FORMAT_VERSION, "classes": CLASS_NAMES, "eval_split": eval_split,
+    header = {"version": EXPORT_FORMAT_VERSION, "classes": list(class_names), "eval_split": eval_split,
               "root": str(out_dir), "splits": {k: list(v) for k, v in splits.items()},
               "ids": [sorted(images, key=str), sorted(annotations, key=str)]}
     digest.update(json.dumps(header, sort_keys=True).encode())
@@ -277,7 +284,8 @@ def _label_text(item: _Checked) -> str:
     return "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, (x, y, w, h) in zip(item.classes, xywh))
 
 
-def _coco_json(split: str, ids: Sequence[str], checked: Mapping[str, _Checked]) -> dict[str, Any]:
+def _coco_json(split: str, ids: Sequence[str], checked: Mapping[str, _Checked],
+               class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
     images, annotations = [], []
     for id_ in ids:
         item = checked[id_]
@@ -290,7 +298,7 @@ def _coco_json(split: str, ids: Sequence[str], checked: Mapping[str, _Checked]) 
                                 "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
     return {"info": {"description": f"fusebench YOLO export, split {split}"}, "images": images,
             "annotations": annotations,
-            "categories": [{"id": i + 1, "name": name} for i, name in enumerate(CLASS_NAMES)]}
+            "categories": [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]}
 
 
 def _read_manifest(root: Path, key: str | None = None) -> dict[str, Any] | None:
@@ -316,6 +324,7 @@ def export_yolo_dataset(
     out_dir: str | Path,
     *,
     eval_split: str = "val",
+    class_names: Sequence[str] = CLASS_NAMES,
 ) -> YoloDataset:
     """Write (or reuse) an Ultralytics dataset for the given images, annotations and splits.
 
@@ -326,6 +335,8 @@ def export_yolo_dataset(
             ``val``; other names (``test``) are exported too.
         out_dir: the dataset folder. It is replaced atomically when its content key differs.
         eval_split: the split :attr:`YoloDataset.coco_gt_path` refers to.
+        class_names: the dataset's classes in label-index order (the loader's ``class_names``; M3FD's by
+            default). They travel on in the manifest, ``YoloDataset.class_names`` and the detector's result.
 
     Raises:
         DatasetError: before anything is written, listing every problem: an image missing or unreadable, an id
@@ -334,16 +345,17 @@ def export_yolo_dataset(
             unknown class name, ...
     """
     out_dir = Path(out_dir).resolve()
-    key = _input_key(images, annotations, splits, eval_split, out_dir)
+    class_names = tuple(class_names)
+    key = _input_key(images, annotations, splits, eval_split, out_dir, class_names)
     existing = _read_manifest(out_dir, key) if key is not None else None
     if existing is not None:
         return _dataset_from_manifest(out_dir, existing)  # the same inputs were validated when it was built
-    checked, warnings = _validate(images, annotations, splits, eval_split)
+    checked, warnings = _validate(images, annotations, splits, eval_split, class_names)
     for line in warnings:
         LOGGER.warning("YOLO export: %s", line)
 
     box_counts = {
-        split: {name: int(sum((checked[i].classes == c).sum() for i in ids)) for c, name in enumerate(CLASS_NAMES)}
+        split: {name: int(sum((checked[i].classes == c).sum() for i in ids)) for c, name in enumerate(class_names)}
         for split, ids in splits.items()
     }
     with atomic_dir(out_dir) as tmp:
@@ -355,12 +367,12 @@ def export_yolo_dataset(
                 link_file(item.image, tmp / "images" / split / f"{id_}{item.image.suffix.lower()}")
                 (tmp / "labels" / split / f"{id_}.txt").write_text(_label_text(item))
             (tmp / "annotations").mkdir(exist_ok=True)
-            (tmp / "annotations" / f"{split}.json").write_text(json.dumps(_coco_json(split, ids, checked)))
+            (tmp / "annotations" / f"{split}.json").write_text(json.dumps(_coco_json(split, ids, checked, class_names)))
         data_yaml = {"path": str(out_dir), **{split: str(out_dir / "images" / split) for split in splits},
-                     "names": dict(enumerate(CLASS_NAMES))}
+                     "names": dict(enumerate(class_names))}
         (tmp / YAML_NAME).write_text(yaml.safe_dump(data_yaml, sort_keys=False))
         manifest = {"key": key, "format_version": EXPORT_FORMAT_VERSION, "eval_split": eval_split,
-                    "class_names": list(CLASS_NAMES), "splits": {k: list(v) for k, v in splits.items()},
+                    "class_names": list(class_names), "splits": {k: list(v) for k, v in splits.items()},
                     "box_counts": box_counts, "warnings": warnings}
         # Written last: a folder without it is never taken for a finished export.
         write_record(tmp / MANIFEST_NAME, key, manifest)

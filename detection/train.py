@@ -33,7 +33,6 @@ from typing import Any
 
 from data.io import read_record, write_record
 from data.provenance import content_key, file_fingerprint
-from data.types import CLASS_NAMES
 from detection.coco_eval import CocoScores, coco_map
 from detection.export import YoloDataset, link_file
 from detection.presets import load_preset, preset_names
@@ -65,7 +64,7 @@ class DetectionResult:
     Attributes:
         map50, map50_95, precision, recall: Ultralytics' box metrics (``box.map50``, ``box.map``, ``box.mp``,
             ``box.mr``) of the best checkpoint.
-        ap50: class name -> Ultralytics AP@50 for all six ``CLASS_NAMES``; ``None`` where the evaluation split has
+        ap50: class name -> Ultralytics AP@50 for every class of the dataset, in its order; ``None`` where the evaluation split has
             no box of that class (AP is undefined there, not 0).
         absent_classes: the classes reported as ``None`` in ``ap50``.
         coco_map50, coco_map50_95: pycocotools on ``predictions.json`` (maxDets 300); ``None`` without any box.
@@ -214,12 +213,13 @@ def _check_arguments(dataset: YoloDataset, model: str, weights: Path | None, epo
         raise ValueError("train_and_evaluate: " + "; ".join(problems))
 
 
-def _per_class_ap50(metrics: Any, n_boxes: Mapping[str, int]) -> tuple[dict[str, float | None], list[str]]:
+def _per_class_ap50(metrics: Any, n_boxes: Mapping[str, int], class_names: Sequence[str]
+                    ) -> tuple[dict[str, float | None], list[str]]:
     by_index = {int(c): float(ap) for c, ap in zip(metrics.box.ap_class_index, metrics.box.ap50)}
-    absent = [name for name in CLASS_NAMES if n_boxes.get(name, 0) == 0]
+    absent = [name for name in class_names if n_boxes.get(name, 0) == 0]
     # A class with boxes that Ultralytics left out of ap_class_index had no statistics at all (no prediction
     # anywhere): its AP is a real 0. Absent classes are None.
-    ap50 = {name: (None if name in absent else by_index.get(i, 0.0)) for i, name in enumerate(CLASS_NAMES)}
+    ap50 = {name: (None if name in absent else by_index.get(i, 0.0)) for i, name in enumerate(class_names)}
     return ap50, absent
 
 
@@ -311,10 +311,10 @@ def train_and_evaluate(
     metrics, coco, predictions = _evaluate(best if best.is_file() else last, dataset, run_dir, eval_split=eval_split,
                                            imgsz=imgsz, batch=batch, device=device, workers=workers)
     n_boxes = dict(dataset.box_counts[eval_split])
-    ap50, absent = _per_class_ap50(metrics, n_boxes)
+    ap50, absent = _per_class_ap50(metrics, n_boxes, dataset.class_names)
     notes = []
     counted = getattr(metrics, "nt_per_class", None)  # None when the validator gathered no statistics
-    if counted is not None and [int(n) for n in counted] != [n_boxes[c] for c in CLASS_NAMES]:
+    if counted is not None and [int(n) for n in counted] != [n_boxes[c] for c in dataset.class_names]:
         notes.append(f"Ultralytics counted boxes per class {[int(n) for n in counted]}, the export "
                      f"{list(n_boxes.values())}")
         LOGGER.warning("detection run %s: %s", run_dir, notes[-1])

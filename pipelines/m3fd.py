@@ -197,6 +197,7 @@ def resolve_dataset(cfg: PipelineConfig, synthetic_params: dict[str, Any]):
     split_path = cfg.out / "split.json"
     dataset.write_split(split_path)
     info = {"root": str(Path(root).resolve()), "synthetic": synthetic, "n_images": len(dataset.ids),
+            "class_names": list(dataset.class_names),
             "split": {"method": dataset.split_info.get("method"), "file": str(split_path),
                       "seed": dataset.split_info.get("seed"),
                       "counts": {k: len(v) for k, v in dataset.splits.items()}}}
@@ -508,7 +509,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             used = [i for ids in roles.values() for i in ids]
             yolo = export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in used},
                                        {i: dataset.annotation(i) for i in used}, roles,
-                                       cfg.out / "cache" / "yolo" / fused.key[:16], eval_split=eval_role)
+                                       cfg.out / "cache" / "yolo" / fused.key[:16], eval_split=eval_role,
+                                       class_names=dataset.class_names)
             cand.record.detection_runs = {}
             for seed in seeds:
                 key = content_key("detect", fused.key, yolo.key, settings, seed, roles, eval_role, cfg.device,

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from data.io import atomic_path, atomic_write_text, write_image
-from data.types import CLASS_NAMES
 
 # The fusion metrics shown beside mAP, in the order of the field's tables (CDDFuse), with AG added at the end.
 FUSION_METRICS: tuple[str, ...] = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "AG")
@@ -35,7 +34,9 @@ def summarise_detection(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"seeds": [r["seed"] for r in per_seed]}
     for key in ("map50", "map50_95", "precision", "recall", "coco_map50", "coco_map50_95"):
         out[key] = mean_std([r.get(key) for r in per_seed])
-    out["ap50"] = {name: mean_std([(r.get("ap50") or {}).get(name) for r in per_seed]) for name in CLASS_NAMES}
+    # The dataset's classes, in its order, as the detector results carry them (no global class list).
+    classes = list(dict.fromkeys(name for r in per_seed for name in (r.get("ap50") or {})))
+    out["ap50"] = {name: mean_std([(r.get("ap50") or {}).get(name) for r in per_seed]) for name in classes}
     scenarios = sorted({s for r in per_seed for s in (r.get("scenarios") or {})})
     out["scenarios"] = {}
     for s in scenarios:
@@ -138,10 +139,15 @@ def _fmt(stat: dict | float | None, digits: int = 3, pm: bool = True) -> str:
     return f"{stat:.{digits}f}"
 
 
+def class_names_of(records: list[dict[str, Any]]) -> list[str]:
+    """The classes the records' detector results name, in the dataset's order."""
+    return list(dict.fromkeys(c for r in records for c in ((r.get("detection") or {}).get("ap50") or {})))
+
+
 def table_columns(records: list[dict[str, Any]]) -> list[str]:
     scenarios = sorted({s for r in records for s in ((r.get("detection") or {}).get("scenarios") or {})})
     return (["rank", "candidate", "mAP@50", "gain vs best single", "mAP@50:95", "P", "R"]
-            + [f"AP50 {c}" for c in CLASS_NAMES] + [f"mAP@50 {s}" for s in scenarios]
+            + [f"AP50 {c}" for c in class_names_of(records)] + [f"mAP@50 {s}" for s in scenarios]
             + list(FUSION_METRICS) + ["fuse ms/img", "status"])
 
 
@@ -162,7 +168,7 @@ def table_rows(records: list[dict[str, Any]], pm: bool = True) -> list[dict[str,
             "mAP@50:95": _fmt(det.get("map50_95"), pm=pm),
             "P": _fmt(det.get("precision"), pm=False),
             "R": _fmt(det.get("recall"), pm=False),
-            **{f"AP50 {c}": _fmt((det.get("ap50") or {}).get(c), pm=pm) for c in CLASS_NAMES},
+            **{f"AP50 {c}": _fmt((det.get("ap50") or {}).get(c), pm=pm) for c in class_names_of(records)},
             **{f"mAP@50 {s}": _fmt(((det.get("scenarios") or {}).get(s) or {}).get("map50"), pm=pm)
                for s in scenarios},
             **{m: _fmt(fusion.get(m), digits=3) for m in FUSION_METRICS},
@@ -243,7 +249,8 @@ def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
     """Machine-readable table: one row per candidate, plain numbers (means and stds in separate columns)."""
     columns = ["rank", "candidate", "kind", "status", "error", "map50", "map50_std", "gain_map50", "map50_95",
                "map50_95_std", "precision", "recall", "coco_map50"]
-    columns += [f"ap50_{c}" for c in CLASS_NAMES]
+    classes = class_names_of(records)
+    columns += [f"ap50_{c}" for c in classes]
     scenarios = sorted({s for r in records for s in ((r.get("detection") or {}).get("scenarios") or {})})
     columns += [f"map50_{s}" for s in scenarios] + list(FUSION_METRICS) + ["fuse_seconds_per_image", "origin"]
     buf = io.StringIO()
@@ -263,7 +270,7 @@ def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
                "precision": m(det.get("precision")), "recall": m(det.get("recall")),
                "coco_map50": m(det.get("coco_map50")),
                "fuse_seconds_per_image": r.get("fuse_seconds_per_image") or "", "origin": r.get("origin") or ""}
-        row.update({f"ap50_{c}": m((det.get("ap50") or {}).get(c)) for c in CLASS_NAMES})
+        row.update({f"ap50_{c}": m((det.get("ap50") or {}).get(c)) for c in classes})
         row.update({f"map50_{s}": m(((det.get("scenarios") or {}).get(s) or {}).get("map50")) for s in scenarios})
         row.update({k: "" if (r.get("fusion") or {}).get(k) is None else r["fusion"][k] for k in FUSION_METRICS})
         writer.writerow(row)

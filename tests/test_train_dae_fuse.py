@@ -395,3 +395,51 @@ def test_cli_refuses_a_missing_split_and_bad_numbers_without_a_traceback(synthet
     err = capsys.readouterr().err
     assert "split 'nosuch' is empty or missing" in err and "batch_size must be at least 1" in err
     assert "seed must be non-negative" in err and "Traceback" not in err
+
+
+def _paired_copy(dataset, folder: Path, n: int) -> Path:
+    """A paired folder (ir/ + vi/) of the first n pairs, under the same stems as the M3FD root's."""
+    (folder / "ir").mkdir(parents=True)
+    (folder / "vi").mkdir()
+    for pair in dataset.pairs()[:n]:
+        shutil.copy(pair.ir, folder / "ir" / f"{pair.stem}.png")
+        shutil.copy(pair.vis, folder / "vi" / f"{pair.stem}.png")
+    return folder
+
+
+def test_several_roots_pool_their_training_pairs(tmp_path, synthetic_root):
+    from fusion.data import resolve_training_roots
+
+    cfg = tiny_config("data.val_fraction=0.25")
+    paired = _paired_copy(load_m3fd(synthetic_root), tmp_path / "roadscene", 8)
+    train_pairs, val_pairs = resolve_training_roots([synthetic_root, paired], cfg.data)
+    m3fd_train, m3fd_val = resolve_training_pairs(synthetic_root, cfg.data)
+    paired_train, paired_val = resolve_training_pairs(paired, cfg.data)
+    assert train_pairs == m3fd_train + paired_train and len(paired_train) == 6
+    # validation interleaved root by root: the few pairs scored per epoch come from both
+    assert val_pairs[:2] == [m3fd_val[0], paired_val[0]] and len(val_pairs) == len(m3fd_val) + len(paired_val)
+    # the same stem in two roots is two images, not one cached twice
+    crops = PairedCropDataset(train_pairs, 32, cache_images=True)
+    for i in range(len(crops)):
+        crops[i]
+    assert len(crops.cache) == len(train_pairs)
+    with pytest.raises(DatasetError, match="more than once"):
+        resolve_training_roots([paired, paired], cfg.data)
+    with pytest.raises(DatasetError) as err:
+        resolve_training_roots([paired, tmp_path / "missing", tmp_path], cfg.data)
+    assert str(tmp_path / "missing") in str(err.value) and str(err.value).count("  - ") >= 2  # both bad roots
+
+
+def test_training_on_several_roots_records_and_resumes_them(tmp_path, synthetic_root):
+    paired = _paired_copy(load_m3fd(synthetic_root), tmp_path / "roadscene", 4)
+    out = tmp_path / "run"
+    train(tiny_config("phases=[{name: fuse, epochs: 1}]"), [synthetic_root, paired], out, progress=False)
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["data_root"] == [str(synthetic_root.resolve()), str(paired.resolve())]
+    assert state["fusion_epochs"] == 1
+    cfg = tiny_config("phases=[{name: fuse, epochs: 1}]")
+    with pytest.raises(ConfigError, match="data_root"):
+        train(cfg, [synthetic_root], out, resume=True, progress=False)
+    stamp = (out / "last.pt").stat().st_mtime_ns
+    train(cfg, [synthetic_root, paired], out, resume=True, progress=False)  # the same roots: complete, nothing redone
+    assert (out / "last.pt").stat().st_mtime_ns == stamp
