@@ -35,6 +35,8 @@ class CocoScores:
     map50: float | None
     map50_95: float | None
     n_predictions: int
+    # category id -> AP@50 (101-point, as map50 averages them); None for a category without ground-truth boxes
+    ap50: dict[int, float | None] | None = None
 
 
 def _load(source: str | Path | Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> Any:
@@ -64,9 +66,23 @@ def coco_map(
         ValueError: a prediction names an image id or category the ground truth does not have (a convention
             mismatch would otherwise score as silently low AP).
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    gt, preds, empty = _prepare(ground_truth, predictions, image_ids)
+    if empty is not None:
+        return empty
+    evaluator = run_cocoeval(gt, preds)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.accumulate()
+    # precision: [iou thresholds (10), recall points (101), classes, area ranges (all first), max dets]
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]
+    per_class = {c: (float(precision[0, :, k].mean()) if (precision[0, :, k] > -1).all() else None)
+                 for k, c in enumerate(evaluator.params.catIds)}
+    return CocoScores(map50=_mean_defined(precision[0]), map50_95=_mean_defined(precision), n_predictions=len(preds),
+                      ap50={c["id"]: per_class.get(c["id"]) for c in gt["categories"]})
 
+
+def _prepare(ground_truth, predictions, image_ids):
+    """(ground truth, predictions) checked, restricted to ``image_ids`` and renumbered for pycocotools, plus the
+    scores to return at once when there is nothing to evaluate (else None)."""
     gt = _load(ground_truth)
     preds = list(_load(predictions))
     index = {image["id"]: i + 1 for i, image in enumerate(gt["images"])}
@@ -87,10 +103,13 @@ def coco_map(
         gt["images"] = [image for image in gt["images"] if image["id"] in keep]
         gt["annotations"] = [ann for ann in gt["annotations"] if ann["image_id"] in keep]
         preds = [p for p in preds if p["image_id"] in keep]
+    category_ids = [c["id"] for c in gt["categories"]]
     if not gt["annotations"]:
-        return CocoScores(None, None, len(preds))
+        return gt, preds, CocoScores(None, None, len(preds), {c: None for c in category_ids})
     if not preds:
-        return CocoScores(0.0, 0.0, 0)
+        with_boxes = {a["category_id"] for a in gt["annotations"]}
+        return gt, preds, CocoScores(0.0, 0.0, 0, {c: (0.0 if c in with_boxes else None) for c in category_ids})
+    gt["original_ids"] = {index[image["id"]]: image["id"] for image in gt["images"]}
     for image in gt["images"]:
         image["id"] = index[image["id"]]
     for ann in gt["annotations"]:
@@ -98,20 +117,24 @@ def coco_map(
     for pred in preds:
         pred["image_id"] = index[pred["image_id"]]
     gt.setdefault("info", {})
+    return gt, preds, None
+
+
+def run_cocoeval(gt: Mapping[str, Any], preds: Sequence[Mapping[str, Any]]):
+    """A pycocotools ``COCOeval`` (bbox, maxDets ``MAX_DETS``) after ``evaluate()``, on prepared inputs."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
 
     # pycocotools prints progress on every step; keep it out of the caller's output.
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
-        coco_gt.dataset = gt
+        coco_gt.dataset = {k: v for k, v in gt.items() if k != "original_ids"}
         coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(preds)
+        coco_dt = coco_gt.loadRes(list(preds))
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         evaluator.params.maxDets = list(MAX_DETS)
         evaluator.evaluate()
-        evaluator.accumulate()
-    # precision: [iou thresholds (10), recall points (101), classes, area ranges (all first), max dets]
-    precision = evaluator.eval["precision"][:, :, :, 0, -1]
-    return CocoScores(map50=_mean_defined(precision[0]), map50_95=_mean_defined(precision), n_predictions=len(preds))
+    return evaluator
 
 
 def _mean_defined(values: np.ndarray) -> float:

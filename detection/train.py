@@ -68,6 +68,8 @@ class DetectionResult:
             no box of that class (AP is undefined there, not 0).
         absent_classes: the classes reported as ``None`` in ``ap50``.
         coco_map50, coco_map50_95: pycocotools on ``predictions.json`` (maxDets 300); ``None`` without any box.
+        map50_deployed, map50_95_deployed, ap50_deployed: pycocotools on the deployed protocol's predictions
+            (one class per box, ``deployed_predictions_path``); the field's numbers above are multi-label.
         n_boxes: class name -> ground-truth boxes in the evaluation split.
         epochs: epochs requested; ``epochs_completed``: epochs trained (fewer under a ``time`` cap or early stop).
         wall_time_s: seconds spent by the call that produced the result (a resumed run counts its last part).
@@ -97,6 +99,12 @@ class DetectionResult:
     resumed: bool = False
     key: str = ""
     notes: list[str] = field(default_factory=list)
+    # The deployed protocol (``detection.protocols``: one class per box), scored with pycocotools; None in
+    # results written before it was measured.
+    map50_deployed: float | None = None
+    map50_95_deployed: float | None = None
+    ap50_deployed: dict[str, float | None] | None = None
+    deployed_predictions_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -275,7 +283,8 @@ def train_and_evaluate(
                 "workers": workers, "extra_args": extra_args, "eval_split": eval_split, "threads": threads}
     key = _run_key(dataset, settings, weights)
     finished = read_record(run_dir / RESULT_NAME, key)
-    if finished:
+    # A result from before the deployed protocol was measured is scored again (its weights are kept), not retrained.
+    if finished and finished.get("deployed_predictions_path"):
         LOGGER.info("detection run %s is complete; reusing its result", run_dir)
         return DetectionResult.from_dict(finished)
 
@@ -308,8 +317,11 @@ def train_and_evaluate(
             mirror.replay_results_csv(run_dir / "results.csv")  # e.g. --device 0,1: Ultralytics trained in DDP
         write_record(run_dir / STATE_NAME, key, {"trained": True, "settings": settings})
 
-    metrics, coco, predictions = _evaluate(best if best.is_file() else last, dataset, run_dir, eval_split=eval_split,
-                                           imgsz=imgsz, batch=batch, device=device, workers=workers)
+    kept = best if best.is_file() else last
+    metrics, coco, predictions = _evaluate(kept, dataset, run_dir, eval_split=eval_split, imgsz=imgsz, batch=batch,
+                                           device=device, workers=workers)
+    _, deployed, deployed_predictions = _evaluate(kept, dataset, run_dir, eval_split=eval_split, imgsz=imgsz,
+                                                  batch=batch, device=device, workers=workers, protocol="deployed")
     n_boxes = dict(dataset.box_counts[eval_split])
     ap50, absent = _per_class_ap50(metrics, n_boxes, dataset.class_names)
     notes = []
@@ -325,7 +337,9 @@ def train_and_evaluate(
         wall_time_s=round(time.perf_counter() - start, 3), epochs=epochs, epochs_completed=_epochs_completed(run_dir),
         imgsz=imgsz, batch=batch, seed=seed, model=model, weights=str(weights) if weights else None,
         eval_split=eval_split, n_images=dataset.split_counts[eval_split], n_boxes=n_boxes, resumed=resumed,
-        key=key, notes=notes,
+        key=key, notes=notes, map50_deployed=deployed.map50, map50_95_deployed=deployed.map50_95,
+        ap50_deployed=_named_ap50(deployed, dataset.class_names, absent),
+        deployed_predictions_path=str(deployed_predictions),
     )
     write_record(run_dir / RESULT_NAME, key, result.to_dict())
     return result
@@ -341,17 +355,28 @@ def _fit(model: str | Path, train_args: Mapping[str, Any], mirror: TensorBoardMi
     detector.train(**train_args)
 
 
+def _named_ap50(scores: CocoScores, class_names: Sequence[str], absent: Sequence[str]) -> dict[str, float | None]:
+    """pycocotools' per-category AP@50 by class name (category id = class index + 1, as the export writes)."""
+    per_category = scores.ap50 or {}
+    return {name: (None if name in absent else per_category.get(i + 1) or 0.0) for i, name in enumerate(class_names)}
+
+
 def _evaluate(weights: Path, dataset: YoloDataset, run_dir: Path, *, eval_split: str, imgsz: int, batch: int,
-              device: str, workers: int) -> tuple[Any, CocoScores, Path]:
-    """Validate ``weights`` on ``eval_split`` with ``save_json=True`` and rescore its predictions with pycocotools.
+              device: str, workers: int, protocol: str = "field") -> tuple[Any, CocoScores, Path]:
+    """Validate ``weights`` on ``eval_split`` under ``protocol`` (``detection.protocols``) with ``save_json=True``
+    and rescore its predictions with pycocotools.
 
     Returns (Ultralytics DetMetrics, pycocotools scores, the predictions.json path).
     """
     from ultralytics import YOLO
 
-    eval_dir = run_dir / f"eval_{eval_split}"
+    from .protocols import PROTOCOLS, validator_class
+
+    # The field protocol keeps its folder name (eval_<split>), so earlier runs' paths stay valid.
+    eval_dir = run_dir / (f"eval_{eval_split}" if protocol == "field" else f"eval_{eval_split}_{protocol}")
     shutil.rmtree(eval_dir, ignore_errors=True)  # never score a stale predictions.json
     metrics = YOLO(str(weights)).val(
+        validator=validator_class(PROTOCOLS.get(protocol)),
         data=str(dataset.yaml_path), split=eval_split, imgsz=imgsz, batch=batch, device=device, workers=workers,
         save_json=True, plots=False, project=str(run_dir), name=eval_dir.name, exist_ok=True,
     )

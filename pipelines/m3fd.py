@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from detection.protocols import DEFAULT_PROTOCOL
 from fusion.baselines import BASELINE_NAMES  # no torch: the simple rules only
 
 from data.errors import DatasetError
@@ -74,6 +75,9 @@ class PipelineConfig:
     select_split: str = "val"         # split Ultralytics validates on each epoch to keep best.pt
     eval_split: str = "test"          # split the kept detector and the fusion metrics are scored on
     split_seed: int = 0
+    protocol: str = DEFAULT_PROTOCOL  # ranking and verdict: "deployed" (one class per box) or "field" (multi-label)
+    bootstrap_resamples: int = 1000   # paired bootstrap over evaluation images for every interval (0: none)
+    bootstrap_seed: int = 0
     progress: bool = True
 
 
@@ -215,6 +219,15 @@ def check_options(cfg: PipelineConfig, seeds: list[int], jobs: int) -> list[str]
         problems.append(f"seeds must be non-negative integers, got {seeds}")
     if jobs < 1:
         problems.append(f"--jobs must be at least 1, got {jobs}")
+    from detection.protocols import PROTOCOLS
+
+    if cfg.protocol not in PROTOCOLS:
+        problems.append(f"--protocol {cfg.protocol!r}: known protocols are {', '.join(PROTOCOLS.names())}")
+    if cfg.bootstrap_resamples != 0 and cfg.bootstrap_resamples < 1000:
+        problems.append(f"--bootstrap {cfg.bootstrap_resamples}: use at least 1000 resamples (or 0 for none); "
+                        "fewer make the 95% interval's ends noisy")
+    if cfg.bootstrap_seed < 0:
+        problems.append(f"--bootstrap-seed must be non-negative, got {cfg.bootstrap_seed}")
     if cfg.out.exists() and not cfg.out.is_dir():
         problems.append(f"--out {cfg.out} exists and is not a folder")
     if cfg.device != "cpu" and not cfg.device.startswith("mps"):
@@ -351,6 +364,8 @@ def make_fuser(candidate: Candidate, device: str):
     return candidate.fuser
 
 
+# What a finished detector stage holds; a record of another scoring is scored again (its detector is not retrained).
+DETECT_SCORING = "field+deployed/1"
 FUSE_RECORD = ".fuse_record.json"  # inside a finished fused folder: what its stage record says
 
 
@@ -448,13 +463,16 @@ def detect_job(job: dict[str, Any]) -> dict[str, Any]:
     finally:
         writer.close()
     out = result.to_dict()
+    out["coco_gt"] = job["coco_gt"]  # the bootstrap re-matches the saved predictions against it
     out["scenarios"] = {}
     predictions = Path(result.predictions_path)
+    deployed = Path(result.deployed_predictions_path)
     for scenario, ids in job["scenario_ids"].items():
         # Ultralytics writes no predictions.json for a detector that predicted nothing: score no detections.
-        scores = coco_map(Path(job["coco_gt"]), predictions if predictions.is_file() else [],
-                          image_ids=[coco_image_id(i) for i in ids])
-        out["scenarios"][scenario] = {"map50": scores.map50, "n_images": len(ids),
+        image_ids = [coco_image_id(i) for i in ids]
+        field = coco_map(Path(job["coco_gt"]), predictions if predictions.is_file() else [], image_ids=image_ids)
+        one_class = coco_map(Path(job["coco_gt"]), deployed if deployed.is_file() else [], image_ids=image_ids)
+        out["scenarios"][scenario] = {"map50": field.map50, "map50_deployed": one_class.map50, "n_images": len(ids),
                                       "n_boxes": job["scenario_boxes"][scenario]}
     return out
 
@@ -514,7 +532,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             cand.record.detection_runs = {}
             for seed in seeds:
                 key = content_key("detect", fused.key, yolo.key, settings, seed, roles, eval_role, cfg.device,
-                                  scenario_ids)
+                                  scenario_ids, DETECT_SCORING)
                 stored = store.get(cand.name, f"detect_seed{seed}", key)
                 if stored:
                     LOGGER.info("%s: detector seed %d reused (%s)", cand.name, seed, stored.get("run_dir"))
@@ -587,14 +605,22 @@ def assemble_results(cfg: PipelineConfig, preset: dict, seeds: list[int], settin
             "detection": report.summarise_detection(runs) if runs and not cand.error else None,
             "detection_runs": runs,
         })
-    best_single = report.add_gains(records)
+    best_single = report.add_gains(records, cfg.protocol)
+    bootstrap = {}
+    if cfg.bootstrap_resamples:
+        from .significance import bootstrap_verdicts
+
+        started = time.perf_counter()
+        bootstrap = bootstrap_verdicts(records, seeds, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+        bootstrap["seconds"] = round(time.perf_counter() - started, 3)
     cfg_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     cfg_dict["checkpoints"] = [str(p) for p in cfg.checkpoints]
     cfg_dict["fused"], cfg_dict["plugins"] = list(cfg.fused), [list(tokens) for tokens in cfg.plugins]
     cfg_dict.update({"seeds": seeds, "detection": settings, "preset_values": preset})
-    return {"config": cfg_dict, "versions": package_versions(), "data": data_info, "candidates": report.ranked(records),
-            "best_single_map50": best_single,
-            "spearman": report.spearman_table(records) if len(records) >= 3 else [],
+    return {"config": cfg_dict, "versions": package_versions(), "data": data_info,
+            "candidates": report.ranked(records, cfg.protocol), "best_single_map50": best_single,
+            "bootstrap": bootstrap,
+            "spearman": report.spearman_table(records, cfg.protocol) if len(records) >= 3 else [],
             "scenarios": scenarios, "wall_time_s": wall, "command": " ".join(sys.argv)}
 
 
@@ -603,9 +629,10 @@ def write_outputs(cfg: PipelineConfig, results: dict, candidates: list[Candidate
     # matplotlib's font cache goes into the run, not the user's home (Ultralytics' setup does the same when it ran).
     os.environ.setdefault("MPLCONFIGDIR", str(cfg.out / ".matplotlib"))
     atomic_write_json(cfg.out / "results.json", results)
-    report.write_csv(cfg.out / "results.csv", records)
+    report.write_csv(cfg.out / "results.csv", records, cfg.protocol, results.get("bootstrap"))
     atomic_write_text(cfg.out / "results.md", report.render_markdown(results))
-    report.plot_metric_vs_map(cfg.out / "plots" / "map50_vs_fusion_metrics.png", records)
+    report.plot_metric_vs_map(cfg.out / "plots" / "map50_vs_fusion_metrics.png", records, cfg.protocol)
+    report.plot_gains(cfg.out / "plots" / "gains.png", results.get("bootstrap"))
     scenes = pick_grid_scenes(dataset, eval_ids)
     grid = {}
     for r in records:
@@ -652,6 +679,7 @@ def write_tensorboard(tb_root: Path, results: dict, grid: dict[str, list[np.ndar
                                  dataformats="HWC" if image.ndim == 3 else "HW")
             det = r.get("detection") or {}
             metrics = {"hparam/mAP50": (det.get("map50") or {}).get("mean", math.nan),
+                       "hparam/mAP50_deployed": (det.get("map50_deployed") or {}).get("mean", math.nan),
                        "hparam/mAP50-95": (det.get("map50_95") or {}).get("mean", math.nan),
                        "hparam/gain_vs_best_single": r["gain_map50"] if r.get("gain_map50") is not None else math.nan}
             metrics.update({f"hparam/{m}": v for m, v in (r.get("fusion") or {}).items()})

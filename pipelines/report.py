@@ -32,52 +32,81 @@ def mean_std(values: Sequence[float | None]) -> dict[str, float | int] | None:
 def summarise_detection(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Aggregate per-seed DetectionResult dicts into mean +- std for every reported number."""
     out: dict[str, Any] = {"seeds": [r["seed"] for r in per_seed]}
-    for key in ("map50", "map50_95", "precision", "recall", "coco_map50", "coco_map50_95"):
+    for key in ("map50", "map50_95", "precision", "recall", "coco_map50", "coco_map50_95", "map50_deployed",
+                "map50_95_deployed"):
         out[key] = mean_std([r.get(key) for r in per_seed])
     # The dataset's classes, in its order, as the detector results carry them (no global class list).
     classes = list(dict.fromkeys(name for r in per_seed for name in (r.get("ap50") or {})))
     out["ap50"] = {name: mean_std([(r.get("ap50") or {}).get(name) for r in per_seed]) for name in classes}
+    out["ap50_deployed"] = {name: mean_std([(r.get("ap50_deployed") or {}).get(name) for r in per_seed])
+                            for name in classes}
     scenarios = sorted({s for r in per_seed for s in (r.get("scenarios") or {})})
     out["scenarios"] = {}
     for s in scenarios:
         rows = [r["scenarios"][s] for r in per_seed if s in (r.get("scenarios") or {})]
         out["scenarios"][s] = {"map50": mean_std([row["map50"] for row in rows]),
+                               "map50_deployed": mean_std([row.get("map50_deployed") for row in rows]),
                                "n_images": rows[0]["n_images"], "n_boxes": rows[0]["n_boxes"]}
     return out
 
 
-def add_gains(records: list[dict[str, Any]]) -> float | None:
-    """Set ``gain_map50`` on every record: its mAP@50 minus the better of the IR-only and visible-only rows.
+# The scoring protocols (``detection.protocols``): the key suffix of their numbers in a detector summary.
+PROTOCOL_SUFFIX = {"field": "", "deployed": "_deployed"}
+PROTOCOL_WORDS = {"field": "field protocol (Ultralytics validator, multi-label NMS: comparable with papers)",
+                  "deployed": "deployed protocol (one class per box, as YOLO.predict returns; pycocotools)"}
+
+
+def add_gains(records: list[dict[str, Any]], protocol: str = "field") -> float | None:
+    """Set ``gain_map50`` on every record: its mAP@50 (under ``protocol``) minus the better of the IR-only and
+    visible-only rows'.
 
     Returns that reference value (None when neither single-modality row has a detector result).
     """
-    singles = [_map50(r) for r in records if r.get("baseline") in SINGLE_MODALITY]
+    singles = [_map50(r, protocol) for r in records if r.get("baseline") in SINGLE_MODALITY]
     singles = [v for v in singles if v is not None]
     best_single = max(singles) if singles else None
     for r in records:
-        value = _map50(r)
+        value = _map50(r, protocol)
         r["gain_map50"] = None if value is None or best_single is None else value - best_single
     return best_single
 
 
-def _map50(record: dict[str, Any]) -> float | None:
-    stat = (record.get("detection") or {}).get("map50")
+def _stat(record: dict[str, Any], key: str, protocol: str) -> dict[str, Any] | None:
+    return (record.get("detection") or {}).get(key + PROTOCOL_SUFFIX[protocol])
+
+
+def _map50(record: dict[str, Any], protocol: str = "field") -> float | None:
+    stat = _stat(record, "map50", protocol)
     return None if stat is None else stat["mean"]
 
 
-def ranked(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Candidates sorted by mAP@50 (best first); failed candidates last, in input order."""
-    return sorted(records, key=lambda r: (_map50(r) is None, -(_map50(r) or 0.0)))
+def ranked(records: list[dict[str, Any]], protocol: str = "field") -> list[dict[str, Any]]:
+    """Candidates sorted by mAP@50 under ``protocol`` (best first); failed candidates last, in input order."""
+    return sorted(records, key=lambda r: (_map50(r, protocol) is None, -(_map50(r, protocol) or 0.0)))
 
 
-def spearman_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def ranking_disagreement(records: list[dict[str, Any]], protocol: str) -> str | None:
+    """One line when the other protocol ranks the top two candidates differently, else None."""
+    other = "field" if protocol == "deployed" else "deployed"
+    have = [r for r in records if _map50(r, protocol) is not None and _map50(r, other) is not None]
+    if len(have) < 2:
+        return None
+    top = [r["name"] for r in ranked(have, protocol)[:2]]
+    top_other = [r["name"] for r in ranked(have, other)[:2]]
+    if top == top_other:
+        return None
+    return (f"**The protocols disagree:** the {protocol} protocol ranks `{top[0]}` then `{top[1]}`, the {other} "
+            f"protocol `{top_other[0]}` then `{top_other[1]}`.")
+
+
+def spearman_table(records: list[dict[str, Any]], protocol: str = "field") -> list[dict[str, Any]]:
     """Spearman rank correlation of each fusion metric with mAP@50 across candidates (needs >= 3 candidates)."""
     from scipy.stats import spearmanr
 
     rows = []
     for metric in FUSION_METRICS:
-        pairs = [(r["fusion"][metric], _map50(r)) for r in records
-                 if _map50(r) is not None and (r.get("fusion") or {}).get(metric) is not None]
+        pairs = [(r["fusion"][metric], _map50(r, protocol)) for r in records
+                 if _map50(r, protocol) is not None and (r.get("fusion") or {}).get(metric) is not None]
         if len(pairs) < 3:
             continue
         x, y = zip(*pairs)
@@ -99,29 +128,59 @@ def _shown_gain(gain: float) -> float:
     return round(gain, 3) + 0.0
 
 
-def verdict(records: list[dict[str, Any]], best_single: float | None) -> str:
+def _fmt_interval(iv: dict[str, float]) -> str:
+    return f"{_shown_gain(iv['point']):+.3f} [{_shown_gain(iv['low']):+.3f}, {_shown_gain(iv['high']):+.3f}]"
+
+
+def verdict(records: list[dict[str, Any]], best_single: float | None, protocol: str = "field",
+            intervals: dict[str, Any] | None = None) -> str:
     """The one-paragraph answer: which fusions beat the better single modality, and how far to trust it.
 
-    A gain no larger than the seed spread of the two rows compared is called out as within seed noise; a table in
+    With bootstrap ``intervals`` (``pipelines.significance``, this protocol's section) the verdict reads from them:
+    a gain is a win only when its 95% interval excludes 0, "not distinguishable" when it includes 0. Without them,
+    a gain no larger than the seed spread of the two rows compared is called out as within seed noise. A table in
     which no detector learned anything is called inconclusive instead of "no fusion helps".
     """
     if best_single is None:
         return "No single-modality detector finished, so no fusion can be judged."
-    values = [_map50(r) for r in records if _map50(r) is not None]
+    values = [_map50(r, protocol) for r in records if _map50(r, protocol) is not None]
     if max(values) < MIN_INFORMATIVE_MAP50:
         return (f"Inconclusive: every detector stayed below mAP@50 {MIN_INFORMATIVE_MAP50} (it learned nothing), so "
                 "this table cannot rank the inputs. Use more images and a longer schedule (e.g. the `standard` "
                 "preset on a GPU with the full M3FD).")
-    reference = max((r for r in records if r.get("baseline") in SINGLE_MODALITY and _map50(r) is not None),
-                    key=_map50)
-    text = f"Better single modality: `{reference['name']}`, mAP@50 {best_single:.3f}. "
+    reference = max((r for r in records if r.get("baseline") in SINGLE_MODALITY and _map50(r, protocol) is not None),
+                    key=lambda r: _map50(r, protocol))
+    text = f"Better single modality: `{reference['name']}`, mAP@50 {best_single:.3f} ({protocol} protocol). "
+    gains = (intervals or {}).get("gains") or {}
+    if gains and (intervals or {}).get("reference") == reference["name"]:
+        wins, ties, losses = [], [], []
+        for r in ranked(records, protocol):
+            iv = gains.get(r["name"])
+            if r.get("baseline") in SINGLE_MODALITY or iv is None or r.get("error"):
+                continue
+            (wins if iv["low"] > 0 else losses if iv["high"] < 0 else ties).append(f"`{r['name']}` {_fmt_interval(iv)}")
+        parts = []
+        if wins:
+            parts.append(f"Beat `{reference['name']}` (95% interval above 0): " + ", ".join(wins) + ".")
+        if ties:
+            parts.append(f"Not distinguishable from `{reference['name']}` (interval includes 0): "
+                         + ", ".join(ties) + ".")
+        if losses:
+            parts.append(f"Worse than `{reference['name']}`: " + ", ".join(losses) + ".")
+        if not wins:
+            parts.append("No fusion is shown to beat it on this data: none earns its keep here.")
+        top = (intervals or {}).get("top_two")
+        if top:
+            parts.append(f"Top two: `{top['first']}` over `{top['second']}` by {_fmt_interval(top)}"
+                         + ("." if top["low"] > 0 else " (not distinguishable)."))
+        return text + " ".join(parts)
     winners = []
     for r in records:
         gain = r.get("gain_map50")
         if r.get("baseline") in SINGLE_MODALITY or gain is None or _shown_gain(gain) <= 0:
             continue
-        spread = max(r["detection"]["map50"]["std"], reference["detection"]["map50"]["std"])
-        n_seeds = min(r["detection"]["map50"]["n"], reference["detection"]["map50"]["n"])
+        spread = max(_stat(r, "map50", protocol)["std"], _stat(reference, "map50", protocol)["std"])
+        n_seeds = min(_stat(r, "map50", protocol)["n"], _stat(reference, "map50", protocol)["n"])
         note = (" (one seed: no spread known)" if n_seeds < 2
                 else " (within seed noise)" if gain <= spread else "")
         winners.append(f"`{r['name']}` {gain:+.3f}{note}")
@@ -144,33 +203,46 @@ def class_names_of(records: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(c for r in records for c in ((r.get("detection") or {}).get("ap50") or {})))
 
 
-def table_columns(records: list[dict[str, Any]]) -> list[str]:
-    scenarios = sorted({s for r in records for s in ((r.get("detection") or {}).get("scenarios") or {})})
-    return (["rank", "candidate", "mAP@50", "gain vs best single", "mAP@50:95", "P", "R"]
-            + [f"AP50 {c}" for c in class_names_of(records)] + [f"mAP@50 {s}" for s in scenarios]
+def _scenarios(records: list[dict[str, Any]]) -> list[str]:
+    return sorted({s for r in records for s in ((r.get("detection") or {}).get("scenarios") or {})})
+
+
+def table_columns(records: list[dict[str, Any]], protocol: str = "field") -> list[str]:
+    """The table's columns: ``mAP@50`` is the ranking protocol's, the other protocol's is named beside it."""
+    other = "deployed" if protocol == "field" else "field"
+    return (["rank", "candidate", "mAP@50", f"mAP@50 {other}", "gain vs best single", "mAP@50:95", "P", "R"]
+            + [f"AP50 {c}" for c in class_names_of(records)] + [f"mAP@50 {s}" for s in _scenarios(records)]
             + list(FUSION_METRICS) + ["fuse ms/img", "status"])
 
 
-def table_rows(records: list[dict[str, Any]], pm: bool = True) -> list[dict[str, str]]:
-    """One formatted row per candidate, ranked; ``pm`` adds ± std where there are several seeds."""
-    columns = table_columns(records)
-    scenarios = [c.removeprefix("mAP@50 ") for c in columns if c.startswith("mAP@50 ")]
+def table_rows(records: list[dict[str, Any]], pm: bool = True, protocol: str = "field",
+               intervals: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """One formatted row per candidate, ranked by ``protocol``; ``pm`` adds ± std where there are several seeds,
+    ``intervals`` (this protocol's bootstrap section) the gain's 95% interval."""
+    other = "deployed" if protocol == "field" else "field"
+    gains = (intervals or {}).get("gains") or {}
+    suffix = PROTOCOL_SUFFIX[protocol]
     rows = []
-    for rank, r in enumerate(ranked(records), start=1):
+    for rank, r in enumerate(ranked(records, protocol), start=1):
         det = r.get("detection") or {}
         fusion = r.get("fusion") or {}
         gain = r.get("gain_map50")
+        gain_text = "-" if gain is None else f"{_shown_gain(gain):+.3f}".replace("+0.000", "0.000")
+        if gain is not None and r["name"] in gains:
+            iv = gains[r["name"]]
+            gain_text += f" [{_shown_gain(iv['low']):+.3f}, {_shown_gain(iv['high']):+.3f}]"
         row = {
-            "rank": str(rank) if _map50(r) is not None else "-",
+            "rank": str(rank) if _map50(r, protocol) is not None else "-",
             "candidate": r["name"],
-            "mAP@50": _fmt(det.get("map50"), pm=pm),
-            "gain vs best single": "-" if gain is None else f"{_shown_gain(gain):+.3f}".replace("+0.000", "0.000"),
-            "mAP@50:95": _fmt(det.get("map50_95"), pm=pm),
+            "mAP@50": _fmt(_stat(r, "map50", protocol), pm=pm),
+            f"mAP@50 {other}": _fmt(_stat(r, "map50", other), pm=pm),
+            "gain vs best single": gain_text,
+            "mAP@50:95": _fmt(_stat(r, "map50_95", protocol), pm=pm),
             "P": _fmt(det.get("precision"), pm=False),
             "R": _fmt(det.get("recall"), pm=False),
-            **{f"AP50 {c}": _fmt((det.get("ap50") or {}).get(c), pm=pm) for c in class_names_of(records)},
-            **{f"mAP@50 {s}": _fmt(((det.get("scenarios") or {}).get(s) or {}).get("map50"), pm=pm)
-               for s in scenarios},
+            **{f"AP50 {c}": _fmt((det.get("ap50" + suffix) or {}).get(c), pm=pm) for c in class_names_of(records)},
+            **{f"mAP@50 {s}": _fmt(((det.get("scenarios") or {}).get(s) or {}).get("map50" + suffix), pm=pm)
+               for s in _scenarios(records)},
             **{m: _fmt(fusion.get(m), digits=3) for m in FUSION_METRICS},
             "fuse ms/img": "-" if r.get("fuse_seconds_per_image") is None
             else f"{1000 * r['fuse_seconds_per_image']:.1f}",
@@ -218,9 +290,22 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "from an uninterrupted run's\n")
     out.write(f"- fusion metrics: mean over the `{cfg['eval_split']}` images, reference-evaluator conventions "
               "(MI, SCD, VIF, SSIM summed over both sources; MI in nats)\n\n")
-    rows = table_rows(records)
-    out.write(markdown_table(table_columns(records), rows) + "\n\n")
-    out.write(verdict(records, results.get("best_single_map50")) + "\n\n")
+    protocol = cfg.get("protocol", "field")
+    boot = results.get("bootstrap") or {}
+    intervals = (boot.get("protocols") or {}).get(protocol)
+    out.write(f"- ranked by mAP@50 under the {PROTOCOL_WORDS[protocol]}; the other protocol's mAP@50 is beside it "
+              "(`--protocol` switches)")
+    if intervals:
+        method = boot.get("method") or {}
+        out.write(f"; gains with 95% intervals from a paired bootstrap over the {method.get('n_images')} scored "
+                  f"images ({method.get('n_resamples')} resamples, seed {method.get('seed')}, per detector seed)")
+    out.write("\n\n")
+    rows = table_rows(records, protocol=protocol, intervals=intervals)
+    out.write(markdown_table(table_columns(records, protocol), rows) + "\n\n")
+    out.write(verdict(records, results.get("best_single_map50"), protocol, intervals) + "\n\n")
+    disagreement = ranking_disagreement(records, protocol)
+    if disagreement:
+        out.write(disagreement + "\n\n")
     if results.get("spearman"):
         out.write("## Which fusion metric predicts detector utility (Spearman ρ with mAP@50 across candidates)\n\n")
         srows = [{"metric": s["metric"], "rho": "-" if s["rho"] is None else f"{s['rho']:+.2f}",
@@ -245,31 +330,50 @@ def render_markdown(results: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
-    """Machine-readable table: one row per candidate, plain numbers (means and stds in separate columns)."""
+def write_csv(path: Path, records: list[dict[str, Any]], protocol: str = "field",
+              bootstrap: dict[str, Any] | None = None) -> None:
+    """Machine-readable table: one row per candidate (ranked by ``protocol``), plain numbers (means and stds in
+    separate columns), both protocols, and the bootstrap intervals of mAP@50 and of the gain where computed."""
     columns = ["rank", "candidate", "kind", "status", "error", "map50", "map50_std", "gain_map50", "map50_95",
-               "map50_95_std", "precision", "recall", "coco_map50"]
+               "map50_95_std", "precision", "recall", "coco_map50", "map50_deployed", "map50_deployed_std",
+               "map50_95_deployed"]
+    sections = (bootstrap or {}).get("protocols") or {}
+    for p in ("field", "deployed"):
+        columns += [f"{p}_map50_low", f"{p}_map50_high", f"{p}_gain", f"{p}_gain_low", f"{p}_gain_high"]
     classes = class_names_of(records)
     columns += [f"ap50_{c}" for c in classes]
     scenarios = sorted({s for r in records for s in ((r.get("detection") or {}).get("scenarios") or {})})
-    columns += [f"map50_{s}" for s in scenarios] + list(FUSION_METRICS) + ["fuse_seconds_per_image", "origin"]
+    columns += [f"ap50_deployed_{c}" for c in classes]
+    columns += [f"map50_{s}" for s in scenarios] + [f"map50_deployed_{s}" for s in scenarios]
+    columns += list(FUSION_METRICS) + ["fuse_seconds_per_image", "origin"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
-    for rank, r in enumerate(ranked(records), start=1):
+    for rank, r in enumerate(ranked(records, protocol), start=1):
         det = r.get("detection") or {}
 
         def m(stat, field="mean"):
             return "" if stat is None else stat[field]
 
-        row = {"rank": rank if _map50(r) is not None else "", "candidate": r["name"], "kind": r["kind"],
+        row = {"rank": rank if _map50(r, protocol) is not None else "", "candidate": r["name"], "kind": r["kind"],
                "status": "error" if r.get("error") else "ok", "error": r.get("error") or "",
                "map50": m(det.get("map50")), "map50_std": m(det.get("map50"), "std"),
                "gain_map50": "" if r.get("gain_map50") is None else r["gain_map50"],
                "map50_95": m(det.get("map50_95")), "map50_95_std": m(det.get("map50_95"), "std"),
                "precision": m(det.get("precision")), "recall": m(det.get("recall")),
                "coco_map50": m(det.get("coco_map50")),
-               "fuse_seconds_per_image": r.get("fuse_seconds_per_image") or "", "origin": r.get("origin") or ""}
+               "fuse_seconds_per_image": r.get("fuse_seconds_per_image") or "", "origin": r.get("origin") or "",
+               "map50_deployed": m(det.get("map50_deployed")), "map50_deployed_std": m(det.get("map50_deployed"), "std"),
+               "map50_95_deployed": m(det.get("map50_95_deployed"))}
+        for p, section in sections.items():
+            own = (section.get("map50") or {}).get(r["name"]) or {}
+            gain = (section.get("gains") or {}).get(r["name"]) or {}
+            row.update({f"{p}_map50_low": own.get("low", ""), f"{p}_map50_high": own.get("high", ""),
+                        f"{p}_gain": gain.get("point", ""), f"{p}_gain_low": gain.get("low", ""),
+                        f"{p}_gain_high": gain.get("high", "")})
+        row.update({f"ap50_deployed_{c}": m((det.get("ap50_deployed") or {}).get(c)) for c in classes})
+        row.update({f"map50_deployed_{s}": m(((det.get("scenarios") or {}).get(s) or {}).get("map50_deployed"))
+                    for s in scenarios})
         row.update({f"ap50_{c}": m((det.get("ap50") or {}).get(c)) for c in classes})
         row.update({f"map50_{s}": m(((det.get("scenarios") or {}).get(s) or {}).get("map50")) for s in scenarios})
         row.update({k: "" if (r.get("fusion") or {}).get(k) is None else r["fusion"][k] for k in FUSION_METRICS})
@@ -277,27 +381,55 @@ def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def plot_metric_vs_map(path: Path, records: list[dict[str, Any]]) -> None:
-    """mAP@50 against each fusion metric, one panel per metric, one labelled point per candidate."""
+def plot_metric_vs_map(path: Path, records: list[dict[str, Any]], protocol: str = "field") -> None:
+    """mAP@50 (under ``protocol``) against each fusion metric, one panel per metric, one point per candidate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    usable = [r for r in records if _map50(r) is not None and r.get("fusion")]
+    usable = [r for r in records if _map50(r, protocol) is not None and r.get("fusion")]
     fig, axes = plt.subplots(3, 3, figsize=(12, 10), constrained_layout=True)
     for ax, metric in zip(axes.flat, FUSION_METRICS):
         for r in usable:
-            x, y = r["fusion"].get(metric), _map50(r)
+            x, y = r["fusion"].get(metric), _map50(r, protocol)
             if x is None:
                 continue
-            std = r["detection"]["map50"]["std"]
+            std = _stat(r, "map50", protocol)["std"]
             ax.errorbar([x], [y], yerr=[std] if std else None, fmt="o")
             ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel(metric)
-        ax.set_ylabel("mAP@50")
+        ax.set_ylabel(f"mAP@50 ({protocol})")
         ax.grid(alpha=0.3)
-    fig.suptitle("Detector mAP@50 against each fusion metric")
+    fig.suptitle(f"Detector mAP@50 ({protocol} protocol) against each fusion metric")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def plot_gains(path: Path, bootstrap: dict[str, Any]) -> None:
+    """Each candidate's gain over the better single modality with its 95% interval, one panel per protocol."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sections = {p: s for p, s in ((bootstrap or {}).get("protocols") or {}).items() if s.get("gains")}
+    if not sections:
+        return
+    fig, axes = plt.subplots(1, len(sections), figsize=(6 * len(sections), 0.5 * max(
+        len(s["gains"]) for s in sections.values()) + 2), squeeze=False, constrained_layout=True)
+    for ax, (protocol, section) in zip(axes[0], sections.items()):
+        items = sorted(section["gains"].items(), key=lambda kv: kv[1]["point"])
+        for y, (name, iv) in enumerate(items):
+            colour = "tab:green" if iv["low"] > 0 else "tab:red" if iv["high"] < 0 else "tab:grey"
+            ax.errorbar([iv["point"]], [y], xerr=[[iv["point"] - iv["low"]], [iv["high"] - iv["point"]]],
+                        fmt="o", color=colour, capsize=3)
+        ax.set_yticks(range(len(items)), [name for name, _ in items])
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_xlabel(f"mAP@50 gain over `{section.get('reference')}` (95% interval)")
+        ax.set_title(f"{protocol} protocol")
+        ax.grid(alpha=0.3, axis="x")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)

@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.errors import DatasetError  # noqa: E402
+from detection.protocols import DEFAULT_PROTOCOL, PROTOCOLS  # noqa: E402
 from fusion.baselines import BASELINE_NAMES  # noqa: E402
 from pipelines.m3fd import OptionsError, PipelineConfig, run_pipeline  # noqa: E402
 
@@ -60,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
                    help="split the kept detector and the fusion metrics are scored on (default test; naming the "
                         "--select-split here scores on the selection images, which the report flags as optimistic)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the scene-aware split when there are no lists")
+    p.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS.names(),
+                   help="how the ranking and the verdict score detectors: 'deployed' (default; one class per box, as "
+                        "a deployed detector outputs) or 'field' (Ultralytics' multi-label validator, as papers "
+                        "report); both are always in the tables")
+    p.add_argument("--bootstrap", type=int, default=1000, dest="bootstrap_resamples",
+                   help="paired bootstrap resamples of the evaluation images for the 95%% intervals (>= 1000; 0: none)")
+    p.add_argument("--bootstrap-seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/m3fd"))
     p.add_argument("--force", action="store_true", help="redo cached fusing and detector runs")
     p.add_argument("--no-progress", action="store_true")
@@ -69,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
                           seeds=a.seeds, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, model=a.model,
                           weights=a.weights, device=a.device, jobs=a.jobs, force=a.force,
                           train_split=a.train_split, select_split=a.select_split, eval_split=a.eval_split,
-                          split_seed=a.split_seed, progress=not a.no_progress)
+                          split_seed=a.split_seed, protocol=a.protocol, bootstrap_resamples=a.bootstrap_resamples,
+                          bootstrap_seed=a.bootstrap_seed, progress=not a.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import pipelines.m3fd as m3fd
+from pipelines import report
 from data.types import CLASS_NAMES
 from fusion.train import train
 from pipelines.m3fd import PipelineConfig, run_pipeline, torch_device
@@ -280,3 +281,32 @@ def test_a_fused_folder_renamed_into_place_is_reused_without_its_stage_record(tm
     again = m3fd.stage_fuse(cfg, candidate, dataset, store)
     assert again.cached and again.key == first.key
     assert again.seconds_per_image == first.seconds_per_image
+
+
+def test_both_protocols_and_bootstrap_intervals_are_reported(first_run):
+    cfg, results = first_run
+    assert results["config"]["protocol"] == "deployed"
+    boot = results["bootstrap"]
+    assert boot["method"]["n_resamples"] == 1000 and boot["method"]["seed"] == 0
+    for protocol in ("field", "deployed"):
+        section = boot["protocols"][protocol]
+        assert set(section["map50"]) == {"ir", "vis", "last"} and section["reference"] in {"ir", "vis"}
+        for iv in section["map50"].values():
+            assert iv["low"] <= iv["point"] <= iv["high"]
+    rows = {r["name"]: r for r in results["candidates"]}
+    for name in ("ir", "vis", "last"):
+        det = rows[name]["detection"]
+        run = rows[name]["detection_runs"][0]
+        assert det["map50_deployed"]["mean"] == pytest.approx(run["map50_deployed"])
+        assert Path(run["deployed_predictions_path"]).parent.name.endswith("_deployed")
+        # the bootstrap's point estimate is the pycocotools mAP@50 of the same predictions
+        assert boot["protocols"]["deployed"]["map50"][name]["point"] == pytest.approx(run["map50_deployed"], abs=1e-6)
+        assert boot["protocols"]["field"]["map50"][name]["point"] == pytest.approx(run["coco_map50"], abs=1e-6)
+        assert set(det["scenarios"]) and all("map50_deployed" in s for s in det["scenarios"].values())
+    md = (cfg.out / "results.md").read_text()
+    assert "ranked by mAP@50 under the deployed protocol" in md and "| mAP@50 field |" in md
+    assert (cfg.out / "plots" / "gains.png").is_file() or not any(
+        s.get("gains") for s in boot["protocols"].values())
+    with (cfg.out / "results.csv").open() as f:
+        header = next(csv.reader(f))
+    assert {"map50_deployed", "deployed_gain_low", "deployed_gain_high", "field_map50_low"} <= set(header)
