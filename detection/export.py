@@ -370,6 +370,8 @@ def export_yolo_dataset(
             (tmp / "annotations" / f"{split}.json").write_text(json.dumps(_coco_json(split, ids, checked, class_names)))
         data_yaml = {"path": str(out_dir), **{split: str(out_dir / "images" / split) for split in splits},
                      "names": dict(enumerate(class_names))}
+        for role in ("train", "val"):  # Ultralytics' dataset check needs both keys; a scoring-only export
+            data_yaml.setdefault(role, str(out_dir / "images" / eval_split))  # (robustness) trains on neither
         (tmp / YAML_NAME).write_text(yaml.safe_dump(data_yaml, sort_keys=False))
         manifest = {"key": key, "format_version": EXPORT_FORMAT_VERSION, "eval_split": eval_split,
                     "class_names": list(class_names), "splits": {k: list(v) for k, v in splits.items()},

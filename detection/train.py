@@ -385,6 +385,29 @@ def _evaluate(weights: Path, dataset: YoloDataset, run_dir: Path, *, eval_split:
     return metrics, coco, predictions
 
 
+def score_detector(weights: str | Path, dataset: YoloDataset, out_dir: str | Path, *, eval_split: str, imgsz: int,
+                   batch: int, device: str = "cpu", workers: int = 0, threads: int | None = None
+                   ) -> dict[str, dict[str, Any]]:
+    """Score a trained detector on ``dataset``'s ``eval_split`` under every protocol, without training.
+
+    Returns ``{protocol: {"map50", "map50_95", "ap50", "predictions_path"}}`` (pycocotools; ``ap50`` by class name).
+    The robustness check scores each candidate's already-trained detector on corrupted inputs this way.
+    """
+    from .protocols import PROTOCOLS
+
+    out_dir = Path(out_dir).resolve()
+    setup_offline(out_dir / CONFIG_DIR_NAME, threads=threads or default_threads())
+    absent = [name for name in dataset.class_names if dataset.box_counts[eval_split].get(name, 0) == 0]
+    scores = {}
+    for protocol in PROTOCOLS.names():
+        _, coco, predictions = _evaluate(Path(weights), dataset, out_dir, eval_split=eval_split, imgsz=imgsz,
+                                         batch=batch, device=device, workers=workers, protocol=protocol)
+        scores[protocol] = {"map50": coco.map50, "map50_95": coco.map50_95,
+                            "ap50": _named_ap50(coco, dataset.class_names, absent),
+                            "predictions_path": str(predictions)}
+    return scores
+
+
 def _resumable(checkpoint: Path) -> bool:
     """Whether ``checkpoint`` holds a training state Ultralytics can resume (epoch and optimizer saved).
 

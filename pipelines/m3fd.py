@@ -78,6 +78,9 @@ class PipelineConfig:
     protocol: str = DEFAULT_PROTOCOL  # ranking and verdict: "deployed" (one class per box) or "field" (multi-label)
     bootstrap_resamples: int = 1000   # paired bootstrap over evaluation images for every interval (0: none)
     bootstrap_seed: int = 0
+    corruptions: list[str] = field(default_factory=list)   # data.corruptions names; empty: no robustness check
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3])
+    corruption_seed: int = 0
     progress: bool = True
 
 
@@ -226,6 +229,9 @@ def check_options(cfg: PipelineConfig, seeds: list[int], jobs: int) -> list[str]
     if cfg.bootstrap_resamples != 0 and cfg.bootstrap_resamples < 1000:
         problems.append(f"--bootstrap {cfg.bootstrap_resamples}: use at least 1000 resamples (or 0 for none); "
                         "fewer make the 95% interval's ends noisy")
+    from data.corruptions import check_corruptions
+
+    problems += check_corruptions(list(cfg.corruptions), list(cfg.severities) if cfg.corruptions else [])
     if cfg.bootstrap_seed < 0:
         problems.append(f"--bootstrap-seed must be non-negative, got {cfg.bootstrap_seed}")
     if cfg.out.exists() and not cfg.out.is_dir():
@@ -372,25 +378,33 @@ FUSE_RECORD = ".fuse_record.json"  # inside a finished fused folder: what its st
 def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageStore) -> FuseOutput:
     """Fuse every pair of the train, selection and evaluation splits into a content-keyed cache folder (a folder
     candidate's images are copied in as PNG: metrics and detectors then read every candidate the same way)."""
-    from fusion.fuse import fuse_folder
-
     fuser = make_fuser(candidate, torch_device(cfg.device))
     ids = sorted(set().union(*(dataset.splits[s] for s in (cfg.train_split, cfg.select_split, cfg.eval_split))))
     key = content_key("fuse", fuser.cache_key(), str(dataset.root), ids, source_fingerprint(dataset, ids))
-    stored = store.get(candidate.name, "fuse", key)
+    wanted = set(ids)
+    return fuse_into_cache(cfg, candidate, [p for p in dataset.pairs() if p.stem in wanted], key, store, "fuse")
+
+
+def fuse_into_cache(cfg: PipelineConfig, candidate: Candidate, pairs, key: str, store: StageStore,
+                    stage: str) -> FuseOutput:
+    """Fuse ``pairs`` with the candidate's fuser into ``cache/fused/<key>``, or reuse that folder when finished.
+
+    The key-named folder only ever appears by the rename of a finished one, with its record inside, so a run
+    killed between that rename and the stage record loses nothing; a killed fusing resumes image by image.
+    """
+    from fusion.fuse import fuse_folder
+
+    fuser = make_fuser(candidate, torch_device(cfg.device))
+    stored = store.get(candidate.name, stage, key)
     fused_dir = cfg.out / "cache" / "fused" / key[:16]
     record = fused_dir / FUSE_RECORD
     if fused_dir.is_dir() and (stored or read_record(record, key)):
-        # The key-named folder only ever appears by the rename of a finished one, with its record inside: a run
-        # killed between that rename and the stage record loses nothing.
         if not stored:
             stored = read_record(record, key)
-            store.put(candidate.name, "fuse", key, stored)
+            store.put(candidate.name, stage, key, stored)
         LOGGER.info("%s: fused images reused from %s", candidate.name, fused_dir)
         return FuseOutput(**stored, key=key, cached=True)
     partial = fused_dir.with_name(fused_dir.name + ".partial")  # each image is written atomically: safe to resume
-    wanted = set(ids)
-    pairs = [p for p in dataset.pairs() if p.stem in wanted]
     timing = fuse_folder(fuser, pairs, partial, progress=cfg.progress, skip_existing=True)
     seconds = list(timing["per_image"].values())  # images fused now (a resumed folder kept the others)
     # Reading another method's images is no measure of its fusing time.
@@ -399,7 +413,7 @@ def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: StageS
                         seconds_per_image=float(np.mean(seconds)) if measured else None, key=key)
     write_record(partial / FUSE_RECORD, key, output.stored())
     replace_dir(partial, fused_dir)
-    store.put(candidate.name, "fuse", key, output.stored())
+    store.put(candidate.name, stage, key, output.stored())
     return output
 
 
@@ -551,11 +565,100 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     # 3. Detector trainings: sequential on CPU, --jobs N at once where the hardware allows.
     run_detector_jobs(pending_jobs, jobs, store)
 
+    # 3b. Robustness: the trained detectors scored again on corrupted evaluation inputs (no retraining).
+    robustness = stage_robustness(cfg, candidates, dataset, settings, seeds, store)
+
     # 4. Assemble, rank, write.
     scenarios = {s: {"n_images": len(ids), "n_boxes": scenario_boxes[s]} for s, ids in scenario_ids.items()}
     results = assemble_results(cfg, preset, seeds, settings, data_info, candidates, scenarios, time.time() - started)
+    results["robustness"] = robustness
     write_outputs(cfg, results, candidates, dataset, sorted(dataset.splits[cfg.eval_split]))
     return results
+
+
+def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, settings: dict, seeds: list[int],
+                     store: StageStore) -> dict[str, Any]:
+    """Every candidate's kept detectors scored on corrupted evaluation inputs (``pipelines.robustness``)."""
+    if not cfg.corruptions:
+        return {}
+    from detection.bootstrap import image_matches
+    from detection.export import export_yolo_dataset
+    from detection.train import score_detector
+
+    from .robustness import corrupted_pairs, robustness_intervals
+
+    ids = sorted(dataset.splits[cfg.eval_split])
+    sources_key = source_fingerprint(dataset, ids)
+    usable = [c for c in candidates if not c.error and c.kind != "folder"
+              and all(s in c.record.detection_runs for s in seeds)]
+    out: dict[str, Any] = {"corruptions": list(cfg.corruptions), "severities": list(cfg.severities),
+                           "seed": cfg.corruption_seed, "cells": {},
+                           "skipped": {c.name: "a pre-fused folder cannot fuse corrupted inputs"
+                                       for c in candidates if c.kind == "folder"}}
+    clean = {}
+    for cand in usable:
+        runs = [cand.record.detection_runs[s] for s in seeds]
+        if all(r.get("coco_gt") and r.get("deployed_predictions_path") for r in runs):
+            clean[cand.name] = [image_matches(Path(r["coco_gt"]), _predictions(r["deployed_predictions_path"]))
+                                for r in runs]
+    progress = Progress("robustness", len(cfg.corruptions) * len(cfg.severities))
+    for corruption in cfg.corruptions:
+        for severity in cfg.severities:
+            cell_name = f"{corruption}/{severity}"
+            progress.stage(progress.done + 1, cell_name, f"corrupting, fusing and scoring {len(usable)} candidates")
+            pairs, corrupt_key = corrupted_pairs(cfg.out / "cache", dataset, ids, corruption, severity,
+                                                 cfg.corruption_seed, sources_key)
+            scored: dict[str, list[dict[str, Any]]] = {}
+            for cand in usable:
+                try:
+                    fuser = make_fuser(cand, torch_device(cfg.device))
+                    fused = fuse_into_cache(cfg, cand, pairs, content_key("fuse", fuser.cache_key(), corrupt_key),
+                                            store, f"fuse_{corruption}_{severity}")
+                    yolo = export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in ids},
+                                               {i: dataset.annotation(i) for i in ids}, {"test": ids},
+                                               cfg.out / "cache" / "yolo" / fused.key[:16], eval_split="test",
+                                               class_names=dataset.class_names)
+                    scored[cand.name] = [_score_seed(cfg, cand, yolo, fused, settings, seed, corruption, severity,
+                                                     store, score_detector) for seed in seeds]
+                except Exception as err:  # noqa: BLE001 - one candidate's failure leaves the others' cells
+                    LOGGER.exception("robustness %s %s failed", cell_name, cand.name)
+                    out.setdefault("errors", {})[f"{cell_name}/{cand.name}"] = f"{type(err).__name__}: {err}"
+            cell: dict[str, Any] = {"candidates": {
+                name: {"map50_deployed": report.mean_std([r["deployed"]["map50"] for r in runs]),
+                       "map50": report.mean_std([r["field"]["map50"] for r in runs])} for name, runs in scored.items()}}
+            if cfg.bootstrap_resamples and scored:
+                corrupted = {name: [image_matches(Path(r["coco_gt"]), _predictions(r["deployed"]["predictions_path"]))
+                                    for r in runs] for name, runs in scored.items()}
+                image_ids = next(iter(corrupted.values()))[0].image_ids
+                cell["intervals"] = robustness_intervals(clean, corrupted, image_ids, cfg.bootstrap_resamples,
+                                                         cfg.bootstrap_seed)
+            out["cells"][cell_name] = cell
+            progress.finished()
+    return out
+
+
+def _predictions(path: str | None):
+    """A saved predictions file, or no detections when Ultralytics wrote none (it does not for zero boxes)."""
+    return Path(path) if path and Path(path).is_file() else []
+
+
+def _score_seed(cfg: PipelineConfig, cand: Candidate, yolo, fused: FuseOutput, settings: dict, seed: int,
+                corruption: str, severity: int, store: StageStore, score_detector) -> dict[str, Any]:
+    run = cand.record.detection_runs[seed]
+    stage = f"robust_{corruption}_{severity}_seed{seed}"
+    key = content_key("robust", fused.key, yolo.key, run.get("key"), DETECT_SCORING)
+    stored = store.get(cand.name, stage, key)
+    if stored:
+        return stored
+    weights = Path(run["run_dir"]) / "weights" / "best.pt"
+    if not weights.is_file():
+        weights = weights.with_name("last.pt")
+    scores = score_detector(weights, yolo, cfg.out / "robustness" / cand.name / f"{corruption}_s{severity}" /
+                            f"seed{seed}", eval_split="test", imgsz=settings["imgsz"], batch=settings["batch"],
+                            device=cfg.device)
+    scores["coco_gt"] = str(yolo.coco_gt_path)
+    store.put(cand.name, stage, key, scores)
+    return scores
 
 
 def run_detector_jobs(pending: list[tuple[Candidate, dict[str, Any]]], jobs: int, store: StageStore) -> None:
@@ -633,6 +736,10 @@ def write_outputs(cfg: PipelineConfig, results: dict, candidates: list[Candidate
     atomic_write_text(cfg.out / "results.md", report.render_markdown(results))
     report.plot_metric_vs_map(cfg.out / "plots" / "map50_vs_fusion_metrics.png", records, cfg.protocol)
     report.plot_gains(cfg.out / "plots" / "gains.png", results.get("bootstrap"))
+    if (results.get("robustness") or {}).get("cells"):
+        clean = {r["name"]: (r.get("detection") or {}).get("map50_deployed", {}).get("mean") for r in records
+                 if (r.get("detection") or {}).get("map50_deployed")}
+        report.plot_robustness(cfg.out / "plots" / "robustness.png", results["robustness"], clean)
     scenes = pick_grid_scenes(dataset, eval_ids)
     grid = {}
     for r in records:

@@ -68,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
     p.add_argument("--bootstrap", type=int, default=1000, dest="bootstrap_resamples",
                    help="paired bootstrap resamples of the evaluation images for the 95%% intervals (>= 1000; 0: none)")
     p.add_argument("--bootstrap-seed", type=int, default=0)
+    p.add_argument("--corruptions", type=lambda text: [t for t in text.split(",") if t], default=[],
+                   metavar="NAME[,NAME...]",
+                   help="robustness check: corrupt the evaluation split's sources (fog, low_light, glare, noise, "
+                        "blur), fuse them with every candidate and score its trained detector again (no retraining)")
+    p.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3], help="corruption severities (1-3)")
+    p.add_argument("--corruption-seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/m3fd"))
     p.add_argument("--force", action="store_true", help="redo cached fusing and detector runs")
     p.add_argument("--no-progress", action="store_true")
@@ -78,7 +84,8 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
                           weights=a.weights, device=a.device, jobs=a.jobs, force=a.force,
                           train_split=a.train_split, select_split=a.select_split, eval_split=a.eval_split,
                           split_seed=a.split_seed, protocol=a.protocol, bootstrap_resamples=a.bootstrap_resamples,
-                          bootstrap_seed=a.bootstrap_seed, progress=not a.no_progress)
+                          bootstrap_seed=a.bootstrap_seed, corruptions=a.corruptions, severities=a.severities,
+                          corruption_seed=a.corruption_seed, progress=not a.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:

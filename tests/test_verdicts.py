@@ -138,3 +138,54 @@ def test_the_verdict_reads_from_the_intervals_and_the_protocols_are_compared():
     assert "The protocols disagree" in report.ranking_disagreement(records, "deployed")  # field: max first
     no_win = {**intervals, "gains": {**intervals["gains"], "dae": {"point": 0.07, "low": -0.01, "high": 0.11}}}
     assert "none earns its keep" in report.verdict(records, best, "deployed", no_win)
+
+
+def test_corruptions_are_deterministic_per_image_and_seed_and_spare_the_thermal_camera():
+    from data.corruptions import CORRUPTIONS, check_corruptions, corrupt_pair
+
+    rng = np.random.default_rng(0)
+    ir = rng.integers(0, 255, (48, 64), dtype=np.uint8)
+    vis = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    for name in CORRUPTIONS.names():
+        a_ir, a_vis = corrupt_pair(name, 2, ir, vis, "00001", seed=0)
+        b_ir, b_vis = corrupt_pair(name, 2, ir, vis, "00001", seed=0)
+        assert np.array_equal(a_ir, b_ir) and np.array_equal(a_vis, b_vis)
+        assert a_vis.shape == vis.shape and a_vis.dtype == np.uint8 and not np.array_equal(a_vis, vis)
+        assert np.array_equal(a_ir, ir) == (name in ("fog", "low_light", "glare"))  # only noise and blur reach IR
+        grey_ir, grey_vis = corrupt_pair(name, 1, ir, vis[..., 0].copy(), "00001", seed=0)
+        assert grey_vis.shape == (48, 64)
+    _, other_seed = corrupt_pair("noise", 2, ir, vis, "00001", seed=1)
+    _, other_image = corrupt_pair("noise", 2, ir, vis, "00002", seed=0)
+    first = corrupt_pair("noise", 2, ir, vis, "00001", seed=0)[1]
+    assert not np.array_equal(first, other_seed) and not np.array_equal(first, other_image)
+    assert check_corruptions(["fog", "hail"], [1, 4]) == [
+        "unknown corruption(s) hail; known: fog, low_light, glare, noise, blur", "severities must be among [1, 2, 3], got [4]"]
+
+
+def test_a_tiny_robustness_run_scores_the_trained_detectors_on_corrupted_inputs(tmp_path, synthetic_root, monkeypatch):
+    from pipelines.m3fd import OptionsError, PipelineConfig, run_pipeline
+
+    with pytest.raises(OptionsError, match="unknown corruption"):
+        run_pipeline(PipelineConfig(out=tmp_path / "refused", data=synthetic_root, preset="tiny", corruptions=["hail"]))
+    assert not (tmp_path / "refused").exists()
+    cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", progress=False, baselines=["max"],
+                         checkpoints=[tmp_path / "absent.pt"], corruptions=["fog", "noise"], severities=[1, 3])
+    results = run_pipeline(cfg)
+    robust = results["robustness"]
+    assert list(robust["cells"]) == ["fog/1", "fog/3", "noise/1", "noise/3"]
+    for cell in robust["cells"].values():
+        assert set(cell["candidates"]) == {"ir", "vis", "max"}
+        intervals = cell["intervals"]
+        assert set(intervals["drop"]) == {"ir", "vis", "max"} and intervals["reference"] in ("ir", "vis")
+        for name, drop in intervals["drop"].items():
+            value = cell["candidates"][name]["map50_deployed"]["mean"]
+            clean = next(r for r in results["candidates"] if r["name"] == name)["detection"]["map50_deployed"]["mean"]
+            assert drop["point"] == pytest.approx(value - clean, abs=1e-6)
+    # fog never reaches the thermal camera: IR-only is scored on unchanged images
+    assert robust["cells"]["fog/3"]["intervals"]["drop"]["ir"]["point"] == pytest.approx(0.0, abs=1e-9)
+    assert "## Robustness" in (cfg.out / "results.md").read_text()
+    assert (cfg.out / "plots" / "robustness.png").is_file()
+    # cached like everything else: a second run corrupts, fuses and scores nothing again
+    monkeypatch.setattr("detection.train.score_detector", lambda *a, **k: pytest.fail("scored again"))
+    monkeypatch.setattr("fusion.fuse.fuse_folder", lambda *a, **k: pytest.fail("fused again"))
+    assert run_pipeline(cfg)["robustness"]["cells"] == robust["cells"]
