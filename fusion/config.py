@@ -62,11 +62,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss weights (see ``fusion.losses``)."""
+    """Loss weights and forms (see ``fusion.losses``)."""
 
     recon_ssim: float = 5.0
     recon_mse: float = 1.0
     recon_grad: float = 5.0
+    ssim_loss: str = "kornia"
+    recon_grad_targets: tuple[str, ...] = ("vis",)
+    recon_sobel_normalized: bool = True
     fuse_intensity: float = 1.0
     fuse_grad: float = 10.0
     adv_recon: float = 0.1
@@ -89,6 +92,8 @@ class OptimConfig:
     lr_min: float = 1e-6
     grad_clip_g: float | None = 0.01
     grad_clip_d: float | None = None
+    grad_clip_per_module: bool = True
+    fusion_lr_restart: bool = True
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,8 @@ class FusionTrainConfig:
     amp: str = "bf16"
     best_metric: str = "Qabf"
     num_samples: int = 2
+    adversarial: bool = True
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -125,6 +132,10 @@ class FusionTrainConfig:
             problems.append(f"amp must be bf16, fp16 or none, got '{self.amp}'")
         if self.seed < 0:
             problems.append(f"seed must be non-negative, got {self.seed}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            problems.append(f"max_minutes must be positive (or null: no budget), got {self.max_minutes}")
+        if not self.loss.recon_grad_targets or set(self.loss.recon_grad_targets) - {"ir", "vis"}:
+            problems.append(f"loss.recon_grad_targets must name ir and/or vis, got {list(self.loss.recon_grad_targets)}")
         d = self.data
         for name in ("crop_size", "crops_per_image", "batch_size", "val_max_pairs", "val_max_side"):
             if getattr(d, name) < 1:
@@ -141,12 +152,20 @@ class FusionTrainConfig:
 
     def phase_at(self, epoch: int) -> PhaseConfig:
         """The phase that global epoch ``epoch`` (0-based) belongs to."""
+        return self.phases[self.phase_index(epoch)]
+
+    def phase_index(self, epoch: int) -> int:
+        """The index in ``phases`` of the phase that global epoch ``epoch`` (0-based) belongs to."""
         end = 0
-        for phase in self.phases:
+        for i, phase in enumerate(self.phases):
             end += phase.epochs
             if epoch < end:
-                return phase
+                return i
         raise IndexError(f"epoch {epoch} is past the schedule ({self.total_epochs} epochs)")
+
+    def phase_end(self, epoch: int) -> int:
+        """The first epoch after the phase that epoch ``epoch`` belongs to."""
+        return sum(p.epochs for p in self.phases[: self.phase_index(epoch) + 1])
 
 
 class ConfigError(ValueError):
@@ -247,10 +266,14 @@ def parse_override(text: str) -> dict[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override '{text}' is not key=value")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    return _nest(key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    """``('optim.lr_g', 2e-4)`` -> ``{'optim': {'lr_g': 2e-4}}``."""
     nested: dict[str, Any] = {}
     node = nested
-    parts = key.strip().split(".")
+    parts = dotted.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
@@ -295,6 +318,10 @@ def check_references(cfg: FusionTrainConfig) -> None:
         problems.append(f"model.name: {err.args[0]}")
     except (TypeError, ValueError) as err:
         problems.append(f"model.args: {err}")
+    from .losses import SSIM_LOSSES
+
+    if cfg.loss.ssim_loss not in SSIM_LOSSES:
+        problems.append(f"loss.ssim_loss: unknown '{cfg.loss.ssim_loss}'; known: {', '.join(SSIM_LOSSES)}")
     known = best_metric_names()
     if cfg.best_metric not in known:
         problems.append(f"best_metric: unknown metric '{cfg.best_metric}'; known: {', '.join(known)}")
@@ -321,6 +348,27 @@ def load_train_config(
         raise ConfigError(str(err)) from err
     check_references(cfg)
     return cfg
+
+
+# What a configuration saved before a key existed computed with, where that differs from the key's default (the
+# defaults follow CDDFuse's effective terms; the recipe before them differed in these). Any other missing key means
+# its default.
+LEGACY_VALUES: dict[str, Any] = {
+    "loss.ssim_loss": "one_minus",
+    "loss.recon_grad_targets": ["ir", "vis"],
+    "loss.recon_sobel_normalized": False,
+    "optim.grad_clip_per_module": False,
+    "optim.fusion_lr_restart": False,
+}
+
+
+def complete_saved_config(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved configuration (``to_dict`` form, e.g. a checkpoint's ``cfg``) with every key it predates filled in
+    with what it computed with: ``LEGACY_VALUES``, else the default. Keys it has are kept as they are."""
+    base = to_dict(FusionTrainConfig())
+    for key, value in LEGACY_VALUES.items():
+        base = merge(base, _nest(key, value))
+    return merge(base, saved)
 
 
 def dump_config(cfg: FusionTrainConfig) -> str:

@@ -21,7 +21,12 @@ Architecture (luminance in, luminance out; both images (B, 1, H, W) in [0, 1]):
   the skip features are merged by a gated per-pixel, per-channel selection (see ``GatedSkipFusion``); the same
   decoder then produces the fused image.
 * **Discriminators** (``PatchDiscriminator``, one per source modality) exist only for training; the trainer builds
-  them with ``build_discriminators``. Inference never does.
+  them with ``build_discriminators`` (and not at all when adversarial training is off). Inference never does.
+
+The paper's ablations are configuration (``DAEFuseConfig``), each part looked up in its registry and built without
+the weights of the parts it replaces: ``encoder`` (``ENCODERS``: 'dual', 'cnn' or 'transformer' branches),
+``fusion`` (``FUSIONS``: 'cross_attention', 'concat' or 'average' for the embeddings) and ``skip_fusion``
+(``SKIP_FUSIONS``: 'gated', 'average' or 'max' for the skip features). The defaults are the full model.
 
 Speed is a design constraint (issue 3): the transformer works on H/16 tokens, the CNN on its strided pyramid, and
 full resolution is touched by three cheap convolutions only, so a 1024x768 pair fuses in well under 2 s on two CPU
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -50,6 +56,13 @@ from .registry import Registry
 
 # name -> builder(**overrides) -> DAEFuse
 MODELS: Registry = Registry("fusion model")
+# The ablation switches of DAEFuseConfig, filled below where their modules are defined:
+# encoder name -> builder(cfg) -> encoder (``forward_features``, ``skip_chans``, ``skip_levels``)
+ENCODERS: Registry = Registry("encoder")
+# fusion name -> builder(cfg) -> module(ir_embed, vis_embed) -> fused embedding, with ``init_average()``
+FUSIONS: Registry = Registry("embedding fusion")
+# skip_fusion name -> builder(channels) -> module(ir_skip, vis_skip) -> fused skip, with ``init_average()``
+SKIP_FUSIONS: Registry = Registry("skip fusion")
 
 ARCHITECTURE = "dae_fuse"  # stored in checkpoints; a checkpoint of another architecture is refused on loading
 
@@ -92,6 +105,12 @@ class DAEFuseConfig:
         decoder_channels: widths of the decoder stages from token_stride/2 down to H/2 (log2(token_stride) - 1
             entries); the full-resolution stage has ``shallow_chans`` channels.
         drop_path_rate: stochastic depth of the transformer and CNN blocks (0 = off).
+        encoder: deep branches (``ENCODERS``): 'dual' (transformer + CNN, the paper's), 'cnn' or 'transformer'
+            only (ablations; without the CNN the decoder gets no skips between H/2 and the token grid).
+        fusion: phase-2 fusion of the embeddings (``FUSIONS``): 'cross_attention' (both directions, the paper's),
+            'concat' (concatenate and project, no attention) or 'average' (no weights).
+        skip_fusion: fusion of the skip features (``SKIP_FUSIONS``): 'gated' (a learned per-pixel selection, ours:
+            the paper describes none), 'average' or 'max' (no weights).
     """
 
     in_chans: int = 1
@@ -109,9 +128,15 @@ class DAEFuseConfig:
     fusion_heads: int = 2
     decoder_channels: tuple[int, ...] = (64, 32, 16)
     drop_path_rate: float = 0.0
+    encoder: str = "dual"
+    fusion: str = "cross_attention"
+    skip_fusion: str = "gated"
 
     def __post_init__(self) -> None:
         problems = []
+        for name, registry in (("encoder", ENCODERS), ("fusion", FUSIONS), ("skip_fusion", SKIP_FUSIONS)):
+            if getattr(self, name) not in registry:
+                problems.append(f"{name} must be one of {', '.join(registry)}, got {getattr(self, name)!r}")
         if self.token_stride not in (8, 16, 32):
             problems.append(f"token_stride must be 8, 16 or 32, got {self.token_stride}")
         elif len(self.decoder_channels) != int(math.log2(self.token_stride)) - 1:
@@ -140,7 +165,10 @@ class DAEFuseConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DAEFuseConfig:
-        """Build from a plain dict (as stored in a checkpoint); lists become tuples, unknown keys are an error."""
+        """Build from a plain dict (as stored in a checkpoint); lists become tuples, unknown keys are an error.
+
+        Fields a dict lacks keep their defaults, which are what a checkpoint saved before the field existed built.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -278,44 +306,58 @@ class TransformerBranch(nn.Module):
 class EncoderFeatures(NamedTuple):
     """What the encoder gives the decoder for one batch of images.
 
-    ``embed``: (B, embed_dim, H/s, W/s) with s = token_stride. ``skips``: features from fine to coarse at
-    H, H/2, H/4, ... H/(s/2) (one per decoder stage).
+    ``embed``: (B, embed_dim, H/s, W/s) with s = token_stride. ``skips``: features from fine to coarse at the
+    encoder's ``skip_levels``: H, H/2 and, with a CNN branch, H/4 .. H/(s/2) (one per decoder stage).
     """
 
     embed: Tensor
     skips: tuple[Tensor, ...]
 
 
-class DualBranchEncoder(nn.Module):
-    """Shallow encoder -> (transformer branch || CNN branch) -> concatenated embedding, plus the skip pyramid."""
+class BranchEncoder(nn.Module):
+    """Shallow encoder -> (transformer branch || CNN branch) -> concatenated embedding, plus the skip pyramid.
 
-    def __init__(self, cfg: DAEFuseConfig):
+    ``ENCODERS`` builds it with both branches ('dual', the paper's) or one ('cnn', 'transformer': the ablations);
+    a branch left out is not built. ``skip_chans`` / ``skip_levels``: channels and reductions (of H) of the skips
+    ``forward_features`` returns, fine to coarse: H and H/2 from the shallow encoder, then H/4 .. H/(s/2) from the
+    CNN pyramid when there is one.
+    """
+
+    def __init__(self, cfg: DAEFuseConfig, *, cnn: bool = True, vit: bool = True):
         super().__init__()
+        assert cnn or vit, "an encoder needs at least one deep branch"
         norm_layer = CNN_NORMS[cfg.cnn_norm]
         self.shallow = ShallowEncoder(cfg.in_chans, cfg.shallow_chans, cfg.stem_chans)
         self.cnn = CNNBranch(
             cfg.stem_chans, cfg.cnn_channels, cfg.cnn_layers, cfg.token_stride, norm_layer, cfg.drop_path_rate
-        )
+        ) if cnn else None
         self.vit = TransformerBranch(
             cfg.stem_chans, cfg.token_stride // 2, cfg.vit_dim, cfg.vit_depth, cfg.vit_heads, cfg.mlp_ratio,
             cfg.drop_path_rate,
-        )
-        self.embed = nn.Sequential(nn.Conv2d(cfg.vit_dim + cfg.cnn_channels[-1], cfg.embed_dim, 1), LeakyReLU())
+        ) if vit else None
+        width = (cfg.vit_dim if vit else 0) + (cfg.cnn_channels[-1] if cnn else 0)
+        self.embed = nn.Sequential(nn.Conv2d(width, cfg.embed_dim, 1), LeakyReLU())
         # For each stride below the token stride, the CNN stage that produced it last. make_blocks counts strides
         # from a /4 stem, which is where our stem leaves the image, so its reductions are relative to the input.
-        cnn_strides = [info["reduction"] for info in self.cnn.feature_info]
-        self.skip_stages = tuple(
-            max(i for i, s in enumerate(cnn_strides) if s == stride)
-            for stride in (2 ** k for k in range(2, int(math.log2(cfg.token_stride))))
-        )
+        strides = tuple(2 ** k for k in range(2, int(math.log2(cfg.token_stride)))) if cnn else ()
+        cnn_strides = [info["reduction"] for info in self.cnn.feature_info] if cnn else []
+        self.skip_stages = tuple(max(i for i, s in enumerate(cnn_strides) if s == stride) for stride in strides)
         self.skip_chans = (cfg.shallow_chans, cfg.stem_chans) + tuple(cfg.cnn_channels[i] for i in self.skip_stages)
+        self.skip_levels = (1, 2) + strides
 
     def forward_features(self, x: Tensor) -> EncoderFeatures:
         """(B, in_chans, H, W) with H, W multiples of token_stride -> EncoderFeatures."""
         full, half = self.shallow(x)
-        pyramid = self.cnn.forward_features(half)
-        embed = self.embed(torch.cat([self.vit.forward_features(half), pyramid[-1]], dim=1))
+        pyramid = self.cnn.forward_features(half) if self.cnn is not None else []
+        tokens = ([self.vit.forward_features(half)] if self.vit is not None else []) + pyramid[-1:]
+        embed = self.embed(torch.cat(tokens, dim=1))
         return EncoderFeatures(embed, (full, half) + tuple(pyramid[i] for i in self.skip_stages))
+
+
+DualBranchEncoder = partial(BranchEncoder, cnn=True, vit=True)  # the paper's encoder
+ENCODERS.register("dual")(DualBranchEncoder)
+ENCODERS.register("cnn")(partial(BranchEncoder, cnn=True, vit=False))
+ENCODERS.register("transformer")(partial(BranchEncoder, cnn=False, vit=True))
 
 
 class CrossAttention(nn.Module):
@@ -408,6 +450,53 @@ class CrossModalityFusion(nn.Module):
         return fused.transpose(1, 2).reshape(b, c, h, w)
 
 
+class ConcatFusion(nn.Module):
+    """Ablation of the cross-attention: the two embeddings concatenated and projected (a 1x1 conv), no attention.
+
+    The projection starts as the average, as the cross-attention's merge does, so the two differ only by the
+    attention blocks.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.merge = nn.Conv2d(2 * dim, dim, 1)
+
+    def init_average(self) -> None:
+        dim = self.merge.out_channels
+        with torch.no_grad():
+            eye = torch.eye(dim) * 0.5
+            self.merge.weight.copy_(torch.cat([eye, eye], dim=1)[..., None, None])
+            self.merge.bias.zero_()
+
+    def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
+        return self.merge(torch.cat([ir, vis], dim=1))
+
+
+class AverageFusion(nn.Module):
+    """The mean of the two inputs, no weights: the ablation floor of either fusion route."""
+
+    def init_average(self) -> None:
+        pass
+
+    def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
+        return (ir + vis) / 2
+
+
+class MaxFusion(nn.Module):
+    """The element-wise maximum of the two inputs, no weights (the max-fusion rule, on features)."""
+
+    def init_average(self) -> None:
+        pass
+
+    def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
+        return torch.maximum(ir, vis)
+
+
+FUSIONS.register("cross_attention")(lambda cfg: CrossModalityFusion(cfg.embed_dim, cfg.fusion_heads, cfg.mlp_ratio))
+FUSIONS.register("concat")(lambda cfg: ConcatFusion(cfg.embed_dim))
+FUSIONS.register("average")(lambda cfg: AverageFusion())
+
+
 class GatedSkipFusion(nn.Module):
     """Fusion rule for the skip features: ``vis + g * (ir - vis)`` with ``g = sigmoid(1x1 conv([ir, vis]))``.
 
@@ -431,8 +520,14 @@ class GatedSkipFusion(nn.Module):
         return vis + gate * (ir - vis)
 
 
+SKIP_FUSIONS.register("gated")(GatedSkipFusion)
+SKIP_FUSIONS.register("average")(lambda chans: AverageFusion())
+SKIP_FUSIONS.register("max")(lambda chans: MaxFusion())
+
+
 class UpStage(nn.Module):
-    """x2 bilinear upsampling, concatenation with the skip, two 3x3 conv + activation."""
+    """x2 bilinear upsampling, concatenation with the skip (if the encoder gives one at this level), two 3x3 conv
+    + activation."""
 
     def __init__(self, in_chans: int, skip_chans: int, out_chans: int, act_layer: type[nn.Module] = LeakyReLU):
         super().__init__()
@@ -440,9 +535,12 @@ class UpStage(nn.Module):
         self.conv2 = _conv3x3(out_chans, out_chans)
         self.act = act_layer()
 
-    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.act(self.conv2(self.act(self.conv1(torch.cat([x, skip], dim=1)))))
+    def forward(self, x: Tensor, skip: Tensor | None) -> Tensor:
+        if skip is None:  # sizes are multiples of the token stride, so x2 lands exactly on the next level
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        else:
+            x = torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], dim=1)
+        return self.act(self.conv2(self.act(self.conv1(x))))
 
 
 class Decoder(nn.Module):
@@ -460,12 +558,21 @@ class Decoder(nn.Module):
         channels: tuple[int, ...],
         out_chans: int = 1,
         act_layer: type[nn.Module] = LeakyReLU,
+        skip_levels: tuple[int, ...] | None = None,
     ):
         super().__init__()
-        # skip_chans runs fine -> coarse (H, H/2, ... H/(s/2)); the stages run coarse -> fine down to H/2.
-        coarse_skips = skip_chans[:0:-1]
+        # skip_chans runs fine -> coarse at skip_levels (by default every level H, H/2, ... H/(s/2)); the stages run
+        # coarse -> fine down to H/2, stage i ending at H/2**(len(channels) - i). A level without a skip (the
+        # transformer-only encoder has none below H/2) gets a stage without one.
+        skip_levels = skip_levels or tuple(2**i for i in range(len(skip_chans)))
+        assert skip_levels[:2] == (1, 2) and len(skip_levels) == len(skip_chans), "need the H and H/2 skips"
+        by_level = dict(zip(skip_levels, skip_chans))
+        stage_levels = tuple(2 ** (len(channels) - i) for i in range(len(channels)))
+        self.stage_has_skip = tuple(level in by_level for level in stage_levels)
         ins = (embed_dim,) + tuple(channels[:-1])
-        self.stages = nn.ModuleList(UpStage(i, s, o, act_layer) for i, s, o in zip(ins, coarse_skips, channels))
+        self.stages = nn.ModuleList(
+            UpStage(i, by_level.get(level, 0), o, act_layer) for i, level, o in zip(ins, stage_levels, channels)
+        )
         full_chans = skip_chans[0]
         self.to_full = nn.Sequential(_conv3x3(channels[-1], 4 * full_chans), nn.PixelShuffle(2))
         self.act = act_layer()
@@ -474,8 +581,9 @@ class Decoder(nn.Module):
     def forward(self, embed: Tensor, skips: tuple[Tensor, ...]) -> Tensor:
         """embed (B, embed_dim, H/s, W/s), skips fine -> coarse -> image (B, out_chans, H, W) in [0, 1]."""
         x = embed
-        for stage, skip in zip(self.stages, skips[:0:-1]):
-            x = stage(x, skip)
+        coarse_first = iter(skips[:0:-1])
+        for stage, has_skip in zip(self.stages, self.stage_has_skip):
+            x = stage(x, next(coarse_first) if has_skip else None)
         x = self.act(self.to_full(x) + skips[0])
         return torch.sigmoid(self.head(x))
 
@@ -495,7 +603,8 @@ def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
 
 
 class DAEFuse(nn.Module):
-    """The DAE-Fuse generator: shared dual-branch encoder, cross-modality fusion and decoder.
+    """The DAE-Fuse generator: shared encoder (``cfg.encoder``), phase-2 fusion rules (``cfg.fusion`` for the
+    embeddings, ``cfg.skip_fusion`` for the skips) and decoder.
 
     ``forward(ir, vis)`` fuses (phase 2 and inference); ``reconstruct(ir, vis)`` returns both reconstructions
     (phase 1). Inputs of any size (B, 1, H, W) in [0, 1]; they are padded to ``cfg.size_multiple`` and the output is
@@ -505,10 +614,13 @@ class DAEFuse(nn.Module):
     def __init__(self, cfg: DAEFuseConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = DualBranchEncoder(cfg)
-        self.fusion = CrossModalityFusion(cfg.embed_dim, cfg.fusion_heads, cfg.mlp_ratio)
-        self.skip_fusion = nn.ModuleList(GatedSkipFusion(c) for c in self.encoder.skip_chans)
-        self.decoder = Decoder(cfg.embed_dim, self.encoder.skip_chans, cfg.decoder_channels, cfg.in_chans)
+        self.encoder = ENCODERS.get(cfg.encoder)(cfg)
+        self.fusion = FUSIONS.get(cfg.fusion)(cfg)
+        self.skip_fusion = nn.ModuleList(SKIP_FUSIONS.get(cfg.skip_fusion)(c) for c in self.encoder.skip_chans)
+        self.decoder = Decoder(
+            cfg.embed_dim, self.encoder.skip_chans, cfg.decoder_channels, cfg.in_chans,
+            skip_levels=self.encoder.skip_levels,
+        )
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -520,7 +632,7 @@ class DAEFuse(nn.Module):
         * the last norm of each residual block zeroed (timm ResNet ``zero_init_last``);
         * the output conv at 1/10 scale and zero bias, so the first images are mid-grey with small variations
           instead of a saturated sigmoid (whose vanishing gradient stalls the first epochs);
-        * both fusion rules start as the average of the two modalities.
+        * both learned fusion rules start as the average of the two modalities.
         """
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -541,7 +653,8 @@ class DAEFuse(nn.Module):
             gate.init_average()
 
     def phase_parameters(self, phase: str) -> list[nn.Parameter]:
-        """Parameters a phase trains: 'recon' the encoder and decoder, 'fuse' everything."""
+        """Parameters a phase trains: 'recon' the encoder and decoder, 'fuse' everything (with the weight-free
+        fusion ablations, that is the encoder and decoder too)."""
         if phase == "recon":
             return [*self.encoder.parameters(), *self.decoder.parameters()]
         return list(self.parameters())
@@ -558,7 +671,7 @@ class DAEFuse(nn.Module):
         )
 
     def fuse_features(self, ir: EncoderFeatures, vis: EncoderFeatures) -> EncoderFeatures:
-        """Phase-2 fusion rules: cross-modality attention for the embedding, gated selection for the skips."""
+        """Phase-2 fusion rules: ``cfg.fusion`` for the embedding, ``cfg.skip_fusion`` for the skips."""
         skips = tuple(rule(a, b) for rule, a, b in zip(self.skip_fusion, ir.skips, vis.skips))
         return EncoderFeatures(self.fusion(ir.embed, vis.embed), skips)
 

@@ -4,7 +4,11 @@ Images are (B, 1, H, W) in [0, 1]. Numbers (weights, window) come from the train
 documented there (``fusion/configs/paper.yaml``). The recipes follow CDDFuse (Zhao et al., CVPR 2023,
 ``train.py`` and ``utils/loss.py`` at commit fd8da1f), where the DAE-Fuse paper is silent:
 
-* reconstruction (phase 1), per modality: ``w_ssim * (1 - SSIM) + w_mse * MSE + w_grad * L1(grad, grad_hat)``;
+* reconstruction (phase 1), per modality: ``w_ssim * L_ssim + w_mse * MSE``, plus ``w_grad * L1(grad, grad_hat)``
+  for the modalities in ``grad_targets``. CDDFuse's own terms are the defaults: ``L_ssim`` is kornia 0.2.0's SSIM
+  loss, ``mean(clamp(1 - SSIM map, 0, 1) / 2)`` (``SSIM_LOSSES['kornia']``, so CDDFuse's ``5 * Loss_ssim`` is about
+  ``2.5 * (1 - SSIM)``), and the gradient term is ``kornia.filters.SpatialGradient()``'s normalised Sobel (kernel
+  / 8) on the visible image only; ``'one_minus'`` (``1 - SSIM``), the raw Sobel and both modalities are options;
 * fusion (phase 2): ``w_int * L1(F, max(ir, vis)) + w_grad * L1(|Sobel F|, max(|Sobel ir|, |Sobel vis|))`` - the
   max-intensity term is what keeps IR's warm targets at full contrast, the max-gradient term adds the texture of
   whichever source is sharper;
@@ -51,21 +55,50 @@ class SSIM(nn.Module):
         x = F.conv2d(x, self.kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
         return F.conv2d(x, self.kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """Two (B, C, H, W) images in [0, 1] -> scalar mean SSIM (1 for identical images)."""
+    def ssim_map(self, x: Tensor, y: Tensor) -> Tensor:
+        """Two (B, C, H, W) images in [0, 1] -> the local SSIM of every pixel, (B, C, H, W)."""
         mu_x, mu_y, xx, yy, xy = self._blur(torch.cat([x, y, x * x, y * y, x * y], dim=1)).chunk(5, dim=1)
         var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
         num = (2 * mu_x * mu_y + self.c1) * (2 * cov + self.c2)
         den = (mu_x**2 + mu_y**2 + self.c1) * (var_x + var_y + self.c2)
-        return (num / den).mean()
+        return num / den
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """Two (B, C, H, W) images in [0, 1] -> scalar mean SSIM (1 for identical images)."""
+        return self.ssim_map(x, y).mean()
+
+
+# name -> f(SSIM map) -> scalar loss, 0 for identical images
+SSIM_LOSSES: Registry[Callable[[Tensor], Tensor]] = Registry("SSIM loss")
+
+
+@SSIM_LOSSES.register("kornia")
+def kornia_ssim_loss(ssim_map: Tensor) -> Tensor:
+    """kornia 0.2.0's ``losses.SSIM`` (what CDDFuse trains with): ``mean(clamp(1 - map, 0, 1) / 2)``, in [0, 1].
+
+    Half of ``1 - SSIM`` wherever the local SSIM is non-negative, so a weight w on it weighs ``1 - SSIM`` by w / 2.
+    """
+    return ((1 - ssim_map).clamp(0, 1) / 2).mean()
+
+
+@SSIM_LOSSES.register("one_minus")
+def one_minus_ssim_loss(ssim_map: Tensor) -> Tensor:
+    """``1 - mean SSIM``, in [0, 2]: the textbook form, twice kornia's wherever the local SSIM is non-negative."""
+    return 1 - ssim_map.mean()
 
 
 class Sobel(nn.Module):
-    """Sobel derivatives as a device-agnostic buffer: ``forward`` gives (B, 2C, H, W) = (d/dx, d/dy) per channel."""
+    """Sobel derivatives as a device-agnostic buffer: ``forward`` gives (B, 2C, H, W) = (d/dx, d/dy) per channel.
 
-    def __init__(self) -> None:
+    ``normalized``: the kernel divided by the sum of its absolute values (8), as ``kornia.filters.SpatialGradient``
+    does by default; replicate padding is kornia's too.
+    """
+
+    def __init__(self, normalized: bool = False) -> None:
         super().__init__()
         kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+        if normalized:
+            kx = kx / kx.abs().sum()
         self.register_buffer("kernel", torch.stack([kx, kx.t()])[:, None], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -80,24 +113,42 @@ class Sobel(nn.Module):
 
 
 class ReconstructionLoss(nn.Module):
-    """Phase 1: how well each modality is rebuilt from its own embedding."""
+    """Phase 1: how well each modality is rebuilt from its own embedding.
 
-    def __init__(self, ssim_weight: float, mse_weight: float, grad_weight: float, ssim_window: int = 11):
+    Args:
+        ssim_weight, mse_weight, grad_weight: weights of the SSIM, MSE and gradient terms.
+        ssim_window: Gaussian SSIM window.
+        ssim_loss: ``SSIM_LOSSES`` name: 'kornia' (CDDFuse's) or 'one_minus'.
+        grad_targets: the modalities that get a gradient term (CDDFuse: the visible one only).
+        sobel_normalized: Sobel kernel / 8 (kornia's ``SpatialGradient``, CDDFuse's) or the raw kernel.
+    """
+
+    def __init__(
+        self,
+        ssim_weight: float,
+        mse_weight: float,
+        grad_weight: float,
+        ssim_window: int = 11,
+        *,
+        ssim_loss: str = "one_minus",
+        grad_targets: tuple[str, ...] = ("ir", "vis"),
+        sobel_normalized: bool = False,
+    ):
         super().__init__()
         self.weights = {"ssim": ssim_weight, "mse": mse_weight, "grad": grad_weight}
         self.ssim = SSIM(ssim_window)
-        self.sobel = Sobel()
+        self.ssim_loss = SSIM_LOSSES.get(ssim_loss)
+        self.grad_targets = frozenset(grad_targets)
+        self.sobel = Sobel(sobel_normalized)
 
     def forward(self, real: dict[str, Tensor], recon: dict[str, Tensor]) -> LossDict:
         """``real`` and ``recon`` map modality ('ir', 'vis') to images; terms are named '<modality>_<term>'."""
         terms: LossDict = {}
         for m, x in real.items():
             x_hat = recon[m]
-            raw = {
-                "ssim": 1 - self.ssim(x_hat, x),
-                "mse": F.mse_loss(x_hat, x),
-                "grad": F.l1_loss(self.sobel(x_hat), self.sobel(x)),
-            }
+            raw = {"ssim": self.ssim_loss(self.ssim.ssim_map(x_hat, x)), "mse": F.mse_loss(x_hat, x)}
+            if m in self.grad_targets:
+                raw["grad"] = F.l1_loss(self.sobel(x_hat), self.sobel(x))
             terms.update({f"{m}_{k}": self.weights[k] * v for k, v in raw.items()})
         terms["total"] = sum(terms.values())
         return terms

@@ -15,8 +15,15 @@ Each step (``Trainer.train_step``), for the phase the epoch belongs to (``PHASES
    (phase 1: the reconstruction of that modality; phase 2: the fused image, for both, so that the fused image
    leans to neither source).
 
-Every optimiser step is unscale -> clip -> step -> update -> zero_grad. A non-finite loss stops the run with the
-loss dict in the error, before anything is stepped or saved. ``last.pt`` is written (atomically) at the end of
+With ``adversarial: false`` (an ablation) there are no discriminators, no adversarial terms and no step 2.
+
+Every optimiser step is unscale -> clip -> step -> update -> zero_grad; the generator's gradient norm is clipped
+per module (``optim.grad_clip_per_module``, CDDFuse's) or jointly. With ``optim.fusion_lr_restart`` (CDDFuse's)
+the parameters only phase 2 trains have their own optimiser ('g_fusion') whose schedule only advances in fusion
+epochs, so they start phase 2 at the base learning rate. ``max_minutes`` is a wall-clock budget shared among the
+phases in proportion to their epochs: a phase whose share (counted over the epochs recorded, so resuming counts
+the same) is spent after an epoch ends there, and the run ends after the epoch that spends the whole budget.
+A non-finite loss stops the run with the loss dict in the error, before anything is stepped or saved. ``last.pt`` is written (atomically) at the end of
 every epoch and ``best.pt`` when the validation metric improves in a fusion epoch, before ``last.pt``, so that
 ``last.pt`` never records a best epoch whose ``best.pt`` was not written. ``resume=True`` continues from
 ``last.pt`` exactly (model, discriminators, optimisers, schedulers, scaler, RNG states; data order and crops are
@@ -59,6 +66,7 @@ from .config import (
     ConfigError,
     FusionTrainConfig,
     check_references,
+    complete_saved_config,
     dump_config,
     load_train_config,
     to_dict,
@@ -130,7 +138,10 @@ class Losses(nn.Module):
     def __init__(self, cfg: FusionTrainConfig):
         super().__init__()
         c = cfg.loss
-        self.recon = ReconstructionLoss(c.recon_ssim, c.recon_mse, c.recon_grad, c.ssim_window)
+        self.recon = ReconstructionLoss(
+            c.recon_ssim, c.recon_mse, c.recon_grad, c.ssim_window, ssim_loss=c.ssim_loss,
+            grad_targets=c.recon_grad_targets, sobel_normalized=c.recon_sobel_normalized,
+        )
         self.fusion = FusionLoss(c.fuse_intensity, c.fuse_grad)
 
 
@@ -194,7 +205,7 @@ class TrainResult:
     epochs: int
     final_losses: dict[str, float]
     val_metrics: dict[str, float]
-    wall_time_s: float
+    wall_time_s: float  # of this call (a resumed run counts its last part)
 
 
 Callback = Callable[["Trainer"], None]
@@ -243,7 +254,8 @@ class ProgressBar:
 
     def on_step_end(self, trainer: Trainer) -> None:
         self.bar.update(1)
-        self.bar.set_postfix(g=f"{trainer.step_losses['g_total']:.4f}", d=f"{trainer.step_losses['d_total']:.4f}")
+        totals = {k[0]: f"{trainer.step_losses[k]:.4f}" for k in ("g_total", "d_total") if k in trainer.step_losses}
+        self.bar.set_postfix(**totals)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         self.bar.close()
@@ -363,28 +375,23 @@ class Trainer:
 
         seed_everything(cfg.seed)
         self.model = create_model(cfg.model.name, **cfg.model.args).to(self.device)
-        d = cfg.discriminator
-        self.discriminators = build_discriminators(self.model.cfg.in_chans, d.channels, d.num_layers, d.spectral_norm)
-        self.discriminators.to(self.device)
+        # None when adversarial training is off: nothing of the discriminators is built, stepped or saved.
+        self.discriminators: nn.ModuleDict | None = None
+        if cfg.adversarial:
+            d = cfg.discriminator
+            self.discriminators = build_discriminators(
+                self.model.cfg.in_chans, d.channels, d.num_layers, d.spectral_norm
+            ).to(self.device)
         self.losses = Losses(cfg).to(self.device)
         self.gan_loss = GAN_LOSSES.get(cfg.loss.gan)
-        o = cfg.optim
-        self.optimizers: dict[str, torch.optim.Optimizer] = {
-            "g": torch.optim.Adam(self.model.parameters(), lr=o.lr_g, betas=o.betas_g, weight_decay=o.weight_decay_g)
-        }
-        for m in MODALITIES:
-            d_params = self.discriminators[m].parameters()
-            self.optimizers[f"d_{m}"] = torch.optim.RMSprop(d_params, lr=o.lr_d, alpha=o.alpha_d)
-        self.schedulers = {
-            name: LambdaLR(opt, StepDecay(o.lr_step, o.lr_gamma, o.lr_min / opt.defaults["lr"]))
-            for name, opt in self.optimizers.items()
-        }
+        self._setup_optimizers()
         amp_dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
         self.amp_dtype = amp_dtypes[cfg.amp] if self.device.type == "cuda" else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         self.epoch = 0  # the epoch being trained (0-based); after it, ``epoch + 1`` epochs are complete
         self.start_epoch = 0
+        self.next_epoch = 0  # the epoch after ``epoch`` (set when it ends: the time budget may skip ahead)
         self.global_step = 0
         self.phase = cfg.phases[0].name
         self.step_losses: dict[str, float] = {}
@@ -406,7 +413,7 @@ class Trainer:
             self.generator_step: nn.Module = DistributedDataParallel(
                 gen, device_ids=ids, find_unused_parameters=find_unused
             )
-            self.d_train = nn.ModuleDict(
+            self.d_train = None if self.discriminators is None else nn.ModuleDict(
                 {m: DistributedDataParallel(self.discriminators[m], device_ids=ids) for m in MODALITIES}
             )
         else:
@@ -423,6 +430,36 @@ class Trainer:
                 self.add_callback(ProgressBar())
 
     # -- setup ----------------------------------------------------------------------------------------------------
+    def _setup_optimizers(self) -> None:
+        """Adam for the generator ('g', plus 'g_fusion' for the phase-2-only parameters under
+        ``optim.fusion_lr_restart``), RMSProp per discriminator ('d_ir', 'd_vis'), a step decay for each; and the
+        parameter groups whose gradient norms are clipped separately (``clip_groups``)."""
+        o = self.cfg.optim
+        adam = lambda params: torch.optim.Adam(params, lr=o.lr_g, betas=o.betas_g, weight_decay=o.weight_decay_g)  # noqa: E731
+        recon = {id(p) for p in self.model.phase_parameters("recon")}
+        fusion_only = [p for p in self.model.parameters() if id(p) not in recon]
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        if o.fusion_lr_restart and fusion_only:
+            # CDDFuse's fusion layers have their own optimisers whose schedulers only step in phase 2
+            self.optimizers["g"] = adam([p for p in self.model.parameters() if id(p) in recon])
+            self.optimizers["g_fusion"] = adam(fusion_only)
+        else:
+            self.optimizers["g"] = adam(self.model.parameters())
+        self.generator_optimizers = tuple(self.optimizers)
+        for m in MODALITIES if self.discriminators is not None else ():
+            d_params = self.discriminators[m].parameters()
+            self.optimizers[f"d_{m}"] = torch.optim.RMSprop(d_params, lr=o.lr_d, alpha=o.alpha_d)
+        self.schedulers = {
+            name: LambdaLR(opt, StepDecay(o.lr_step, o.lr_gamma, o.lr_min / opt.defaults["lr"]))
+            for name, opt in self.optimizers.items()
+        }
+        # CDDFuse clips each module (encoder, decoder, each fusion layer) on its own; the alternative is one joint norm
+        modules = self.model.children() if o.grad_clip_per_module else [self.model]
+        self.clip_groups: dict[str, list[list[nn.Parameter]]] = {
+            "g": [ps for ps in (list(m.parameters()) for m in modules) if ps],
+            "d": [list(self.discriminators[m].parameters()) for m in MODALITIES] if self.discriminators else [],
+        }
+
     def _data_root_record(self) -> str | list[str]:
         """The data roots as a checkpoint records them: one path as a string (as before several were allowed)."""
         roots = [str(r.resolve()) for r in self.data_roots]
@@ -452,16 +489,22 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def _optimizer_step(self, loss: Tensor, names: Sequence[str], clip: float | None) -> None:
-        """backward -> unscale -> clip -> step -> zero_grad for the optimisers ``names`` (the scaler's ``update``
-        comes once per iteration, after every optimiser of the iteration has stepped)."""
+    def _optimizer_step(
+        self, loss: Tensor, names: Sequence[str], clip: float | None, clip_groups: Sequence[Sequence[nn.Parameter]]
+    ) -> None:
+        """backward -> unscale -> clip -> step -> zero_grad for the optimisers ``names``; ``clip`` bounds the
+        gradient norm of each of ``clip_groups`` separately (the scaler's ``update`` comes once per iteration, after
+        every optimiser of the iteration has stepped)."""
         self.scaler.scale(loss).backward()
+        if clip is not None:
+            for name in names:
+                self.scaler.unscale_(self.optimizers[name])
+            for group in clip_groups:
+                params = [p for p in group if p.grad is not None]
+                if params:
+                    nn.utils.clip_grad_norm_(params, clip)
         for name in names:
             opt = self.optimizers[name]
-            if clip is not None:
-                self.scaler.unscale_(opt)
-                params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
-                nn.utils.clip_grad_norm_(params, clip)
             self.scaler.step(opt)
             opt.zero_grad(set_to_none=True)
 
@@ -474,23 +517,33 @@ class Trainer:
         return values
 
     def train_step(self, batch: dict[str, Tensor], phase: str) -> dict[str, float]:
-        """One generator update then one discriminator update; returns every loss term (g_*, d_*)."""
+        """One generator update then one discriminator update; returns every loss term (g_*, d_*; no d_* and no
+        adversarial terms when adversarial training is off)."""
         ir = batch["ir"].to(self.device, non_blocking=True)
         vis = batch["vis"].to(self.device, non_blocking=True)
-        real = {"ir": ir, "vis": vis}
-        adv_weight = getattr(self.cfg.loss, PHASES.get(phase).adv_weight)
+        adversarial = self.discriminators is not None
 
         # Generator step: discriminators frozen, judged on the generated images.
-        self.discriminators.requires_grad_(False)
+        if adversarial:
+            self.discriminators.requires_grad_(False)
         with self._autocast():
             content, fakes = self.generator_step(ir, vis, phase)
-            adv = {f"adv_{m}": self.gan_loss(self.discriminators[m](fakes[m]).float(), True) for m in MODALITIES}
-        g_terms = {**content, **{k: adv_weight * v for k, v in adv.items()}}
-        g_terms["total"] = content["total"] + adv_weight * sum(adv.values())
+            adv = {f"adv_{m}": self.gan_loss(self.discriminators[m](fakes[m]).float(), True)
+                   for m in (MODALITIES if adversarial else ())}
+        g_terms = dict(content)
+        if adv:
+            adv_weight = getattr(self.cfg.loss, PHASES.get(phase).adv_weight)
+            g_terms.update({k: adv_weight * v for k, v in adv.items()})
+            g_terms["total"] = content["total"] + adv_weight * sum(adv.values())
         g_values = self._check_finite(g_terms, "generator", phase)
-        self._optimizer_step(g_terms["total"], ["g"], self.cfg.optim.grad_clip_g)
+        self._optimizer_step(g_terms["total"], self.generator_optimizers, self.cfg.optim.grad_clip_g,
+                             self.clip_groups["g"])
+        d_values = self._discriminator_step({"ir": ir, "vis": vis}, fakes, phase) if adversarial else {}
+        self.scaler.update()
+        return {**{f"g_{k}": v for k, v in g_values.items()}, **{f"d_{k}": v for k, v in d_values.items()}}
 
-        # Discriminator step: real vs detached generated image, one forward per discriminator.
+    def _discriminator_step(self, real: dict[str, Tensor], fakes: dict[str, Tensor], phase: str) -> dict[str, float]:
+        """Real vs detached generated image, one forward per discriminator; returns the loss terms."""
         self.discriminators.requires_grad_(True)
         d_terms = {}
         with self._autocast():
@@ -500,9 +553,9 @@ class Trainer:
                 d_terms[m] = discriminator_loss(self.gan_loss, real_scores, fake_scores)
         d_terms["total"] = sum(d_terms.values())
         d_values = self._check_finite(d_terms, "discriminator", phase)
-        self._optimizer_step(d_terms["total"], [f"d_{m}" for m in MODALITIES], self.cfg.optim.grad_clip_d)
-        self.scaler.update()
-        return {**{f"g_{k}": v for k, v in g_values.items()}, **{f"d_{k}": v for k, v in d_values.items()}}
+        self._optimizer_step(d_terms["total"], [f"d_{m}" for m in MODALITIES], self.cfg.optim.grad_clip_d,
+                             self.clip_groups["d"])
+        return d_values
 
     # -- validation -----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -559,11 +612,12 @@ class Trainer:
             "model_name": self.cfg.model.name,
             "model_config": self.model.cfg.to_dict(),
             "model": self.model.state_dict(),
-            "discriminators": self.discriminators.state_dict(),
+            **({"discriminators": self.discriminators.state_dict()} if self.discriminators is not None else {}),
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
             "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch + 1,
+            "next_epoch": self.next_epoch,  # epoch + 1 unless the time budget of the phase ended it early
             "phase": self.phase,
             "global_step": self.global_step,
             "best": dict(self.best),
@@ -593,12 +647,16 @@ class Trainer:
                 f"cannot resume from {last}: not a DAE-Fuse training checkpoint (format {found!r}, expected "
                 f"{CHECKPOINT_FORMAT!r}); use a new --out"
             )
-        missing = [k for k in RESUME_KEYS if k not in state]
-        if missing or not isinstance(state["cfg"], dict):
+        saved_cfg = complete_saved_config(state["cfg"]) if isinstance(state.get("cfg"), dict) else None
+        # a run without adversarial training saved no discriminators (a difference in the switch itself is a config
+        # difference, reported below)
+        unneeded = {"discriminators"} if saved_cfg is not None and not saved_cfg["adversarial"] else set()
+        missing = [k for k in RESUME_KEYS if k not in state and k not in unneeded]
+        if missing or saved_cfg is None:
             raise CheckpointError(
                 f"cannot resume from {last}: it lacks {', '.join(missing) or 'a config mapping (cfg)'}; use a new --out"
             )
-        saved = _resume_identity(state["cfg"], state["split"], state.get("data_root"))
+        saved = _resume_identity(saved_cfg, state["split"], state.get("data_root"))
         given_root = self._data_root_record() if "data_root" in state else None
         diffs = _config_differences(saved, _resume_identity(to_dict(self.cfg), self.split, given_root))
         if diffs:
@@ -616,7 +674,8 @@ class Trainer:
         state = self._read_resume_state(last)
         try:
             self.model.load_state_dict(state["model"])
-            self.discriminators.load_state_dict(state["discriminators"])
+            if self.discriminators is not None:
+                self.discriminators.load_state_dict(state["discriminators"])
             for k, opt in self.optimizers.items():
                 opt.load_state_dict(state["optimizers"][k])
             for k, sched in self.schedulers.items():
@@ -625,7 +684,7 @@ class Trainer:
             _set_rng_state(state["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"cannot resume from {last}: its states do not fit this run ({err})") from None
-        self.start_epoch = state["epoch"]
+        self.start_epoch = state.get("next_epoch", state["epoch"])
         self.global_step = state["global_step"]
         self.best = state["best"]
         self.history = state["history"]
@@ -675,16 +734,38 @@ class Trainer:
         self.best = {"metric": None, "value": None, "epoch": None}
 
     # -- the loop -------------------------------------------------------------------------------------------------
+    def _next_epoch(self, epoch: int) -> int:
+        """The epoch to train after ``epoch``: the next one, or the first of the next phase once the time budget up
+        to the end of this phase is spent (``max_minutes`` shared in proportion to the phases' epochs; the seconds
+        are those the history records, so a resumed run decides as the uninterrupted one would). Rank 0 decides."""
+        budget = self.cfg.max_minutes
+        if budget is None:
+            return epoch + 1
+        end = self.cfg.phase_end(epoch)
+        decision = [epoch + 1]
+        if self.dist.is_main:
+            spent = sum(e["seconds"] for e in self.history)
+            if spent >= budget * 60.0 * end / self.cfg.total_epochs:
+                decision = [end]
+                LOGGER.info("time budget: %.1f of %.4g min spent, phase '%s' ends after epoch %d",
+                            spent / 60.0, budget, self.phase, epoch + 1)
+        if self.dist.enabled:
+            dist.broadcast_object_list(decision, src=0)
+        return decision[0]
+
     def fit(self) -> TrainResult:
         t0 = time.perf_counter()
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out_dir / "args.yaml", dump_config(self.cfg))
         self.model.train()
-        self.discriminators.train()
+        if self.discriminators is not None:
+            self.discriminators.train()
         self._run_callbacks("on_train_start")
-        for epoch in range(self.start_epoch, self.cfg.total_epochs):
+        epoch = self.start_epoch
+        while epoch < self.cfg.total_epochs:
             self._train_epoch(epoch)
+            epoch = self.next_epoch
         self._run_callbacks("on_train_end")
         best = self.out_dir / "best.pt"
         return TrainResult(
@@ -713,8 +794,10 @@ class Trainer:
             for k, v in self.step_losses.items():
                 sums[k] += v
             self._run_callbacks("on_step_end")
-        for sched in self.schedulers.values():
-            sched.step()
+        fuses = PHASES.get(self.phase).fuses
+        for name, sched in self.schedulers.items():
+            if name != "g_fusion" or fuses:  # the fusion layers' schedule starts with phase 2 (CDDFuse)
+                sched.step()
         self.epoch_losses = {k: v / max(1, steps) for k, v in sums.items()}
         if self.dist.is_main:
             self.val_metrics = self.validate()
@@ -723,6 +806,8 @@ class Trainer:
                 "epoch": epoch + 1, "phase": self.phase, "losses": self.epoch_losses, "val": self.val_metrics,
                 "lr_g": self.optimizers["g"].param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
             })
+        self.next_epoch = self._next_epoch(epoch)
+        if self.dist.is_main:
             state = self.checkpoint()
             # best.pt first: an interruption between the two writes leaves last.pt one epoch behind (that epoch is
             # trained again on resume and rewrites best.pt), never a last.pt recording a best.pt that was not written.

@@ -18,7 +18,7 @@ from fusion.dae_fuse import (
     create_model,
     pad_to_multiple,
 )
-from fusion.losses import GAN_LOSSES, SSIM, FusionLoss, discriminator_loss
+from fusion.losses import GAN_LOSSES, SSIM, SSIM_LOSSES, FusionLoss, ReconstructionLoss, Sobel, discriminator_loss
 from fusion.train import PHASES, Losses
 from tests.conftest import tiny_config
 
@@ -183,3 +183,30 @@ def test_fusion_loss_prefers_the_max_to_the_mean():
     loss = FusionLoss(1.0, 10.0)
     assert float(loss(ir, vis, torch.maximum(ir, vis))["intensity"]) == 0.0
     assert float(loss(ir, vis, torch.maximum(ir, vis))["total"]) < float(loss(ir, vis, (ir + vis) / 2)["total"])
+
+
+def test_kornia_ssim_loss_is_half_of_one_minus_ssim_where_the_map_is_not_negative():
+    """CDDFuse's 5 * kornia SSIM loss is 2.5 * (1 - SSIM) on similar images; dissimilar pixels are clamped."""
+    x, noise = _rand_pair(2, 40, 40)
+    ssim, kornia = SSIM(), SSIM_LOSSES.get("kornia")
+    close = (x + 0.05 * (noise - 0.5)).clamp(0, 1)
+    assert ssim.ssim_map(x, close).min() >= 0
+    assert float(kornia(ssim.ssim_map(x, close))) == pytest.approx(float(1 - ssim(x, close)) / 2, rel=1e-4)
+    assert float(SSIM_LOSSES.get("one_minus")(ssim.ssim_map(x, close))) == pytest.approx(float(1 - ssim(x, close)))
+    far = ssim.ssim_map(x, noise)
+    assert far.min() < 0 and float(kornia(far)) == pytest.approx(float(((1 - far).clamp(0, 1) / 2).mean()))
+    assert float(kornia(far)) < float(1 - far.mean()) / 2
+
+
+def test_reconstruction_gradient_term_follows_cddfuse_options():
+    """The normalised Sobel is the raw one / 8 (kornia SpatialGradient); grad_targets picks the modalities."""
+    x, y = _rand_pair(1, 32, 32)
+    torch.testing.assert_close(Sobel(normalized=True)(x), Sobel()(x) / 8)
+    real, recon = {"ir": x, "vis": y}, {"ir": y, "vis": x}
+    cddfuse = ReconstructionLoss(5.0, 1.0, 5.0, ssim_loss="kornia", grad_targets=("vis",), sobel_normalized=True)(
+        real, recon)
+    both = ReconstructionLoss(5.0, 1.0, 5.0)(real, recon)
+    assert set(cddfuse) == {"ir_ssim", "ir_mse", "vis_ssim", "vis_mse", "vis_grad", "total"}
+    assert set(both) == set(cddfuse) | {"ir_grad"}
+    torch.testing.assert_close(cddfuse["vis_grad"], both["vis_grad"] / 8)
+    torch.testing.assert_close(cddfuse["total"], sum(v for k, v in cddfuse.items() if k != "total"))

@@ -25,10 +25,12 @@ from fusion.config import (
     PhaseConfig,
     dump_config,
     load_train_config,
+    replace_config,
 )
 from fusion.data import PairedCropDataset, resolve_training_pairs, split_validation
 from fusion.fuse import CheckpointError, load_fuser_checkpoint
 from fusion.fusers import create_fuser, fuse_pair
+from fusion.checkpoint import save_checkpoint
 from fusion.train import NonFiniteLossError, Trainer, main, train
 from tests.conftest import shared_path
 from tests.conftest import tiny_config
@@ -443,3 +445,85 @@ def test_training_on_several_roots_records_and_resumes_them(tmp_path, synthetic_
     stamp = (out / "last.pt").stat().st_mtime_ns
     train(cfg, [synthetic_root, paired], out, resume=True, progress=False)  # the same roots: complete, nothing redone
     assert (out / "last.pt").stat().st_mtime_ns == stamp
+
+
+# -- CDDFuse's optimisation, the time budget, configs that predate an option -----------------------------------
+
+
+def test_clipping_per_module_or_jointly(tmp_path, synthetic_root, monkeypatch):
+    """CDDFuse clips each module's gradient norm on its own: in phase 2 the encoder, both fusion rules and the
+    decoder; in phase 1 only the modules that have gradients (encoder, decoder)."""
+    clipped: list[int] = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda ps, c: clipped.append(len(ps)) or clip(ps, c))
+    for per_module, calls in ((True, {"recon": 2, "fuse": 4}), (False, {"recon": 1, "fuse": 1})):
+        trainer = Trainer(tiny_config(f"optim.grad_clip_per_module={str(per_module).lower()}"), synthetic_root,
+                          tmp_path / f"run{per_module}", progress=False, tb_writer=object())
+        batch = next(iter(trainer.loader))
+        model = trainer.model
+        for phase, n in calls.items():
+            clipped.clear()
+            trainer.train_step(batch, phase)
+            assert len(clipped) == n, (per_module, phase, clipped)
+        if per_module:
+            assert clipped == [len(list(m.parameters())) for m in model.children()]
+        else:
+            assert clipped == [len(list(model.parameters()))]
+
+
+def test_fusion_layers_start_phase_two_at_the_base_learning_rate(tmp_path, synthetic_root):
+    """optim.fusion_lr_restart (CDDFuse): the phase-2-only layers' schedule steps in fusion epochs only."""
+    phases = "phases=[{name: recon, epochs: 2}, {name: fuse, epochs: 1}]"
+    lrs = {}
+    for restart in (True, False):
+        cfg = tiny_config(phases, "optim.lr_step=1", "num_samples=0", f"optim.fusion_lr_restart={str(restart).lower()}")
+        seen = []
+        record = lambda t: seen.append({k: o.param_groups[0]["lr"] for k, o in t.optimizers.items()})  # noqa: E731
+        train(cfg, synthetic_root, tmp_path / str(restart), progress=False, callbacks={"on_epoch_start": [record]})
+        lrs[restart] = seen
+    base = tiny_config().optim.lr_g
+    assert [e["g"] for e in lrs[True]] == [e["g"] for e in lrs[False]] == [base, base / 2, base / 4]
+    assert lrs[True][2]["g_fusion"] == base and "g_fusion" not in lrs[False][2]
+
+
+def test_time_budget_ends_each_phase_and_a_resumed_run_counts_the_same(tmp_path, synthetic_root):
+    """max_minutes is shared among the phases in proportion to their epochs: a phase whose share is spent ends
+    after its current epoch, so every phase trains at least one epoch and best.pt is written."""
+    cfg = tiny_config("phases=[{name: recon, epochs: 3}, {name: fuse, epochs: 3}]", "max_minutes=1e-6")
+    result = train(cfg, synthetic_root, tmp_path / "run", progress=False)
+    state = torch.load(result.last_checkpoint, weights_only=False)
+    assert [(e["epoch"], e["phase"]) for e in state["history"]] == [(1, "recon"), (4, "fuse")]
+    assert state["next_epoch"] == 6 and result.best_checkpoint is not None
+    stamp = result.last_checkpoint.stat().st_mtime_ns
+    again = train(cfg, synthetic_root, tmp_path / "run", progress=False, resume=True)
+    assert again.final_losses == result.final_losses and result.last_checkpoint.stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match="max_minutes: 1e-06 \\(checkpoint\\) vs 2.0 \\(given\\)"):
+        train(replace_config(cfg, "max_minutes=2"), synthetic_root, tmp_path / "run", progress=False, resume=True)
+
+
+def test_a_checkpoint_that_predates_the_options_resumes_with_what_it_trained_with(tmp_path, synthetic_root):
+    """A config saved before an option existed means the option's old value (fusion.config.LEGACY_VALUES): resuming
+    it under today's defaults is refused with the differences listed; under the old values it continues, and its
+    model_config (without the ablation switches) still builds the full model."""
+    legacy = ("loss.ssim_loss=one_minus", "loss.recon_grad_targets=[ir, vis]", "loss.recon_sobel_normalized=false",
+              "optim.grad_clip_per_module=false", "optim.fusion_lr_restart=false")
+    phases = "phases=[{name: recon, epochs: 1}, {name: fuse, epochs: 2}]"
+    run = tmp_path / "run"
+    train(tiny_config(*legacy), synthetic_root, run, progress=False)  # recon 1, fuse 1; made to look cut short below
+    state = torch.load(run / "last.pt", weights_only=False)
+    new_keys = {"loss": ("ssim_loss", "recon_grad_targets", "recon_sobel_normalized"),
+                "optim": ("grad_clip_per_module", "fusion_lr_restart"), "": ("adversarial", "max_minutes")}
+    cfg = state["cfg"]
+    for block, keys in new_keys.items():
+        for key in keys:
+            (cfg[block] if block else cfg).pop(key)
+    cfg["phases"] = [{"name": "recon", "epochs": 1}, {"name": "fuse", "epochs": 2}]  # as if cut after epoch 2
+    state["model_config"] = {k: v for k, v in state["model_config"].items()
+                             if k not in ("encoder", "fusion", "skip_fusion")}
+    state.pop("next_epoch")
+    save_checkpoint(run / "last.pt", state)
+    with pytest.raises(ConfigError, match="loss.ssim_loss: 'one_minus' \\(checkpoint\\) vs 'kornia' \\(given\\)"):
+        train(tiny_config(phases), synthetic_root, run, progress=False, resume=True)
+    result = train(tiny_config(phases, *legacy), synthetic_root, run, progress=False, resume=True)
+    assert [e["epoch"] for e in torch.load(result.last_checkpoint, weights_only=False)["history"]] == [1, 2, 3]
+    assert load_fuser_checkpoint(result.best_checkpoint).model.cfg.encoder == "dual"
