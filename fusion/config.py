@@ -135,7 +135,7 @@ class FusionTrainConfig:
         if self.max_minutes is not None and not self.max_minutes > 0:
             problems.append(f"max_minutes must be positive (or null: no budget), got {self.max_minutes}")
         if not self.loss.recon_grad_targets or set(self.loss.recon_grad_targets) - {"ir", "vis"}:
-            problems.append(f"loss.recon_grad_targets must name ir and/or vis, got {list(self.loss.recon_grad_targets)}")
+            problems.append(f"loss.recon_grad_targets must name ir and/or vis, got {self.loss.recon_grad_targets}")
         d = self.data
         for name in ("crop_size", "crops_per_image", "batch_size", "val_max_pairs", "val_max_side"):
             if getattr(d, name) < 1:

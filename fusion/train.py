@@ -23,13 +23,15 @@ the parameters only phase 2 trains have their own optimiser ('g_fusion') whose s
 epochs, so they start phase 2 at the base learning rate. ``max_minutes`` is a wall-clock budget shared among the
 phases in proportion to their epochs: a phase whose share (counted over the epochs recorded, so resuming counts
 the same) is spent after an epoch ends there, and the run ends after the epoch that spends the whole budget.
-A non-finite loss stops the run with the loss dict in the error, before anything is stepped or saved. ``last.pt`` is written (atomically) at the end of
-every epoch and ``best.pt`` when the validation metric improves in a fusion epoch, before ``last.pt``, so that
-``last.pt`` never records a best epoch whose ``best.pt`` was not written. ``resume=True`` continues from
-``last.pt`` exactly (model, discriminators, optimisers, schedulers, scaler, RNG states; data order and crops are
-functions of (seed, epoch)) after checking that it is a readable DAE-Fuse checkpoint of the same configuration,
-split and data root (``OPERATIONAL_KEYS`` may differ), and restores a ``best.pt`` that an interruption under the
-old write order lost. Side effects (TensorBoard, progress) are callbacks, rank 0 only.
+
+A non-finite loss stops the run with the loss dict in the error, before anything is stepped or saved. ``last.pt``
+is written (atomically) at the end of every epoch and ``best.pt`` when the validation metric improves in a fusion
+epoch, before ``last.pt``, so that ``last.pt`` never records a best epoch whose ``best.pt`` was not written.
+``resume=True`` continues from ``last.pt`` exactly (model, discriminators, optimisers, schedulers, scaler, RNG
+states; data order and crops are functions of (seed, epoch)) after checking that it is a readable DAE-Fuse
+checkpoint of the same configuration, split and data root (``OPERATIONAL_KEYS`` may differ; a key its config
+predates counts as the value it trained with, ``fusion.config.complete_saved_config``), and restores a ``best.pt``
+that an interruption under the old write order lost. Side effects (TensorBoard, progress) are callbacks, rank 0 only.
 """
 from __future__ import annotations
 
@@ -435,7 +437,9 @@ class Trainer:
         ``optim.fusion_lr_restart``), RMSProp per discriminator ('d_ir', 'd_vis'), a step decay for each; and the
         parameter groups whose gradient norms are clipped separately (``clip_groups``)."""
         o = self.cfg.optim
-        adam = lambda params: torch.optim.Adam(params, lr=o.lr_g, betas=o.betas_g, weight_decay=o.weight_decay_g)  # noqa: E731
+        def adam(params: Any) -> torch.optim.Optimizer:
+            return torch.optim.Adam(params, lr=o.lr_g, betas=o.betas_g, weight_decay=o.weight_decay_g)
+
         recon = {id(p) for p in self.model.phase_parameters("recon")}
         fusion_only = [p for p in self.model.parameters() if id(p) not in recon]
         self.optimizers: dict[str, torch.optim.Optimizer] = {}

@@ -13,7 +13,14 @@ from data.io import read_ir, read_visible
 from data.m3fd import load_m3fd
 from fusion.ablate import VARIANTS, main, mean_std, variant_config
 from fusion.checkpoint import load_checkpoint
-from fusion.dae_fuse import ENCODERS, FUSIONS, SKIP_FUSIONS, DAEFuseConfig, count_parameters, create_model
+from fusion.dae_fuse import (
+    ENCODERS,
+    FUSIONS,
+    SKIP_FUSIONS,
+    DAEFuseConfig,
+    count_parameters,
+    create_model,
+)
 from fusion.fuse import load_fuser_checkpoint
 from fusion.metrics import metric_names
 from fusion.train import PHASES, Losses, train
@@ -145,7 +152,7 @@ def test_ablation_cli_trains_scores_and_resumes(tmp_path, synthetic_root, capsys
     report = json.loads((out / "ablation.json").read_text())
     assert list(report["variants"]) == ["full", "no_cross_attention"] and report["seeds"] == [0, 1]
     assert {"torch", "timm", "numpy"} <= set(report["versions"])
-    for name, v in report["variants"].items():
+    for v in report["variants"].values():
         assert set(v["eval"]["tiny"]) == set(metric_names())
         assert all(s["std"] is not None for s in v["eval"]["tiny"].values())
         assert v["generator_parameters"] == count_parameters(create_model("dae_fuse_t", **v["config"]["model"]["args"]))

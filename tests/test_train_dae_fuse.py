@@ -477,10 +477,12 @@ def test_fusion_layers_start_phase_two_at_the_base_learning_rate(tmp_path, synth
     lrs = {}
     for restart in (True, False):
         cfg = tiny_config(phases, "optim.lr_step=1", "num_samples=0", f"optim.fusion_lr_restart={str(restart).lower()}")
-        seen = []
-        record = lambda t: seen.append({k: o.param_groups[0]["lr"] for k, o in t.optimizers.items()})  # noqa: E731
+        seen = lrs[restart] = []
+
+        def record(t: Trainer, seen=seen) -> None:
+            seen.append({k: o.param_groups[0]["lr"] for k, o in t.optimizers.items()})
+
         train(cfg, synthetic_root, tmp_path / str(restart), progress=False, callbacks={"on_epoch_start": [record]})
-        lrs[restart] = seen
     base = tiny_config().optim.lr_g
     assert [e["g"] for e in lrs[True]] == [e["g"] for e in lrs[False]] == [base, base / 2, base / 4]
     assert lrs[True][2]["g_fusion"] == base and "g_fusion" not in lrs[False][2]
