@@ -500,6 +500,10 @@ class Trainer:
         gradient norm of each of ``clip_groups`` separately (the scaler's ``update`` comes once per iteration, after
         every optimiser of the iteration has stepped)."""
         self.scaler.scale(loss).backward()
+        # an optimiser none of whose parameters got a gradient (the fusion layers' in phase 1) is not stepped: that
+        # is a no-op for Adam, and fp16's GradScaler refuses it
+        names = [n for n in names if any(p.grad is not None for g in self.optimizers[n].param_groups
+                                         for p in g["params"])]
         if clip is not None:
             for name in names:
                 self.scaler.unscale_(self.optimizers[name])
