@@ -1,9 +1,15 @@
-"""DAE-Fuse fusion quality after a fixed CPU training budget, beside the mean/max fusers and CDDFuse's published row.
+"""DAE-Fuse fusion quality beside the mean/max fusers and CDDFuse's published row.
 
-    .venv/bin/python benchmarks/bench_quality.py [--minutes 15] [--medical] [--out /tmp/bench_quality]
+    .venv/bin/python benchmarks/bench_quality.py --medical [--json OUT.json]    # the released model (default)
     .venv/bin/python benchmarks/bench_quality.py --checkpoint runs/x/best.pt --medical   # score a trained model
+    .venv/bin/python benchmarks/bench_quality.py --train [--minutes 15] [--out /tmp/bench_quality]
 
-Trains on the train split of the shared M3FD sample (22 real 1024x768 pairs; validation on its val split) for
+Sets: TNO (25), RoadScene test (50), MSRS (8), the shared M3FD sample's test split, and with ``--medical``
+MRI-CT, MRI-PET, MRI-SPECT; the nine metrics (the field's eight plus AG) per set and method; ``--json`` writes
+them with the checkpoint's hash, the versions and the command, for the model card.
+
+With ``--train``:
+it trains on the train split of the shared M3FD sample (22 real 1024x768 pairs; validation on its val split) for
 about ``--minutes`` of wall time: the ``quick`` preset with the epochs sized to the budget (one third
 reconstruction, two thirds fusion, as CDDFuse's 40/80 epochs) from a short timing of real steps. Then it fuses the
 shared TNO (25) and RoadScene (50) sets (and, with ``--medical``, MRI-CT, MRI-PET, MRI-SPECT, applying the same
@@ -27,19 +33,28 @@ from pathlib import Path
 
 import torch
 
+import hashlib
+import sys
+
+from data.io import atomic_write_json
 from data.paired import find_pairs
+from data.provenance import package_versions
 from fusion.config import FusionTrainConfig, load_train_config, replace_config
 from fusion.fuse import fuse_folder, load_fuser_checkpoint
 from fusion.fusers import create_fuser
-from fusion.metrics import evaluate_folders
+from fusion.metrics import FileTriple, evaluate_triples
 from fusion.train import Trainer, train
+from fusion.weights import RELEASED_CHECKPOINT
 
 SHARED = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))  # as bench_metrics
-COLUMNS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+COLUMNS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")  # the field's tables
+SHOWN = COLUMNS + ("AG",)
 # set name -> (folder under fusion_benchmarks, "ir" subfolder, "vis" subfolder, heading in metric_reference.md,
 # label of the CDDFuse row to print: the infrared-visible-trained model in every case)
 IVF_SETS = {"TNO": ("TNO", "ir", "vi", "### TNO", "**CDDFuse** [T1]"),
-            "RoadScene": ("RoadScene", "ir", "vi", "### RoadScene", "**CDDFuse** [T1]")}
+            "RoadScene": ("RoadScene", "ir", "vi", "### RoadScene", "**CDDFuse** [T1]"),
+            # 8 of the 361 MSRS test pairs: the published row is over the full set, shown for scale only
+            "MSRS": ("MSRS", "ir", "vi", "### MSRS", "**CDDFuse**")}
 MEDICAL_SETS = {"MRI-CT": ("MRI_CT", "CT", "MRI", "### MRI-CT", "**CDDFuse** [T5]"),
                 "MRI-PET": ("MRI_PET", "MRI", "PET", "### MRI-PET", "**CDDFuse** [T5]"),
                 "MRI-SPECT": ("MRI_SPECT", "MRI", "SPECT", "### MRI-SPECT", "**CDDFuse** [T5]")}
@@ -87,11 +102,26 @@ def budget_config(base: FusionTrainConfig, data: Path, minutes: float, out: Path
     )
 
 
-def score(fuser, ir_dir: Path, vis_dir: Path, out: Path) -> tuple[dict[str, float], float]:
-    """Fuse a set with ``fuser`` into ``out`` and return (mean metrics, mean seconds per pair)."""
-    report = fuse_folder(fuser, find_pairs(ir_dir, vis_dir), out, progress=False)
-    _, mean = evaluate_folders(out, ir_dir, vis_dir, workers=2)
+def score(fuser, pairs, out: Path) -> tuple[dict[str, float], float]:
+    """Fuse ``pairs`` with ``fuser`` into ``out`` and return (mean metrics, mean seconds per pair)."""
+    report = fuse_folder(fuser, pairs, out, progress=False)
+    triples = [FileTriple(p.stem, out / f"{p.stem}.png", p.ir, p.vis) for p in pairs]
+    _, mean = evaluate_triples(triples, workers=2)
     return mean, report["total_seconds"] / max(1, len(report["written"]))
+
+
+def evaluation_sets(medical: bool) -> dict[str, tuple[list, str | None, str | None]]:
+    """set name -> (pairs, heading in metric_reference.md, label of CDDFuse's row); sets absent here are skipped."""
+    from data.m3fd import load_m3fd
+
+    sets = {}
+    for name, (folder, ir_sub, vis_sub, heading, label) in {**IVF_SETS, **(MEDICAL_SETS if medical else {})}.items():
+        root = SHARED / "fusion_benchmarks" / folder
+        if (root / ir_sub).is_dir():
+            sets[name] = (find_pairs(root / ir_sub, root / vis_sub), heading, label)
+    if (SHARED / "m3fd_sample").is_dir():
+        sets["M3FD test"] = (load_m3fd(SHARED / "m3fd_sample").pairs("test"), None, None)
+    return sets
 
 
 def main() -> None:
@@ -99,7 +129,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED / "m3fd_sample", help="training data (M3FD layout)")
     parser.add_argument("--minutes", type=float, default=15.0, help="training wall-time budget")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_quality"))
-    parser.add_argument("--checkpoint", type=Path, help="score this checkpoint instead of training one")
+    parser.add_argument("--checkpoint", type=Path, help="score this checkpoint (default: the released model)")
+    parser.add_argument("--train", action="store_true", help="train a model for --minutes first and score it")
+    parser.add_argument("--json", type=Path, help="also write the table, checkpoint hash and versions as JSON")
     parser.add_argument("--medical", action="store_true", help="also score MRI-CT, MRI-PET, MRI-SPECT")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); on a loaded shared "
@@ -111,7 +143,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
 
-    checkpoint = args.checkpoint
+    checkpoint = args.checkpoint or (None if args.train else RELEASED_CHECKPOINT)
     if checkpoint is None:
         base = load_train_config(preset="quick", overrides=["data.crops_per_image=8", *args.overrides])
         cfg = budget_config(base, args.data, args.minutes, args.out)
@@ -124,18 +156,26 @@ def main() -> None:
 
     fusers = {"DAE-Fuse": load_fuser_checkpoint(checkpoint, args.device), "mean": create_fuser("mean"),
               "max": create_fuser("max")}
-    sets = {**IVF_SETS, **(MEDICAL_SETS if args.medical else {})}
-    header = f"{'set':10s} {'method':18s} " + " ".join(f"{c:>7s}" for c in COLUMNS) + "   s/pair"
+    header = f"{'set':10s} {'method':18s} " + " ".join(f"{c:>7s}" for c in SHOWN) + "   s/pair"
     print(header)
     print("-" * len(header))
-    for set_name, (folder, ir_sub, vis_sub, heading, label) in sets.items():
-        root = SHARED / "fusion_benchmarks" / folder
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for set_name, (pairs, heading, label) in evaluation_sets(args.medical).items():
+        table[set_name] = {}
         for method, fuser in fusers.items():
-            mean, seconds = score(fuser, root / ir_sub, root / vis_sub, args.out / "fused" / folder / method)
-            print(f"{set_name:10s} {method:18s} " + " ".join(f"{mean[c]:7.3f}" for c in COLUMNS) + f"   {seconds:.3f}")
-        row = published_row(SHARED / "metric_reference.md", heading, label)
+            mean, seconds = score(fuser, pairs, args.out / "fused" / set_name.replace(" ", "_") / method)
+            table[set_name][method] = {**mean, "seconds_per_pair": seconds, "n_pairs": len(pairs)}
+            print(f"{set_name:10s} {method:18s} " + " ".join(f"{mean[c]:7.3f}" for c in SHOWN) + f"   {seconds:.3f}")
+        row = published_row(SHARED / "metric_reference.md", heading, label) if heading else None
         if row:
-            print(f"{set_name:10s} {'CDDFuse (paper)':18s} " + " ".join(f"{row[c]:7.2f}" for c in COLUMNS))
+            table[set_name]["CDDFuse (paper)"] = row
+            print(f"{set_name:10s} {'CDDFuse (paper)':18s} " + " ".join(f"{row[c]:7.2f}" for c in COLUMNS) + "       -")
+    if args.json:
+        atomic_write_json(args.json, {
+            "checkpoint": str(checkpoint), "checkpoint_sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest(),
+            "command": " ".join([Path(sys.executable).name, *sys.argv]), "torch_threads": torch.get_num_threads(),
+            "versions": package_versions(), "sets": table})
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

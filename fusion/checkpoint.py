@@ -157,3 +157,31 @@ def release_state(state: dict[str, Any]) -> dict[str, Any]:
             "fusion_epochs": fusion_epoch_count(state), **{k: state[k] for k in keep if k in state}}
 
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fusion.checkpoint release TRAINING.pt RELEASED.pt``: write a released checkpoint."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m fusion.checkpoint", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    release = sub.add_parser("release", help="generator only, bfloat16 storage, from a training checkpoint")
+    release.add_argument("checkpoint", type=Path)
+    release.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        _, state = read_generator_checkpoint(args.checkpoint)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    save_checkpoint(args.out, release_state(state))
+    _, check = read_generator_checkpoint(args.out)  # what was written loads as a fuser's checkpoint would
+    build_generator(check, args.out)
+    print(f"released {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, epoch {state.get('epoch')}, "
+          f"best {state.get('best')})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-KINDS: tuple[str, ...] = ("baseline", "checkpoint", "plugin", "folder", "trained")
+KINDS: tuple[str, ...] = ("baseline", "checkpoint", "released", "plugin", "folder", "trained")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names key folders (state/, runs/, tb/): no separators
 
 
@@ -50,8 +50,9 @@ class CandidateSpec:
         """Where the row comes from, in words the report prints."""
         if self.kind == "folder":
             return f"fused images from {self.folder}"
-        if self.kind == "checkpoint" or (self.kind == "trained" and self.args.get("checkpoint")):
-            what = "DAE-Fuse checkpoint" if self.kind == "checkpoint" else "DAE-Fuse trained by this run"
+        if self.kind in ("checkpoint", "released") or (self.kind == "trained" and self.args.get("checkpoint")):
+            what = {"checkpoint": "DAE-Fuse checkpoint", "released": "the released DAE-Fuse (fusion/weights, see "
+                    "its MODEL_CARD.md)", "trained": "DAE-Fuse trained by this run"}[self.kind]
             return f"{what} {self.args.get('checkpoint')}"
         if self.kind == "trained":
             return "DAE-Fuse trained by this run"
@@ -112,6 +113,13 @@ def checkpoint_specs(paths: Sequence[Path], taken: set[str]) -> list[CandidateSp
         specs.append(CandidateSpec(name=name, kind="checkpoint", fuser="dae_fuse",
                                    args={"checkpoint": path.resolve()}))
     return specs
+
+
+def released_spec() -> CandidateSpec:
+    """The released DAE-Fuse (``fusion.weights``) as a row."""
+    from fusion.weights import RELEASED_CHECKPOINT, RELEASED_NAME
+
+    return CandidateSpec(name=RELEASED_NAME, kind="released", fuser="dae_fuse", args={"checkpoint": RELEASED_CHECKPOINT})
 
 
 def check_unique(specs: Sequence[CandidateSpec]) -> list[str]:

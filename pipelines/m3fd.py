@@ -42,7 +42,16 @@ from data.io import (
 from data.provenance import content_key, file_sha256, files_fingerprint, package_versions
 
 from . import report
-from .candidates import CandidateError, CandidateSpec, build_source, check_unique, checkpoint_specs, parse_fused, parse_fuser
+from .candidates import (
+    CandidateError,
+    CandidateSpec,
+    build_source,
+    check_unique,
+    checkpoint_specs,
+    parse_fused,
+    parse_fuser,
+    released_spec,
+)
 from .stages import StageStore
 
 LOGGER = logging.getLogger("pipelines.m3fd")
@@ -81,6 +90,8 @@ class PipelineConfig:
     corruptions: list[str] = field(default_factory=list)   # data.corruptions names; empty: no robustness check
     severities: list[int] = field(default_factory=lambda: [1, 2, 3])
     corruption_seed: int = 0
+    released_dae_fuse: bool | None = None  # a row for the released DAE-Fuse; None -> the preset's choice
+    train_dae_fuse: bool | None = None     # train a DAE-Fuse on the spot; None -> the preset's (tiny: if no checkpoints)
     progress: bool = True
 
 
@@ -275,7 +286,7 @@ def detector_splits(cfg: PipelineConfig, dataset) -> tuple[dict[str, list[str]],
     return roles, "test"
 
 
-def candidate_specs(cfg: PipelineConfig) -> list[CandidateSpec]:
+def candidate_specs(cfg: PipelineConfig, preset: dict[str, Any] | None = None) -> list[CandidateSpec]:
     """Every row's spec: the baselines (IR-only and visible-only always: every gain is measured against them),
     the pre-fused folders and plug-ins named on the command line, then the checkpoints (named around the others).
 
@@ -291,13 +302,16 @@ def candidate_specs(cfg: PipelineConfig) -> list[CandidateSpec]:
         specs += [parse_fused(text) for text in cfg.fused] + [parse_fuser(tokens) for tokens in cfg.plugins]
     except CandidateError as err:
         raise OptionsError(str(err)) from None
+    released = cfg.released_dae_fuse if cfg.released_dae_fuse is not None else (preset or {}).get("released_dae_fuse")
+    if released:
+        specs.append(released_spec())
     problems = check_unique(specs)
     if problems:
         raise OptionsError("; ".join(problems))
     return specs + checkpoint_specs(cfg.checkpoints, {s.name for s in specs})
 
 
-def build_candidates(cfg: PipelineConfig, dataset=None) -> list[Candidate]:
+def build_candidates(cfg: PipelineConfig, dataset=None, preset: dict[str, Any] | None = None) -> list[Candidate]:
     """The candidates, each built (fusers, plug-ins) or checked (folders, checkpoints) here, before heavy work.
 
     A plug-in that does not build or a folder that does not hold the splits' images refuses the run, every such
@@ -307,7 +321,7 @@ def build_candidates(cfg: PipelineConfig, dataset=None) -> list[Candidate]:
     from fusion.checkpoint import CheckpointError
     from fusion.fusers import FuserSpecError
 
-    candidates = [Candidate(spec) for spec in candidate_specs(cfg)]
+    candidates = [Candidate(spec) for spec in candidate_specs(cfg, preset)]
     pairs, sizes = [], {}
     if dataset is not None:
         wanted = set().union(*(dataset.splits[s] for s in (cfg.train_split, cfg.select_split, cfg.eval_split)))
@@ -510,9 +524,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     # 1. Up-front validation: the dataset and every checkpoint, before any heavy work.
     dataset, data_info = resolve_dataset(cfg, preset["synthetic"])
-    candidates = build_candidates(cfg, dataset)
+    candidates = build_candidates(cfg, dataset, preset)
     store = StageStore(cfg.out / "state", force=cfg.force)
-    if not cfg.checkpoints:
+    train_here = cfg.train_dae_fuse if cfg.train_dae_fuse is not None else (
+        preset.get("train_dae_fuse", False) and not cfg.checkpoints)
+    if train_here:
         candidates.append(Candidate(CandidateSpec(name=f"dae_fuse_{preset['fusion_train']}", kind="trained")))
 
     roles, eval_role = detector_splits(cfg, dataset)

@@ -32,8 +32,11 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, help="M3FD root (Ir/, Vis/, Annotation/, meta/); default $M3FD_ROOT, "
                                              "else built-in synthetic scenes")
-    p.add_argument("--checkpoints", type=Path, nargs="*", default=[],
-                   help="DAE-Fuse checkpoints to compare; without any, one is trained here with a short schedule")
+    p.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="DAE-Fuse checkpoints to compare")
+    p.add_argument("--train-dae-fuse", action="store_true", default=None,
+                   help="also train a DAE-Fuse on the training split here, with the preset's short schedule")
+    p.add_argument("--no-released-dae-fuse", action="store_false", default=None, dest="released_dae_fuse",
+                   help="leave out the released DAE-Fuse (fusion/weights), which every preset but tiny includes")
     p.add_argument("--baselines", nargs="*", default=list(BASELINE_NAMES), choices=list(BASELINE_NAMES),
                    help="simple fusers to include (IR-only and visible-only are always included: gains are "
                         "measured against the better of them)")
@@ -79,7 +82,8 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     return PipelineConfig(out=a.out, data=a.data, checkpoints=a.checkpoints, baselines=a.baselines,
-                          fused=a.fused, plugins=a.plugins, preset=a.preset,
+                          fused=a.fused, plugins=a.plugins, train_dae_fuse=a.train_dae_fuse,
+                          released_dae_fuse=a.released_dae_fuse, preset=a.preset,
                           seeds=a.seeds, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, model=a.model,
                           weights=a.weights, device=a.device, jobs=a.jobs, force=a.force,
                           train_split=a.train_split, select_split=a.select_split, eval_split=a.eval_split,

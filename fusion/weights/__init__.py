@@ -1,0 +1,12 @@
+"""The released DAE-Fuse: generator weights trained on real driving scenes (see MODEL_CARD.md beside this file).
+
+``RELEASED_CHECKPOINT`` is the one tracked ``.pt`` of the repository, written by
+``python -m fusion.checkpoint release RUN/best.pt fusion/weights/dae_fuse_release.pt`` (generator only, bfloat16
+storage) and loaded like any checkpoint, with ``weights_only`` (``fusion.checkpoint``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+RELEASED_CHECKPOINT = Path(__file__).resolve().with_name("dae_fuse_release.pt")
+RELEASED_NAME = "dae_fuse_release"  # its row in the pipeline's table
