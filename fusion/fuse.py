@@ -5,6 +5,8 @@ Command line (a thin wrapper over ``fuse_folder``)::
     python -m fusion.fuse --checkpoint runs/dae_fuse/best.pt --ir DIR --vis DIR --out DIR [--device cuda]
     python -m fusion.fuse --baseline max --ir DIR --vis DIR --out DIR
     python -m fusion.fuse --fuser my_pkg.wrap:make_fuser weights=w.pth --ir DIR --vis DIR --out DIR
+    python -m fusion.fuse --video --ir IR.mp4 --vis VIS.mp4 --out FUSED.mp4 [--checkpoint X | --baseline max]
+        (IR/VIS: video files or frame folders; OUT: .mp4, .avi, .mkv or a folder; see fusion.video)
 
 Outputs are 8-bit PNGs named by the source stem (``fusion.fusers.output_path``), grey or, for colour visible
 (or PET/SPECT) images, with the visible chroma restored (``fusion.fusers.fuse_pair``). Values are clipped to
@@ -23,6 +25,7 @@ Library side (what the pipeline calls):
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import logging
 import sys
@@ -104,6 +107,32 @@ class CheckpointFuser:
         fused = self.fuse_tensors(_to_tensor(ir), _to_tensor(vis_y))
         return fused[0, 0].cpu().numpy() * np.float32(255.0)
 
+    # Devices on which fuse_luma_batch runs a channels-last copy of the model: on the 2-core CPU a dae_fuse_s
+    # forward took 10-25 % less time per frame at 640x512 and 1024x768 that way (interleaved runs, batches of 1
+    # and 2); on CUDA it is unmeasured, so off until benchmarks/gpu_check.sh's "cuda bf16 cl" row says otherwise.
+    channels_last_devices: tuple[str, ...] = ("cpu",)
+
+    @torch.inference_mode()
+    def fuse_luma_batch(self, irs: Sequence[np.ndarray] | np.ndarray, vis_ys: Sequence[np.ndarray] | np.ndarray
+                        ) -> np.ndarray:
+        """Several frames in one forward pass (video): N infrared images and N visible lumas, float32 (H, W) on
+        0..255, all one size (sequences or (N, H, W) arrays) -> fused lumas (N, H, W) float32 on 0..255.
+
+        The same model, precision and scaling as ``fuse_luma``, so the result equals ``fuse_luma`` frame by frame
+        up to float rounding (a batch and a memory layout change the summation order only). The channels-last
+        weights are a copy made on first use, so ``fuse_luma`` keeps running the model as before.
+        """
+        ir = torch.from_numpy(np.stack(irs).astype(np.float32, copy=False) / np.float32(255.0))[:, None]
+        vis = torch.from_numpy(np.stack(vis_ys).astype(np.float32, copy=False) / np.float32(255.0))[:, None]
+        model = self.model
+        if self.device.type in self.channels_last_devices:
+            if getattr(self, "_channels_last_model", None) is None:
+                self._channels_last_model = copy.deepcopy(self.model).to(memory_format=torch.channels_last)
+            model = self._channels_last_model
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            fused = model(ir.to(self.device), vis.to(self.device)).float()
+        return fused[:, 0].cpu().numpy() * np.float32(255.0)
+
 
 # ``python -m fusion.fuse`` runs this file as __main__ and the CLI then imports fusion.fuse (create_fuser does):
 # registering here only under the import name keeps "dae_fuse" registered exactly once.
@@ -181,10 +210,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="accept a checkpoint saved before any fusion epoch (its fusion rules are untrained)")
     parser.add_argument("--skip-existing", action="store_true", help="keep outputs already in --out (resume)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--video", action="store_true",
+                        help="--ir/--vis are two video files or frame folders, fused as streams (fusion.video)")
+    from .video import add_video_arguments, run_video
+
+    add_video_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        pairs = find_pairs(args.ir, args.vis)
+        pairs = None if args.video else find_pairs(args.ir, args.vis)  # video: checked by fusion.video
         if args.checkpoint:
             fuser = load_fuser_checkpoint(args.checkpoint, args.device, args.allow_unfused)
         elif args.fuser:
@@ -194,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatasetError, CheckpointError, FuserSpecError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.video:
+        return run_video(fuser, args)
     try:
         report = fuse_folder(fuser, pairs, args.out, progress=not args.no_progress, skip_existing=args.skip_existing)
     except (ValueError, OSError) as err:  # --out is a source folder, another fuser's folder, or not writable

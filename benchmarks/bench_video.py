@@ -1,0 +1,171 @@
+"""Video fusion throughput: frames/s of each fuser and where the time goes (read, fuse, write).
+
+    .venv/bin/python benchmarks/bench_video.py [--checkpoint CKPT] [--frames 10] [--devices cpu cuda]
+
+Issue 15's targets: DAE-Fuse on a 2-core CPU at least 5 frames/s at 640x512 and 2 at 1024x768; on an H100/H200
+at least 100 frames/s at 1024x768 in bf16 (``benchmarks/gpu_check.sh`` runs the CUDA rows there).
+
+Each row streams two synthetic mp4v videos (a moving warm blob over a ramp; grey infrared, colour visible) through
+``fusion.video.fuse_video`` into an mp4v video in a temporary folder, as ``python -m fusion.fuse --video`` does.
+Fusers: the rules ``ir``, ``mean``, ``max`` and DAE-Fuse, from ``--checkpoint`` or else a freshly initialised
+``dae_fuse_s`` (labelled "untrained": the cost does not depend on the weights, the images do). Rows: CPU with each
+``--threads`` count (torch and OpenCV both limited to it), and, when CUDA is present, DAE-Fuse in fp32, bf16, and
+bf16 with channels-last weights. Stages run one after the other (``overlap_io`` off) so that read + fuse + write
+is the wall time; ``--overlap`` measures the pipelined throughput instead. ``fuse fps`` is frames / fuse seconds
+(the model, transfers and colour restoration); ``model fps`` times ``fuse_luma_batch`` alone on one held batch
+(the figure comparable with bench_fuse.py). One untimed warm-up batch precedes each DAE-Fuse row. Prints figures,
+asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from fusion.checkpoint import ARCHITECTURE
+from fusion.dae_fuse import create_model
+from fusion.fuse import load_fuser_checkpoint
+from fusion.fusers import create_fuser
+from fusion.video import VideoConfig, fuse_video
+
+RULES: tuple[str, ...] = ("ir", "mean", "max")
+SIZES: tuple[str, ...] = ("640x512", "1024x768")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured configuration."""
+
+    size: str
+    fuser: str
+    device: str
+    batch: int
+    frames: int
+    seconds: dict[str, float]
+    model_fps: float | None = None  # fuse_luma_batch alone on a held batch (DAE-Fuse rows)
+
+    def cells(self) -> list[str]:
+        s, n = self.seconds, self.frames
+        ms = lambda k: f"{1000 * s[k] / n:.1f}"
+        fuse_fps = n / s["fuse"] if s["fuse"] > 0 else float("inf")
+        model = "-" if self.model_fps is None else f"{self.model_fps:.2f}"
+        return [self.size, self.fuser, self.device, str(self.batch), f"{n / s['total']:.2f}", f"{fuse_fps:.2f}",
+                model, ms("read"), ms("fuse"), ms("write")]
+
+
+HEADER = ["size", "fuser", "device", "batch", "frames/s", "fuse fps", "model fps", "read ms", "fuse ms", "write ms"]
+
+
+def synthetic_videos(folder: Path, width: int, height: int, frames: int) -> tuple[Path, Path]:
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    paths = folder / f"ir_{width}x{height}.mp4", folder / f"vis_{width}x{height}.mp4"
+    writers = [cv2.VideoWriter(str(p), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (width, height), True) for p in paths]
+    for i in range(frames):
+        blob = 200 * np.exp(-((xx - width * (0.2 + 0.02 * i)) ** 2 + (yy - height / 2) ** 2) / (width * 2))
+        ir = np.clip(30 + blob + yy * (100 / height), 0, 255).astype(np.uint8)
+        vis = np.dstack([(xx * (400 / width) + 4 * i) % 200 + 20, yy * (150 / height) + 40, 120 + 0 * xx])
+        writers[0].write(cv2.cvtColor(ir, cv2.COLOR_GRAY2BGR))
+        writers[1].write(vis.astype(np.uint8))
+    for writer in writers:
+        writer.release()
+    return paths
+
+
+def untrained_checkpoint(folder: Path, variant: str) -> Path:
+    """A checkpoint file of a freshly initialised variant (no fusion epoch: loaded with allow_unfused)."""
+    model = create_model(variant)
+    path = folder / f"{variant}_untrained.pt"
+    torch.save({"architecture": ARCHITECTURE, "model": model.state_dict(), "model_config": model.cfg.to_dict()},
+               path)
+    return path
+
+
+def measure(fuser, label: str, device: str, size: str, videos: tuple[Path, Path], out: Path,
+            config: VideoConfig, frames: int) -> Row:
+    model_fps = None
+    if hasattr(fuser, "fuse_luma_batch"):
+        width, height = map(int, size.split("x"))
+        batch = [np.random.default_rng(0).uniform(0, 255, (height, width)).astype(np.float32)] * config.batch_size
+        fuser.fuse_luma_batch(batch, batch)  # untimed warm-up: allocator, kernel selection, channels-last copy
+        repeats = 2 if device.startswith("cpu") else 5
+        t = time.perf_counter()
+        for _ in range(repeats):
+            fuser.fuse_luma_batch(batch, batch)  # returns host arrays: the device has finished
+        model_fps = repeats * config.batch_size / (time.perf_counter() - t)
+    report = fuse_video(fuser, *videos, out, config)
+    return Row(size, label, device, config.batch_size, report.frames, report.seconds, model_fps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", help="a DAE-Fuse checkpoint (default: an untrained dae_fuse_s)")
+    parser.add_argument("--variant", default="dae_fuse_s", help="variant built when no --checkpoint is given")
+    parser.add_argument("--frames", type=int, default=10, help="frames per video")
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), help="WIDTHxHEIGHT")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts")
+    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], choices=["cpu", "cuda"])
+    parser.add_argument("--fusers", nargs="+", default=[*RULES, "dae_fuse"], choices=[*RULES, "dae_fuse"])
+    parser.add_argument("--batch-size", type=int, default=4, help="frames per forward on CPU")
+    parser.add_argument("--cuda-batch-size", type=int, default=16, help="frames per forward on CUDA")
+    parser.add_argument("--overlap", action="store_true", help="read and write on helper threads while fusing")
+    args = parser.parse_args()
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench_video_") as tmp:
+        tmp = Path(tmp)
+        checkpoint = Path(args.checkpoint) if args.checkpoint else untrained_checkpoint(tmp, args.variant)
+        dae_label = "dae_fuse" if args.checkpoint else f"dae_fuse ({args.variant}, untrained)"
+        print(f"DAE-Fuse: {checkpoint if args.checkpoint else dae_label}; {args.frames} frames per video; "
+              f"stages {'overlapped' if args.overlap else 'sequential'}")
+        for size in args.sizes:
+            width, height = map(int, size.split("x"))
+            videos = synthetic_videos(tmp, width, height, args.frames)
+            out = tmp / f"fused_{size}.mp4"
+            cpu_config = VideoConfig(batch_size=args.batch_size, overlap_io=args.overlap)
+            if "cpu" in args.devices:
+                previous = torch.get_num_threads(), cv2.getNumThreads()
+                for threads in args.threads:
+                    torch.set_num_threads(threads)
+                    cv2.setNumThreads(threads)
+                    for name in args.fusers:
+                        fuser = (load_fuser_checkpoint(checkpoint, "cpu", allow_unfused=True) if name == "dae_fuse"
+                                 else create_fuser(name))
+                        label = dae_label if name == "dae_fuse" else name
+                        rows.append(measure(fuser, label, f"cpu {threads}t", size, videos, out, cpu_config,
+                                            args.frames))
+                        print(" | ".join(rows[-1].cells()), flush=True)
+                torch.set_num_threads(previous[0])
+                cv2.setNumThreads(previous[1])
+            if "cuda" in args.devices and "dae_fuse" in args.fusers:
+                if not torch.cuda.is_available():
+                    print("CUDA: not available here")
+                    continue
+                cuda_config = VideoConfig(batch_size=args.cuda_batch_size, overlap_io=args.overlap)
+                for precision, channels_last in (("fp32", False), ("bf16", False), ("bf16", True)):
+                    fuser = load_fuser_checkpoint(checkpoint, "cuda", allow_unfused=True)
+                    fuser.precision = precision  # timing only: the cache key keeps the constructor's bf16
+                    fuser.channels_last_devices = ("cpu", "cuda") if channels_last else ("cpu",)
+                    device = f"cuda {precision}" + (" cl" if channels_last else "")
+                    rows.append(measure(fuser, dae_label, device, size, videos, out, cuda_config, args.frames))
+                    print(" | ".join(rows[-1].cells()), flush=True)
+                    del fuser
+                    torch.cuda.empty_cache()
+    if torch.cuda.is_available() and "cuda" in args.devices:
+        print(f"CUDA device: {torch.cuda.get_device_name()}")
+    table = [HEADER] + [row.cells() for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
+    print()
+    for i, row in enumerate(table):
+        print("  ".join(cell.ljust(w) if j < 3 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+if __name__ == "__main__":
+    main()
