@@ -172,6 +172,8 @@ class PluginFuser:
         self.name = str(getattr(inner, "name", None) or name)
         self.keeps_visible_chroma = bool(getattr(inner, "keeps_visible_chroma", True))
         self._key = key
+        if callable(getattr(inner, "fuse_luma_batch", None)):  # several frames per call, for video (fusion.video)
+            self.fuse_luma_batch = inner.fuse_luma_batch
 
     def fuse_luma(self, ir: np.ndarray, vis_y: np.ndarray) -> np.ndarray:
         fused = np.asarray(self.inner.fuse_luma(ir, vis_y), dtype=np.float32)

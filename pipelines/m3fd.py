@@ -116,6 +116,7 @@ class CandidateRecord:
 
     fuse: FuseOutput | None = None
     metrics: dict[str, float] | None = None          # mean fusion metrics over the evaluation split
+    temporal: dict[str, Any] | None = None           # temporal metrics over its consecutive-frame runs
     detection_runs: dict[int, dict[str, Any]] = field(default_factory=dict)  # seed -> DetectionResult dict
 
 
@@ -448,6 +449,31 @@ def stage_metrics(cfg: PipelineConfig, candidate: Candidate, dataset, fused: Fus
     return output
 
 
+def stage_temporal(cfg: PipelineConfig, candidate: Candidate, dataset, fused: FuseOutput, store: StageStore) -> dict:
+    """Temporal consistency (``fusion.temporal``) over the evaluation split's runs of consecutive frames.
+
+    M3FD's scenes are consecutive frames: the evaluation ids are grouped by scene (``meta/scenario.json``; ids of
+    no known scene form one group) and cut into runs of consecutive ids; runs of one frame are not scored.
+    """
+    from fusion.temporal import consecutive_runs, evaluate_sequences
+
+    ids = sorted(dataset.splits[cfg.eval_split])
+    key = content_key("temporal", fused.key, ids)
+    stored = store.get(candidate.name, "temporal", key)
+    if stored:
+        return stored
+    by_scene: dict[str | None, list[str]] = {}
+    for i in ids:
+        by_scene.setdefault(dataset.scene_of(i), []).append(i)
+    fused_dir = Path(fused.dir)
+    runs = [[(fused_dir / f"{i}.png", dataset.ir_path(i), dataset.vis_path(i)) for i in run]
+            for scene_ids in by_scene.values() for run in consecutive_runs(scene_ids)]
+    scored = [run for run in runs if len(run) >= 2]
+    output = {"mean": evaluate_sequences(runs), "n_runs": len(scored), "n_frames": sum(map(len, scored))}
+    store.put(candidate.name, "temporal", key, output)
+    return output
+
+
 def detection_settings(cfg: PipelineConfig, preset: dict[str, Any]) -> dict[str, Any]:
     """The detector recipe every candidate gets: the preset's, with the command line's overrides.
 
@@ -553,6 +579,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             cand.record.fuse = fused
             progress.stage(k, cand.name, "fusion metrics")
             cand.record.metrics = stage_metrics(cfg, cand, dataset, fused, store)["mean"]
+            cand.record.temporal = stage_temporal(cfg, cand, dataset, fused, store)
             progress.stage(k, cand.name, "exporting detection dataset")
             used = [i for ids in roles.values() for i in ids]
             yolo = export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in used},
@@ -718,7 +745,7 @@ def assemble_results(cfg: PipelineConfig, preset: dict, seeds: list[int], settin
             "name": cand.name, "kind": cand.kind, "baseline": cand.baseline,
             "checkpoint": str(cand.checkpoint) if cand.checkpoint else None, "error": cand.error,
             "origin": cand.spec.origin, "spec": cand.spec.to_dict(),
-            "fusion": cand.record.metrics, "fuse_seconds_per_image": fuse.seconds_per_image if fuse else None,
+            "fusion": cand.record.metrics, "temporal": cand.record.temporal, "fuse_seconds_per_image": fuse.seconds_per_image if fuse else None,
             "fused_dir": fuse.dir if fuse else None,
             # A candidate with any failed seed is not ranked: a mean over fewer seeds than the others' is no match.
             "detection": report.summarise_detection(runs) if runs and not cand.error else None,

@@ -203,6 +203,18 @@ def class_names_of(records: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(c for r in records for c in ((r.get("detection") or {}).get("ap50") or {})))
 
 
+# Temporal consistency over the evaluation split's consecutive-frame runs (fusion.temporal), shown when measured.
+TEMPORAL_COLUMNS: tuple[str, ...] = ("flicker", "temporal_correlation")
+
+
+def _temporal(record: dict[str, Any], metric: str) -> float | None:
+    return (((record.get("temporal") or {}).get("mean")) or {}).get(metric)
+
+
+def _has_temporal(records: list[dict[str, Any]], metric: str) -> bool:
+    return any(_temporal(r, metric) is not None for r in records)
+
+
 def _scenarios(records: list[dict[str, Any]]) -> list[str]:
     return sorted({s for r in records for s in ((r.get("detection") or {}).get("scenarios") or {})})
 
@@ -212,7 +224,8 @@ def table_columns(records: list[dict[str, Any]], protocol: str = "field") -> lis
     other = "deployed" if protocol == "field" else "field"
     return (["rank", "candidate", "mAP@50", f"mAP@50 {other}", "gain vs best single", "mAP@50:95", "P", "R"]
             + [f"AP50 {c}" for c in class_names_of(records)] + [f"mAP@50 {s}" for s in _scenarios(records)]
-            + list(FUSION_METRICS) + ["fuse ms/img", "status"])
+            + list(FUSION_METRICS) + [c for c in TEMPORAL_COLUMNS if _has_temporal(records, c)]
+            + ["fuse ms/img", "status"])
 
 
 def table_rows(records: list[dict[str, Any]], pm: bool = True, protocol: str = "field",
@@ -244,6 +257,7 @@ def table_rows(records: list[dict[str, Any]], pm: bool = True, protocol: str = "
             **{f"mAP@50 {s}": _fmt(((det.get("scenarios") or {}).get(s) or {}).get("map50" + suffix), pm=pm)
                for s in _scenarios(records)},
             **{m: _fmt(fusion.get(m), digits=3) for m in FUSION_METRICS},
+            **{m: _fmt(_temporal(r, m), digits=3) for m in TEMPORAL_COLUMNS},
             "fuse ms/img": "-" if r.get("fuse_seconds_per_image") is None
             else f"{1000 * r['fuse_seconds_per_image']:.1f}",
             "status": "ok" if not r.get("error") else "FAILED (see below)",
@@ -289,7 +303,13 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "resumes from its EMA checkpoint without the random state, so those numbers can differ slightly "
                   "from an uninterrupted run's\n")
     out.write(f"- fusion metrics: mean over the `{cfg['eval_split']}` images, reference-evaluator conventions "
-              "(MI, SCD, VIF, SSIM summed over both sources; MI in nats)\n\n")
+              "(MI, SCD, VIF, SSIM summed over both sources; MI in nats)")
+    if any(_has_temporal(records, m) for m in TEMPORAL_COLUMNS):
+        runs = next(((r.get("temporal") or {}).get("n_runs") for r in records if r.get("temporal")), 0)
+        out.write(f"; temporal consistency over its {runs} runs of consecutive frames (`fusion.temporal`: flicker "
+                  "in grey levels per frame beyond the sources' own change, 0 is none; temporal_correlation 1 means "
+                  "the fused changes follow the sources')")
+    out.write("\n\n")
     protocol = cfg.get("protocol", "field")
     boot = results.get("bootstrap") or {}
     intervals = (boot.get("protocols") or {}).get(protocol)
@@ -427,7 +447,7 @@ def write_csv(path: Path, records: list[dict[str, Any]], protocol: str = "field"
     scenarios = sorted({s for r in records for s in ((r.get("detection") or {}).get("scenarios") or {})})
     columns += [f"ap50_deployed_{c}" for c in classes]
     columns += [f"map50_{s}" for s in scenarios] + [f"map50_deployed_{s}" for s in scenarios]
-    columns += list(FUSION_METRICS) + ["fuse_seconds_per_image", "origin"]
+    columns += list(FUSION_METRICS) + list(TEMPORAL_COLUMNS) + ["fuse_seconds_per_image", "origin"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
@@ -459,6 +479,7 @@ def write_csv(path: Path, records: list[dict[str, Any]], protocol: str = "field"
         row.update({f"ap50_{c}": m((det.get("ap50") or {}).get(c)) for c in classes})
         row.update({f"map50_{s}": m(((det.get("scenarios") or {}).get(s) or {}).get("map50")) for s in scenarios})
         row.update({k: "" if (r.get("fusion") or {}).get(k) is None else r["fusion"][k] for k in FUSION_METRICS})
+        row.update({k: "" if _temporal(r, k) is None else _temporal(r, k) for k in TEMPORAL_COLUMNS})
         writer.writerow(row)
     atomic_write_text(path, buf.getvalue())
 

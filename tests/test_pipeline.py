@@ -310,3 +310,15 @@ def test_both_protocols_and_bootstrap_intervals_are_reported(first_run):
     with (cfg.out / "results.csv").open() as f:
         header = next(csv.reader(f))
     assert {"map50_deployed", "deployed_gain_low", "deployed_gain_high", "field_map50_low"} <= set(header)
+
+
+def test_temporal_consistency_is_reported_per_candidate(first_run):
+    cfg, results = first_run
+    for r in results["candidates"]:
+        if r["error"]:
+            continue
+        temporal = r["temporal"]
+        assert temporal["n_runs"] >= 1 and temporal["n_frames"] >= 2 * temporal["n_runs"]
+        assert temporal["mean"]["flicker"] >= 0.0 and -1e-9 <= temporal["mean"]["temporal_correlation"] <= 1 + 1e-9
+    header = next(line for line in (cfg.out / "results.md").read_text().splitlines() if line.startswith("| rank"))
+    assert "| flicker |" in header and "| temporal_correlation |" in header
