@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,28 @@ def remove_stale_temps(folder: str | Path, name: str | None = None) -> list[Path
             entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
+
+
+def remove_stale_temps_tree(root: str | Path) -> list[Path]:
+    """``remove_stale_temps`` in ``root`` and every folder below it: what writers killed anywhere in a run's output
+    left behind (a plot, a report file, a stage record, a TensorBoard summary, a cache folder)."""
+    removed = []
+    for folder, dirs, _ in os.walk(root):
+        removed += remove_stale_temps(folder)
+        dirs[:] = [d for d in dirs if not _TEMP_PATTERN.match(d)]  # a live writer's temporary: not ours to look in
+    return removed
+
+
+def clear_dir(path: str | Path) -> None:
+    """Remove a folder so that it is either whole or gone, never half-deleted: it is first renamed to a temporary
+    name (one rename), then deleted; a process killed during the deletion leaves a dead writer's temporary, which
+    ``remove_stale_temps`` sweeps. ``--force`` clears finished work this way before redoing it."""
+    path = Path(path)
+    if not path.exists():
+        return
+    aside = path.with_name(f"{_temp_prefix(path)}{uuid.uuid4().hex[:8]}.tmp")
+    os.replace(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextlib.contextmanager

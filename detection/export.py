@@ -325,6 +325,7 @@ def export_yolo_dataset(
     *,
     eval_split: str = "val",
     class_names: Sequence[str] = CLASS_NAMES,
+    force: bool = False,
 ) -> YoloDataset:
     """Write (or reuse) an Ultralytics dataset for the given images, annotations and splits.
 
@@ -335,6 +336,7 @@ def export_yolo_dataset(
             ``val``; other names (``test``) are exported too.
         out_dir: the dataset folder. It is replaced atomically when its content key differs.
         eval_split: the split :attr:`YoloDataset.coco_gt_path` refers to.
+        force: rebuild even when a finished export of the same inputs is there (it is replaced atomically).
         class_names: the dataset's classes in label-index order (the loader's ``class_names``; M3FD's by
             default). They travel on in the manifest, ``YoloDataset.class_names`` and the detector's result.
 
@@ -347,7 +349,7 @@ def export_yolo_dataset(
     out_dir = Path(out_dir).resolve()
     class_names = tuple(class_names)
     key = _input_key(images, annotations, splits, eval_split, out_dir, class_names)
-    existing = _read_manifest(out_dir, key) if key is not None else None
+    existing = _read_manifest(out_dir, key) if key is not None and not force else None
     if existing is not None:
         return _dataset_from_manifest(out_dir, existing)  # the same inputs were validated when it was built
     checked, warnings = _validate(images, annotations, splits, eval_split, class_names)

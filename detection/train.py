@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.io import read_record, write_record
+from data.io import clear_dir, read_record, write_record
 from data.provenance import content_key, file_fingerprint
 from detection.coco_eval import CocoScores, coco_map
 from detection.export import YoloDataset, link_file
@@ -249,6 +249,7 @@ def train_and_evaluate(
     extra_args: Mapping[str, Any] | None = None,
     eval_split: str = "val",
     threads: int | None = None,
+    force: bool = False,
 ) -> DetectionResult:
     """Train a YOLO detector on ``dataset`` and evaluate it on ``eval_split``.
 
@@ -268,6 +269,8 @@ def train_and_evaluate(
             ``amp`` defaults to False: on a GPU Ultralytics' AMP check would download yolo26n.pt.
         eval_split: the split scored at the end.
         threads: torch CPU threads (default :func:`detection.ultralytics_env.default_threads`).
+        force: train from scratch even when a finished or interrupted run of the same key is there (the old
+            run folder is removed whole first, ``data.io.clear_dir``).
 
     Raises:
         ValueError: bad arguments (listed together) before anything is imported or trained.
@@ -282,6 +285,8 @@ def train_and_evaluate(
     settings = {"model": model, "epochs": epochs, "imgsz": imgsz, "batch": batch, "seed": seed, "device": device,
                 "workers": workers, "extra_args": extra_args, "eval_split": eval_split, "threads": threads}
     key = _run_key(dataset, settings, weights)
+    if force:
+        clear_dir(run_dir)
     finished = read_record(run_dir / RESULT_NAME, key)
     # A result from before the deployed protocol was measured is scored again (its weights are kept), not retrained.
     if finished and finished.get("deployed_predictions_path"):
@@ -299,7 +304,7 @@ def train_and_evaluate(
             LOGGER.info("resuming interrupted detection run %s from %s", run_dir, last)
             _fit(last, {"resume": True}, mirror)
         else:
-            shutil.rmtree(run_dir, ignore_errors=True)  # stale files from another configuration
+            clear_dir(run_dir)  # stale files from another configuration, removed whole
             run_dir.mkdir(parents=True)
             write_record(run_dir / STATE_NAME, key, {"trained": False, "settings": settings})
             pretrained: str | bool = False

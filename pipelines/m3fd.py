@@ -34,8 +34,10 @@ from data.io import (
     atomic_write_text,
     read_image,
     read_ir,
+    clear_dir,
     read_record,
     read_visible,
+    remove_stale_temps_tree,
     replace_dir,
     write_record,
 )
@@ -213,6 +215,9 @@ def resolve_dataset(cfg: PipelineConfig, synthetic_params: dict[str, Any]):
 
         raise DatasetError(str(root), problems)
     cfg.out.mkdir(parents=True, exist_ok=True)  # only now: a run refused up front leaves no empty --out behind
+    swept = remove_stale_temps_tree(cfg.out)  # what a killed earlier run left half-written, wherever it was
+    if swept:
+        LOGGER.info("removed %d temporary file(s) a killed run left in %s", len(swept), cfg.out)
     split_path = cfg.out / "split.json"
     dataset.write_split(split_path)
     info = {"root": str(Path(root).resolve()), "synthetic": synthetic, "n_images": len(dataset.ids),
@@ -357,6 +362,8 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Sta
         LOGGER.info("DAE-Fuse trained here reused: %s", stored["checkpoint"])
         return Path(stored["checkpoint"])
     run_dir = cfg.out / "fusion_training" / key[:12]
+    if cfg.force:  # train again from scratch; the old run is removed whole (a killed forced run then resumes this one)
+        clear_dir(run_dir)
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(cfg.out / "tb" / "fusion_training"))
@@ -413,13 +420,15 @@ def fuse_into_cache(cfg: PipelineConfig, candidate: Candidate, pairs, key: str, 
     stored = store.get(candidate.name, stage, key)
     fused_dir = cfg.out / "cache" / "fused" / key[:16]
     record = fused_dir / FUSE_RECORD
-    if fused_dir.is_dir() and (stored or read_record(record, key)):
+    partial = fused_dir.with_name(fused_dir.name + ".partial")  # each image is written atomically: safe to resume
+    if store.redo(f"fused:{key}"):  # --force: fused again from nothing, once per run; the old folder stays in
+        clear_dir(partial)          # place until the new one replaces it (replace_dir)
+    elif fused_dir.is_dir() and (stored or read_record(record, key)):
         if not stored:
             stored = read_record(record, key)
             store.put(candidate.name, stage, key, stored)
         LOGGER.info("%s: fused images reused from %s", candidate.name, fused_dir)
         return FuseOutput(**stored, key=key, cached=True)
-    partial = fused_dir.with_name(fused_dir.name + ".partial")  # each image is written atomically: safe to resume
     timing = fuse_folder(fuser, pairs, partial, progress=cfg.progress, skip_existing=True)
     seconds = list(timing["per_image"].values())  # images fused now (a resumed folder kept the others)
     # Reading another method's images is no measure of its fusing time.
@@ -513,7 +522,8 @@ def detect_job(job: dict[str, Any]) -> dict[str, Any]:
         result = train_and_evaluate(
             YoloDataset.load(Path(job["dataset"])), **recipe, seed=job["seed"], device=job["device"],
             out_dir=Path(job["run_dir"]), name=f"seed{job['seed']}", tb_writer=writer,
-            tb_prefix=f"detect/{job['candidate']}/seed{job['seed']}", eval_split=job["eval_split"])
+            tb_prefix=f"detect/{job['candidate']}/seed{job['seed']}", eval_split=job["eval_split"],
+            force=job.get("force", False))
     finally:
         writer.close()
     out = result.to_dict()
@@ -585,7 +595,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             yolo = export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in used},
                                        {i: dataset.annotation(i) for i in used}, roles,
                                        cfg.out / "cache" / "yolo" / fused.key[:16], eval_split=eval_role,
-                                       class_names=dataset.class_names)
+                                       class_names=dataset.class_names, force=cfg.force)
             cand.record.detection_runs = {}
             for seed in seeds:
                 key = content_key("detect", fused.key, yolo.key, settings, seed, roles, eval_role, cfg.device,
@@ -598,7 +608,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                 job = {"candidate": cand.name, "seed": seed, "recipe": settings, "dataset": str(yolo.root),
                        "coco_gt": str(yolo.coco_gt_path), "device": cfg.device, "eval_split": eval_role,
                        "run_dir": str(cfg.out / "runs" / cand.name), "tb_dir": str(cfg.out / "tb" / cand.name),
-                       "scenario_ids": scenario_ids, "scenario_boxes": scenario_boxes, "key": key}
+                       "scenario_ids": scenario_ids, "scenario_boxes": scenario_boxes, "key": key,
+                       "force": cfg.force}
                 pending_jobs.append((cand, job))
         except Exception as err:  # noqa: BLE001 - one failing candidate must not stop the others
             LOGGER.exception("candidate %s failed", cand.name)
@@ -660,7 +671,7 @@ def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, 
                     yolo = export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in ids},
                                                {i: dataset.annotation(i) for i in ids}, {"test": ids},
                                                cfg.out / "cache" / "yolo" / fused.key[:16], eval_split="test",
-                                               class_names=dataset.class_names)
+                                               class_names=dataset.class_names, force=cfg.force)
                     scored[cand.name] = [_score_seed(cfg, cand, yolo, fused, settings, seed, corruption, severity,
                                                      store, score_detector) for seed in seeds]
                 except Exception as err:  # noqa: BLE001 - one candidate's failure leaves the others' cells

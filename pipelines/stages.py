@@ -18,6 +18,15 @@ class StageStore:
     def __init__(self, root: Path, force: bool = False):
         self.root = Path(root)
         self.force = force
+        self._redone: set[str] = set()
+
+    def redo(self, what: str) -> bool:
+        """Under ``force``: True the first time ``what`` is asked about in this run (redo it), False afterwards
+        (it was redone already: reuse it). Always False without ``force``."""
+        if not self.force or what in self._redone:
+            return False
+        self._redone.add(what)
+        return True
 
     def _path(self, candidate: str, stage: str) -> Path:
         return self.root / candidate / f"{stage}.json"
