@@ -1,6 +1,7 @@
 """Shared test fixtures: the network guard, the shared data folder, and small helpers."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -11,13 +12,37 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NETGUARD_DIR = Path(__file__).resolve().parent / "netguard"
 SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
-# Every test process and every subprocess it starts refuses non-loopback sockets (see netguard/sitecustomize.py).
-sys.path.insert(0, str(NETGUARD_DIR))
-import sitecustomize  # noqa: E402,F401  (importing it installs the audit hook in this process)
+# Every test process and every subprocess it starts refuses non-loopback sockets and name look-ups (see
+# netguard/netguard.py). Loaded by its path: ``import sitecustomize`` would return a system sitecustomize imported at
+# start-up and leave the guard off; subprocesses get it from netguard/sitecustomize.py through PYTHONPATH.
+def _load_netguard():
+    spec = importlib.util.spec_from_file_location("fusebench_netguard", NETGUARD_DIR / "netguard.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+NETGUARD = _load_netguard()
 
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(NETGUARD_DIR), str(REPO_ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
 )
+
+
+def assert_netguard_on() -> None:
+    """Fail unless this process's guard refuses a look-up of an outside name. ``sys.audit`` raises the event the
+    resolver would raise first, so nothing is looked up even when the guard is off."""
+    log = os.environ.pop("NETGUARD_LOG", None)
+    try:
+        sys.audit("socket.getaddrinfo", "netguard-probe.example", 443, 0, 0, 0)
+    except OSError as err:
+        assert "network access blocked" in str(err), err
+    else:
+        raise AssertionError("the network guard is not installed in the test process (tests/netguard)")
+    finally:
+        if log is not None:
+            os.environ["NETGUARD_LOG"] = log
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,6 +50,7 @@ def netguard_log(tmp_path_factory) -> Path:
     """Collects every blocked network attempt of the session; the session fails if any was made."""
     log = tmp_path_factory.mktemp("netguard") / "blocked.log"
     log.touch()
+    assert_netguard_on()
     os.environ["NETGUARD_LOG"] = str(log)
     yield log
     blocked = log.read_text()
