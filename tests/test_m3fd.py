@@ -96,6 +96,26 @@ def test_reads_a_clean_dataset_with_mixed_formats(tmp_path):
         ds.ir_path("99999")
 
 
+def test_16_bit_infrared_keeps_the_upper_byte(tmp_path):
+    """16-bit IR is reduced by keeping the upper byte (v >> 8), as cv2.imread and the reference evaluator do: not
+    scaled (v / 257 rounds 0x12FF to 19, not 18), not the lower byte, not clipped at 255, not min-max stretched."""
+    from data.io import read_gray_reference, read_ir
+
+    root = make_m3fd(tmp_path / "d", IDS[:3])
+    values = np.array([0x12FF, 0xFFFF, 0x0100, 0x00FF, 0, 40000, 0x8080], np.uint16)
+    image = np.resize(values, (H, W)).astype(np.uint16)
+    for ext in (".png", ".tiff"):
+        for old in (root / "Ir").glob("00001.*"):
+            old.unlink()
+        write_image(root / "Ir" / f"00001{ext}", image)
+        path = load_quietly(root, block_size=1).ir_path("00001")
+        assert path.suffix == ext and cv2.imread(str(path), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+        expected = (image >> 8).astype(np.uint8)
+        assert expected[0, :len(values)].tolist() == [18, 255, 1, 0, 0, 156, 128]
+        np.testing.assert_array_equal(read_ir(path), expected)
+        np.testing.assert_array_equal(read_gray_reference(path), expected.astype(np.float32))  # what metrics read
+
+
 # ------------------------------------------------------------------------------------------------- bad input
 
 
