@@ -40,6 +40,43 @@ def pair_dirs(synthetic_root) -> tuple[Path, Path]:
     return synthetic_root / "Ir", synthetic_root / "Vis"
 
 
+def test_fuse_luma_is_the_models_forward_on_infrared_then_visible_in_0_to_1(checkpoint, synthetic_root, tmp_path):
+    """What the trainer optimised and validated is ``model(ir, vis)`` on [0, 1] tensors: fuse_luma must be that
+    forward, scaled back to 0..255. The same checkpoint is rebuilt here independently of the fuser. One fusion
+    epoch leaves the toy model nearly constant (about 128 whatever the inputs), so its weights are perturbed
+    (seeded) first: the model then depends on its inputs, not symmetrically and not scale-free, so an
+    infrared/visible swap or a wrong scale is seen."""
+    from fusion.dae_fuse import DAEFuse, DAEFuseConfig
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    generator = torch.Generator().manual_seed(0)
+    for name, value in state["model"].items():
+        if value.is_floating_point() and "running_" not in name:  # normalisation statistics stay valid
+            value += 0.1 * torch.randn(value.shape, generator=generator)
+    checkpoint = tmp_path / "perturbed.pt"
+    torch.save(state, checkpoint)
+    model = DAEFuse(DAEFuseConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    pair = load_m3fd(synthetic_root).pairs("test")[0]
+    ir = read_ir(pair.ir).astype(np.float32)
+    vis, _ = read_visible(pair.vis)
+    assert np.abs(ir - vis).mean() > 10  # the two inputs differ enough for a swap to show
+
+    def forward(a: np.ndarray, b: np.ndarray, scale: float = 255.0) -> np.ndarray:
+        with torch.no_grad():
+            out = model(torch.from_numpy(a / scale)[None, None], torch.from_numpy(b / scale)[None, None])
+        return out[0, 0].float().numpy() * scale
+
+    expected = forward(ir, vis)
+    got = CheckpointFuser(checkpoint).fuse_luma(ir, vis)
+    assert got.shape == ir.shape and got.dtype == np.float32 and np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    assert np.abs(got - forward(vis, ir)).max() > 1.0          # swapped inputs give another image
+    assert np.abs(got - forward(ir, vis, scale=1.0)).max() > 1.0  # so do inputs left on the 0..255 scale
+    assert 5 < got.mean() < 250  # on the 0..255 scale, not 0..1
+
+
 def test_create_fuser_builds_the_generator_only(checkpoint, monkeypatch):
     def no_discriminators(*args, **kwargs):
         raise AssertionError("inference built the discriminators")
