@@ -340,6 +340,39 @@ def test_best_checkpoint_survives_an_interruption_between_writes(tmp_path, synth
     assert torch.load(result.best_checkpoint, weights_only=False)["epoch"] == 2
 
 
+@pytest.mark.parametrize("metric, values, best_epoch", [
+    ("Qabf", [0.4, 0.6], 2), ("Qabf", [0.6, 0.4], 1),                # maximised
+    ("fusion_loss", [0.5, 0.3], 2), ("fusion_loss", [0.3, 0.5], 1),  # minimised
+])
+def test_best_pt_is_the_epoch_with_the_best_validation_value(tmp_path, synthetic_root, monkeypatch, metric, values,
+                                                              best_epoch):
+    """Two fusion epochs whose validation ``metric`` is scripted: best.pt holds the weights of the better epoch (the
+    higher Qabf, the lower fusion loss), whichever comes first, and last.pt records it."""
+    validate = Trainer.validate
+
+    def scripted(trainer):
+        measured = validate(trainer)
+        assert metric in measured  # the metric is really computed on these images; only its value is scripted
+        return {**measured, metric: values[trainer.epoch]}
+
+    weights_after = {}
+
+    def keep_weights(trainer):
+        weights_after[trainer.epoch + 1] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+    monkeypatch.setattr(Trainer, "validate", scripted)
+    cfg = tiny_config("phases=[{name: fuse, epochs: 2}]", f"best_metric={metric}")
+    result = train(cfg, synthetic_root, tmp_path / "run", progress=False, callbacks={"on_epoch_end": [keep_weights]})
+    best = torch.load(result.best_checkpoint, weights_only=False)
+    last = torch.load(result.last_checkpoint, weights_only=False)
+    assert best["epoch"] == best_epoch and last["epoch"] == 2
+    assert last["best"] == {"metric": metric, "value": values[best_epoch - 1], "epoch": best_epoch}
+    other = 3 - best_epoch
+    assert any(not torch.equal(weights_after[1][k], weights_after[2][k]) for k in weights_after[1])
+    assert all(torch.equal(best["model"][k], weights_after[best_epoch][k]) for k in best["model"])
+    assert not all(torch.equal(best["model"][k], weights_after[other][k]) for k in best["model"])
+
+
 def test_resume_restores_a_best_checkpoint_lost_after_last_pt(tmp_path, synthetic_root):
     """A run interrupted after last.pt but before best.pt (the order of earlier versions) left a last.pt whose best
     epoch is itself: resuming restores best.pt from it."""
