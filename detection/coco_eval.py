@@ -4,9 +4,12 @@ The predictions are Ultralytics' ``predictions.json`` (``val(save_json=True)``);
 export's ``annotations/<split>.json`` (same image-id and category-id conventions, see ``detection.export``).
 
 Ultralytics keeps up to 300 detections per image, so the evaluation uses ``maxDets = [1, 100, 300]`` and reads
-AP at 300; with COCO's default top-100 the two numbers can drift further apart. Ultralytics integrates an
-interpolated PR curve while COCO samples 101 recall points, so the two agree closely on realistic prediction
-sets (about 0.005 in ``../shared/ULTRALYTICS_OFFLINE.md`` section 5) but not exactly.
+AP at 300; with COCO's default top-100 the two numbers can drift further apart. Both match detections to boxes
+the same way, but integrate differently: COCO averages the precision envelope's step values at 101 recall points,
+Ultralytics (``compute_ap``) integrates the envelope, linearly interpolated at the same points, with the trapezoid
+rule, ending at precision 0 at recall 1 (a perfect detector: COCO 1.0, Ultralytics 0.995). So the two agree closely
+on realistic prediction sets (about 0.005 in ``../shared/ULTRALYTICS_OFFLINE.md`` section 5; within 0.01 on the
+hand-made set of ``tests/test_detection.py``) but not exactly.
 """
 from __future__ import annotations
 
