@@ -470,29 +470,58 @@ again = train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="a")
 writer.close()
 
 
-class Interrupt:  # a TensorBoard writer that stops the process's training after the first epoch
-    def add_scalar(self, *args):
+class Epochs:  # a TensorBoard writer that records which epochs Ultralytics really trained in this call
+    def __init__(self):
+        self.trained = []
+
+    def add_scalar(self, tag, value, step):
+        if tag.endswith("/train/box_loss"):  # logged once per trained epoch (the final evaluation logs best/...)
+            self.trained.append(step)
+
+    def flush(self):
         pass
 
+
+class Interrupt(Epochs):  # ... and stops the process's training after the first epoch
     def flush(self):
         raise KeyboardInterrupt("simulated interruption after epoch 1")
 
 
+before, after = Interrupt(), Epochs()
 try:
-    train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="c", tb_writer=Interrupt())
+    train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="c", tb_writer=before)
     raise SystemExit("the interruption did not happen")
 except KeyboardInterrupt:
     pass
 interrupted = not (work / "runs" / "c" / "detection_result.json").exists()
-c = train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="c")
+c = train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="c", tb_writer=after)
+c_csv_epochs = [int(line.split(",")[0]) for line in (work / "runs" / "c" / "results.csv").read_text().splitlines()[1:]]
 
-# Local weights under a name Ultralytics would rewrite (yolov5s.pt -> yolov5su.pt) and then try to download.
+# Local weights under a name Ultralytics would rewrite (yolov5s.pt -> yolov5su.pt) and then try to download. Their
+# first convolution gets a pattern no initialisation makes, and the run learns at rate 0 (SGD, no warm-up): a
+# detector that really starts from them still has that pattern when it is saved.
+import torch
+
+state = torch.load(Path(a.run_dir) / "weights" / "best.pt", map_location="cpu", weights_only=False)
+first = state["model"].model[0].conv.weight
+pattern = (torch.arange(first.numel()) % 7).reshape(first.shape).to(first.dtype) * 0.01 - 0.03
+first.data.copy_(pattern)
+if state.get("ema") is not None:
+    state["ema"].model[0].conv.weight.data.copy_(pattern)
 trap = work / "yolov5s.pt"
-trap.write_bytes((Path(a.run_dir) / "weights" / "best.pt").read_bytes())
-d = train_and_evaluate(ds, **{**kwargs, "epochs": 1}, weights=trap, out_dir=work / "runs", name="d")
+torch.save(state, trap)
+frozen = {**kwargs["extra_args"], "optimizer": "SGD", "lr0": 0.0, "warmup_epochs": 0, "warmup_bias_lr": 0.0}
+d = train_and_evaluate(ds, **{**kwargs, "epochs": 1, "extra_args": frozen}, weights=trap, out_dir=work / "runs",
+                       name="d")
+d_first = {}
+for kind in ("last", "best"):
+    kept = torch.load(Path(d.run_dir) / "weights" / f"{kind}.pt", map_location="cpu", weights_only=False)
+    d_first[kind] = float((kept["model"].model[0].conv.weight.float() - pattern.float()).abs().max())
 summary = {"a": a.to_dict(), "b": b.to_dict(), "again": again.to_dict(), "c": c.to_dict(), "d": d.to_dict(),
            "interrupted_left_no_result": interrupted, "epochs": kwargs["epochs"],
-           "csv_rewritten": (work / "runs" / "a" / "results.csv").stat().st_mtime_ns != csv_stamp}
+           "csv_rewritten": (work / "runs" / "a" / "results.csv").stat().st_mtime_ns != csv_stamp,
+           "c_epochs_before": before.trained, "c_epochs_resumed": after.trained, "c_csv_epochs": c_csv_epochs,
+           "d_first_conv_off_pattern": d_first}
 (work / "summary.json").write_text(json.dumps(summary))
 """
 
@@ -566,6 +595,11 @@ def test_tiny_run_is_deterministic_and_reused(tiny_run):
 def test_interrupted_training_resumes_from_last_checkpoint(tiny_run):
     assert tiny_run.interrupted_left_no_result
     assert tiny_run.c["resumed"] and tiny_run.c["epochs_completed"] == tiny_run.epochs
+    # What Ultralytics really trained: epoch 1 before the interruption, only epoch 2 after it (a retraining from
+    # scratch or from an older checkpoint would train epoch 1 again), one results.csv row each.
+    assert tiny_run.c_epochs_before == [1]
+    assert tiny_run.c_epochs_resumed == list(range(2, tiny_run.epochs + 1))
+    assert tiny_run.c_csv_epochs == list(range(1, tiny_run.epochs + 1))
     assert list(tiny_run.c["ap50"]) == list(CLASS_NAMES)
 
 
@@ -574,6 +608,10 @@ def test_local_weights_initialise_training_without_a_download(tiny_run):
     assert tiny_run.d["weights"] == str(tiny_run.work / "yolov5s.pt")
     assert (Path(tiny_run.d["run_dir"]) / "initial_weights.pt").is_file()
     assert tiny_run.netlog.read_text() == ""
+    # The given weights' first convolution (a pattern no initialisation makes), trained at rate 0, is still there
+    # in the saved detector (fp16, so to its precision): the run started from those weights, not from scratch.
+    assert tiny_run.d_first_conv_off_pattern["last"] < 1e-3
+    assert tiny_run.d_first_conv_off_pattern["best"] < 1e-3
 
 
 @pytest.mark.slow
