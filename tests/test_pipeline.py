@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import pipelines.m3fd as m3fd
-from pipelines import report
 from data.types import CLASS_NAMES
 from fusion.train import train
 from pipelines.m3fd import PipelineConfig, run_pipeline, torch_device
