@@ -364,6 +364,7 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Sta
     run_dir = cfg.out / "fusion_training" / key[:12]
     if cfg.force:  # train again from scratch; the old run is removed whole (a killed forced run then resumes this one)
         clear_dir(run_dir)
+        clear_tb_events(cfg.out / "tb" / "fusion_training")
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(cfg.out / "tb" / "fusion_training"))
@@ -377,6 +378,13 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Sta
     store.put("_fusion_training", "train", key, {"checkpoint": str(checkpoint), "run_dir": str(run_dir),
                                                  "wall_time_s": result.wall_time_s})
     return checkpoint
+
+
+def clear_tb_events(folder: Path) -> None:
+    """Remove the TensorBoard event files directly in ``folder`` (``--force``: a retrained model's curves would
+    otherwise be drawn over the old ones at the same steps). Sub-runs (``summary/``) are left alone."""
+    for events in Path(folder).glob("events.out.tfevents.*"):
+        events.unlink(missing_ok=True)
 
 
 def source_fingerprint(dataset, ids: list[str]) -> str:
@@ -597,6 +605,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                                        cfg.out / "cache" / "yolo" / fused.key[:16], eval_split=eval_role,
                                        class_names=dataset.class_names, force=cfg.force)
             cand.record.detection_runs = {}
+            if cfg.force:  # every seed trains again: its curves replace the old ones instead of doubling them
+                clear_tb_events(cfg.out / "tb" / cand.name)
             for seed in seeds:
                 key = content_key("detect", fused.key, yolo.key, settings, seed, roles, eval_role, cfg.device,
                                   scenario_ids, DETECT_SCORING)
@@ -661,7 +671,7 @@ def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, 
             cell_name = f"{corruption}/{severity}"
             progress.stage(progress.done + 1, cell_name, f"corrupting, fusing and scoring {len(usable)} candidates")
             pairs, corrupt_key = corrupted_pairs(cfg.out / "cache", dataset, ids, corruption, severity,
-                                                 cfg.corruption_seed, sources_key)
+                                                 cfg.corruption_seed, sources_key, force=cfg.force)
             scored: dict[str, list[dict[str, Any]]] = {}
             for cand in usable:
                 try:

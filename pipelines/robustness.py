@@ -25,13 +25,14 @@ SINGLE_MODALITY = ("ir", "vis")
 
 
 def corrupted_pairs(cache_root: Path, dataset, ids: list[str], corruption: str, severity: int, seed: int,
-                    sources_key: str) -> list[Pair]:
-    """The evaluation pairs with ``corruption`` applied, written once into a content-keyed folder (atomic)."""
+                    sources_key: str, force: bool = False) -> list[Pair]:
+    """The evaluation pairs with ``corruption`` applied, written once into a content-keyed folder (atomic);
+    ``force`` (``--force``) writes them again, the new folder replacing the old one whole."""
     from data.corruptions import corrupt_pair
 
     key = content_key("corrupt", corruption, severity, seed, sources_key, ids)
     folder = cache_root / "corrupted" / key[:16]
-    if read_record(folder / RECORD, key) is None:
+    if force or read_record(folder / RECORD, key) is None:
         with atomic_dir(folder) as tmp:
             (tmp / "ir").mkdir()
             (tmp / "vis").mkdir()

@@ -131,6 +131,21 @@ def test_export_is_reused_when_unchanged_and_rebuilt_when_changed(tmp_path, monk
     assert (tmp_path / "yolo" / "labels" / "val" / "00002.txt").read_text().startswith("2 ")
 
 
+def test_forced_export_is_rebuilt_and_swapped_in_whole(tmp_path, monkeypatch):
+    images, annotations = make_synthetic(tmp_path / "src", 4)
+    splits = {"train": ["00000", "00001"], "val": ["00002", "00003"]}
+    first = export_yolo_dataset(images, annotations, splits, tmp_path / "yolo")
+    stale = tmp_path / "yolo" / "labels" / "val" / "stale.txt"
+    stale.write_text("left by an older export")
+    probed = []
+    real_probe = export_module.probe_images
+    monkeypatch.setattr(export_module, "probe_images", lambda paths: probed.append(1) or real_probe(paths))
+    again = export_yolo_dataset(images, annotations, splits, tmp_path / "yolo", force=True)
+    assert probed and again.key == first.key  # validated and written again, same content
+    assert not stale.exists()  # a new folder replaced the old one whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "yolo"]  # no temporary or old folder beside it
+
+
 def test_interrupted_export_is_never_taken_for_complete(tmp_path, monkeypatch):
     images, annotations = make_synthetic(tmp_path / "src", 4)
     splits = {"train": ["00000", "00001"], "val": ["00002", "00003"]}
@@ -468,6 +483,8 @@ csv_stamp = (work / "runs" / "a" / "results.csv").stat().st_mtime_ns
 b = train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="b")
 again = train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="a")
 writer.close()
+b_csv = work / "runs" / "b" / "results.csv"
+b_stamp = b_csv.stat().st_mtime_ns
 
 
 class Epochs:  # a TensorBoard writer that records which epochs Ultralytics really trained in this call
@@ -486,6 +503,10 @@ class Interrupt(Epochs):  # ... and stops the process's training after the first
     def flush(self):
         raise KeyboardInterrupt("simulated interruption after epoch 1")
 
+
+forced_writer = Epochs()
+b_forced = train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="b", force=True, tb_writer=forced_writer)
+b_forced_epochs, b_csv_rewritten = forced_writer.trained, b_csv.stat().st_mtime_ns != b_stamp
 
 before, after = Interrupt(), Epochs()
 try:
@@ -521,7 +542,8 @@ summary = {"a": a.to_dict(), "b": b.to_dict(), "again": again.to_dict(), "c": c.
            "interrupted_left_no_result": interrupted, "epochs": kwargs["epochs"],
            "csv_rewritten": (work / "runs" / "a" / "results.csv").stat().st_mtime_ns != csv_stamp,
            "c_epochs_before": before.trained, "c_epochs_resumed": after.trained, "c_csv_epochs": c_csv_epochs,
-           "d_first_conv_off_pattern": d_first}
+           "d_first_conv_off_pattern": d_first, "b_forced": b_forced.to_dict(), "b_forced_epochs": b_forced_epochs,
+           "b_csv_rewritten": b_csv_rewritten}
 (work / "summary.json").write_text(json.dumps(summary))
 """
 
@@ -589,6 +611,15 @@ def test_tiny_run_is_deterministic_and_reused(tiny_run):
     for key in ("map50", "map50_95", "coco_map50", "ap50"):
         assert tiny_run.a[key] == tiny_run.b[key]
     assert tiny_run.again == tiny_run.a and not tiny_run.csv_rewritten  # the finished run was reused
+
+
+@pytest.mark.slow
+def test_force_trains_a_finished_run_again_from_scratch(tiny_run):
+    """force=True (the pipeline's --force): a finished run of the same key is not reused; every epoch is trained
+    again from scratch (same seed: the same numbers), and its results.csv is written anew."""
+    assert tiny_run.b_forced_epochs == list(range(1, tiny_run.epochs + 1))
+    assert tiny_run.b_csv_rewritten and not tiny_run.b_forced["resumed"]
+    assert tiny_run.b_forced["map50"] == tiny_run.b["map50"] and tiny_run.b_forced["ap50"] == tiny_run.b["ap50"]
 
 
 @pytest.mark.slow
