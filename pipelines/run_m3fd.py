@@ -78,7 +78,8 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
     p.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3], help="corruption severities (1-3)")
     p.add_argument("--corruption-seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/m3fd"))
-    p.add_argument("--force", action="store_true", help="redo cached fusing and detector runs")
+    p.add_argument("--force", action="store_true",
+                   help="redo everything: fusing, the DAE-Fuse trained here, exports, detector runs, robustness")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     return PipelineConfig(out=a.out, data=a.data, checkpoints=a.checkpoints, baselines=a.baselines,
