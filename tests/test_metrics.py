@@ -149,7 +149,7 @@ def _ssim_direct(x: np.ndarray, y: np.ndarray, data_range: float = 2.0, crop: in
 
     x, y = x.astype(np.float64), y.astype(np.float64)
     win, np_ = 7, 49
-    mean = lambda a: uniform_filter(a, size=win, mode="reflect")  # noqa: E731
+    mean = lambda a: uniform_filter(a, size=win, mode="reflect")
     ux, uy = mean(x), mean(y)
     cov_norm = np_ / (np_ - 1)
     vx = cov_norm * (mean(x * x) - ux * ux)

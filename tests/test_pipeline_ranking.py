@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipelines.m3fd as m3fd
 from data.types import CLASS_NAMES
 from detection.train import DetectionResult
+from pipelines import m3fd
 from pipelines.m3fd import PipelineConfig, run_pipeline
 from pipelines.report import FUSION_METRICS
 
@@ -136,7 +136,7 @@ def test_ranking_gains_and_mean_std_follow_the_detector_results(stubbed_run):
 
 
 def test_per_scenario_columns_in_json_and_markdown(stubbed_run):
-    cfg, results = stubbed_run
+    cfg, _ = stubbed_run
     saved = json.loads((cfg.out / "results.json").read_text())
     assert set(saved["scenarios"]) == set(SCENARIO_DROP)
     rows = {row["candidate"]: row for row in _md_table((cfg.out / "results.md").read_text())}
@@ -151,7 +151,7 @@ def test_per_scenario_columns_in_json_and_markdown(stubbed_run):
 
 
 def test_spearman_rho_between_fusion_metrics_and_map(stubbed_run):
-    cfg, results = stubbed_run
+    cfg, _ = stubbed_run
     saved = json.loads((cfg.out / "results.json").read_text())
     records = saved["candidates"]
     table = {row["metric"]: row for row in saved["spearman"]}
