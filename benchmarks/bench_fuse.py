@@ -1,5 +1,8 @@
 """DAE-Fuse cost: parameter counts and time per 1024x768 pair (CPU with 1 and 2 threads; CUDA fp32 and bf16).
 
+Times the inference copy that fusing runs (``fusion.inference.for_inference``) and, on CPU, the model as trained
+beside it as the same-run baseline.
+
     .venv/bin/python benchmarks/bench_fuse.py [--variant dae_fuse_s] [--checkpoint CKPT] [--repeats 3]
 
 Issue 3's budget: a 1024x768 (M3FD) pair in at most 2 s on a 2-core CPU and at most 70 ms bf16 on an H100/H200
@@ -19,6 +22,7 @@ import torch
 
 from fusion.dae_fuse import build_discriminators, count_parameters, create_model
 from fusion.fuse import load_fuser_checkpoint
+from fusion.inference import for_inference
 
 WIDTH, HEIGHT = 1024, 768
 
@@ -54,11 +58,15 @@ def main() -> None:
 
     ir, vis = torch.rand(1, 1, HEIGHT, WIDTH), torch.rand(1, 1, HEIGHT, WIDTH)
     previous = torch.get_num_threads()
+    # what fusing runs (fusion.inference: BN folded, channels-last), and the model as trained as the same-run baseline
+    runs = {"inference copy": for_inference(model, "cpu"), "as trained": model}
     with torch.inference_mode():
         for threads in args.threads:
             torch.set_num_threads(threads)
-            best, median = _time(lambda: model(ir, vis), args.repeats)
-            print(f"CPU {threads} thread(s): {best:.3f} s per {WIDTH}x{HEIGHT} pair (median {median:.3f} s)")
+            for label, net in runs.items():
+                best, median = _time(lambda net=net: net(ir, vis), args.repeats)
+                print(f"CPU {threads} thread(s), {label}: {best:.3f} s per {WIDTH}x{HEIGHT} pair "
+                      f"(median {median:.3f} s)")
     torch.set_num_threads(previous)
     # ru_maxrss is in KiB on Linux: the process peak, libraries and the model included.
     print(f"CPU peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
@@ -67,7 +75,7 @@ def main() -> None:
         print("CUDA: not available here")
         return
     dev = torch.device("cuda")
-    model.to(dev)
+    model = for_inference(model, dev)
     ir, vis = ir.to(dev), vis.to(dev)
     print(f"CUDA: {torch.cuda.get_device_name(dev)}")
     with torch.inference_mode():

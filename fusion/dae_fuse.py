@@ -517,7 +517,7 @@ class GatedSkipFusion(nn.Module):
 
     def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
         gate = torch.sigmoid(self.gate(torch.cat([ir, vis], dim=1)))
-        return vis + gate * (ir - vis)
+        return torch.lerp(vis, ir, gate)  # vis + gate * (ir - vis) in one pass over the (full-resolution) maps
 
 
 SKIP_FUSIONS.register("gated")(GatedSkipFusion)
@@ -584,7 +584,9 @@ class Decoder(nn.Module):
         coarse_first = iter(skips[:0:-1])
         for stage, has_skip in zip(self.stages, self.stage_has_skip):
             x = stage(x, next(coarse_first) if has_skip else None)
-        x = self.act(self.to_full(x) + skips[0])
+        x = self.to_full(x)
+        x += skips[0]  # in place: the full-resolution stage is memory-bound (pixel_shuffle's output is a new tensor)
+        x = self.act(x)
         return torch.sigmoid(self.head(x))
 
 

@@ -25,14 +25,13 @@ Library side (what the pipeline calls):
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import logging
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -43,6 +42,7 @@ from data.paired import find_pairs
 from data.provenance import content_key
 from data.types import Pair
 
+from .baselines import BASELINE_NAMES
 from .checkpoint import (  # noqa: F401  (re-exported: the names callers have imported from here)
     FUSION_PHASES,
     CheckpointError,
@@ -52,8 +52,17 @@ from .checkpoint import (  # noqa: F401  (re-exported: the names callers have im
     unpickle_checkpoint,
 )
 from .dae_fuse import ARCHITECTURE
-from .baselines import BASELINE_NAMES
-from .fusers import FUSERS, Fuser, FuserSpecError, create_fuser, fuse_pair, fuser_names, output_path, parse_fuser_args
+from .fusers import (
+    FUSERS,
+    Fuser,
+    FuserSpecError,
+    create_fuser,
+    fuse_pair,
+    fuser_names,
+    output_path,
+    parse_fuser_args,
+)
+from .inference import for_inference
 
 LOGGER = logging.getLogger(__name__)
 
@@ -85,6 +94,7 @@ class CheckpointFuser:
         data, state = read_generator_checkpoint(self.checkpoint, allow_unfused)
         self.device = torch.device(device)
         self.model = build_generator(state, self.checkpoint).to(self.device).eval()
+        self.inference_model = for_inference(self.model)  # what fusing runs; ``model`` keeps the checkpoint's layout
         self.precision = "bf16" if self.device.type == "cuda" else "fp32"
         self.epoch = state.get("epoch")
         self._key = f"{self.name}:{content_key(hashlib.sha256(data).hexdigest(), self.inference_config())}"
@@ -97,40 +107,39 @@ class CheckpointFuser:
 
     @torch.inference_mode()
     def fuse_tensors(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) x 2 in [0, 1] -> fused (B, 1, H, W) in [0, 1], float32."""
-        ir, vis = ir.to(self.device), vis.to(self.device)
+        """(B, 1, H, W) x 2 in [0, 1] -> fused (B, 1, H, W) in [0, 1], float32.
+
+        Runs ``inference_model`` (``fusion.inference.for_inference``: BN folded, channels-last on CPU; the same
+        outputs as ``model`` up to float rounding) in chunks of ``FRAMES_PER_FORWARD[device]`` frames.
+        """
+        chunk = self.FRAMES_PER_FORWARD.get(self.device.type) or ir.shape[0]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return self.model(ir, vis).float()
+            parts = [self.inference_model(a.to(self.device), b.to(self.device)).float()
+                     for a, b in zip(ir.split(chunk), vis.split(chunk))]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def fuse_luma(self, ir: np.ndarray, vis_y: np.ndarray) -> np.ndarray:
         """ir, vis_y: float32 (H, W) on 0..255 -> fused luma float32 (H, W) on 0..255."""
         fused = self.fuse_tensors(_to_tensor(ir), _to_tensor(vis_y))
         return fused[0, 0].cpu().numpy() * np.float32(255.0)
 
-    # Devices on which fuse_luma_batch runs a channels-last copy of the model: on the 2-core CPU a dae_fuse_s
-    # forward took 10-25 % less time per frame at 640x512 and 1024x768 that way (interleaved runs, batches of 1
-    # and 2); on CUDA it is unmeasured, so off until benchmarks/gpu_check.sh's "cuda bf16 cl" row says otherwise.
-    channels_last_devices: tuple[str, ...] = ("cpu",)
+    # Frames per forward pass, by device (None: the whole batch). On the 2-core CPU one frame at a time is the
+    # fastest per frame: dae_fuse_s at 1024x768, channels-last, 2.09 / 1.90 / 1.41 frames/s with 1 / 2 / 4 frames
+    # per forward (the full-resolution maps of several frames overflow the caches); a GPU wants the whole batch.
+    FRAMES_PER_FORWARD: ClassVar[dict[str, int | None]] = {"cpu": 1}
 
-    @torch.inference_mode()
     def fuse_luma_batch(self, irs: Sequence[np.ndarray] | np.ndarray, vis_ys: Sequence[np.ndarray] | np.ndarray
                         ) -> np.ndarray:
-        """Several frames in one forward pass (video): N infrared images and N visible lumas, float32 (H, W) on
-        0..255, all one size (sequences or (N, H, W) arrays) -> fused lumas (N, H, W) float32 on 0..255.
+        """Several frames at once (video): N infrared images and N visible lumas, float32 (H, W) on 0..255, all
+        one size (sequences or (N, H, W) arrays) -> fused lumas (N, H, W) float32 on 0..255.
 
         The same model, precision and scaling as ``fuse_luma``, so the result equals ``fuse_luma`` frame by frame
-        up to float rounding (a batch and a memory layout change the summation order only). The channels-last
-        weights are a copy made on first use, so ``fuse_luma`` keeps running the model as before.
+        up to float rounding (a batch changes the summation order only); one host-to-device transfer and one back
+        per call, in as many forward passes as ``FRAMES_PER_FORWARD`` says.
         """
         ir = torch.from_numpy(np.stack(irs).astype(np.float32, copy=False) / np.float32(255.0))[:, None]
         vis = torch.from_numpy(np.stack(vis_ys).astype(np.float32, copy=False) / np.float32(255.0))[:, None]
-        model = self.model
-        if self.device.type in self.channels_last_devices:
-            if getattr(self, "_channels_last_model", None) is None:
-                self._channels_last_model = copy.deepcopy(self.model).to(memory_format=torch.channels_last)
-            model = self._channels_last_model
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            fused = model(ir.to(self.device), vis.to(self.device)).float()
+        fused = self.fuse_tensors(ir.to(self.device), vis.to(self.device))
         return fused[:, 0].cpu().numpy() * np.float32(255.0)
 
 
