@@ -70,6 +70,26 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def no_m3fd_root():
+    """The pipeline's default data must be the built-in synthetic scenes, whatever the developer's environment says
+    (``M3FD_ROOT`` unset for the module). Pipeline test modules use it through ``pytestmark``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("M3FD_ROOT", raising=False)
+        yield
+
+
+def assert_phase_gradients(model, phase: str, label: str = "") -> None:
+    """After a backward pass of phase ``phase``: every parameter the phase trains (``model.phase_parameters``) has
+    a non-zero gradient and every other parameter none."""
+    trained = {id(p) for p in model.phase_parameters(phase)}
+    for name, p in model.named_parameters():
+        if id(p) in trained:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{label}{phase}: no gradient at {name}"
+        else:
+            assert p.grad is None, f"{label}{phase}: {name} is not trained in this phase but got a gradient"
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A 9-pair synthetic dataset in M3FD layout (80x64, colour visible): 3 train, 3 val, 3 test pairs."""

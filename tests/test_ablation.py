@@ -24,7 +24,7 @@ from fusion.dae_fuse import (
 from fusion.fuse import load_fuser_checkpoint
 from fusion.metrics import metric_names
 from fusion.train import PHASES, Losses, train
-from tests.conftest import tiny_config
+from tests.conftest import assert_phase_gradients, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -90,12 +90,7 @@ def test_each_switch_trains_every_parameter_of_a_phase(switch, phase):
     _ones_for_norm_weights(model)
     content, _ = PHASES.get(phase).generate(model, Losses(tiny_config()), *_rand_pair(2, 32, 32))
     content["total"].backward()
-    trained = {id(p) for p in model.phase_parameters(phase)}
-    for name, p in model.named_parameters():
-        if id(p) in trained:
-            assert p.grad is not None and p.grad.abs().sum() > 0, f"{switch} {phase}: no gradient at {name}"
-        else:
-            assert p.grad is None, f"{switch} {phase}: {name} is not trained in this phase but got a gradient"
+    assert_phase_gradients(model, phase, f"{switch} ")
 
 
 @pytest.mark.parametrize("args, adversarial, optimizers", [

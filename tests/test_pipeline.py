@@ -17,12 +17,7 @@ from pipelines.candidates import CandidateSpec
 from tests.conftest import tiny_config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def no_m3fd_root():
-    """The default data must be the built-in synthetic scenes, whatever the developer's environment says."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("M3FD_ROOT", raising=False)
-        yield
+pytestmark = pytest.mark.usefixtures("no_m3fd_root")
 
 
 @pytest.fixture(scope="module")

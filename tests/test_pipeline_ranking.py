@@ -15,7 +15,7 @@ from pipelines import m3fd
 from pipelines.m3fd import PipelineConfig, run_pipeline
 from pipelines.report import FUSION_METRICS
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_m3fd_root")
 
 SEEDS = [0, 1]
 # mAP@50 of each candidate's detector per seed, under the deployed protocol (the ranking's) and the field one,
@@ -26,13 +26,6 @@ DEPLOYED = {"ir": [0.50, 0.54], "vis": [0.60, 0.64], "mean": [0.70, 0.66], "max"
 FIELD = {"ir": [0.70, 0.72], "vis": [0.61, 0.65], "mean": [0.69, 0.69], "max": [0.45, 0.47],
          "dae_fuse_tiny": [0.82, 0.92]}
 SCENARIO_DROP = {"daytime": 0.05, "night": 0.15}  # a scenario's mAP@50 is the overall one minus this
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_m3fd_root():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("M3FD_ROOT", raising=False)
-        yield
 
 
 @pytest.fixture(scope="module")
