@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-PRESETS: tuple[str, ...] = ("paper", "quick", "tiny", "release_cpu")
+PRESETS: tuple[str, ...] = ("paper", "quick", "tiny", "release_cpu", "release_cpu_finetune")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class ModelConfig:
 
     name: str = "dae_fuse_s"
     args: dict[str, Any] = field(default_factory=dict)
+    # Fine-tuning: a DAE-Fuse checkpoint (training or released) whose generator weights start the run instead of
+    # a fresh initialisation; its architecture must be the one ``name`` + ``args`` build. Optimisers start fresh.
+    init: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,11 @@ class DataConfig:
     val_fraction: float = 0.1
     val_max_pairs: int = 4
     val_max_side: int = 320
+    # Blackout augmentation (ours): with this probability a crop gets 1-3 rectangles, each 20-60 % of the crop side,
+    # set to black in both images (albumentations CoarseDropout, fill 0). Driving scenes never show both sources
+    # black, so without it a model learns a grey floor where they are (medical backgrounds, masked sensor areas);
+    # the fusion loss's target there is max(ir, vis) = 0. 0 = off (the paper has no such augmentation).
+    blackout_prob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,8 @@ class FusionTrainConfig:
         for name in ("crop_size", "crops_per_image", "batch_size", "val_max_pairs", "val_max_side"):
             if getattr(d, name) < 1:
                 problems.append(f"data.{name} must be at least 1, got {getattr(d, name)}")
+        if not 0 <= d.blackout_prob <= 1:
+            problems.append(f"data.blackout_prob must be in [0, 1], got {d.blackout_prob}")
         if d.num_workers < 0 or not 0 <= d.val_fraction < 1:
             problems.append(f"need data.num_workers >= 0 and 0 <= data.val_fraction < 1, got {d.num_workers}, "
                             f"{d.val_fraction}")

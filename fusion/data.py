@@ -137,6 +137,7 @@ class PairedCropDataset(Dataset):
         vflip: bool = False,
         seed: int = 0,
         cache_images: bool = False,
+        blackout_prob: float = 0.0,
     ):
         if not pairs:
             raise ValueError("no training pairs")
@@ -151,6 +152,9 @@ class PairedCropDataset(Dataset):
                 A.RandomCrop(crop_size, crop_size),
                 A.HorizontalFlip(p=0.5 if hflip else 0.0),
                 A.VerticalFlip(p=0.5 if vflip else 0.0),
+                # the same holes in both images (additional_targets): regions where both sources are black
+                A.CoarseDropout(num_holes_range=(1, 3), hole_height_range=(0.2, 0.6), hole_width_range=(0.2, 0.6),
+                                fill=0, p=blackout_prob),
             ],
             additional_targets={"vis": "image"},
         )

@@ -75,7 +75,15 @@ from .config import (
 )
 from .dae_fuse import ARCHITECTURE, DAEFuse, build_discriminators, create_model
 from .data import PairedCropDataset, load_validation_images, resolve_training_roots
-from .checkpoint import CHECKPOINT_FORMAT, RESUME_KEYS, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    RESUME_KEYS,
+    CheckpointError,
+    build_generator,
+    load_checkpoint,
+    read_generator_checkpoint,
+    save_checkpoint,
+)
 from .losses import GAN_LOSSES, FusionLoss, LossDict, ReconstructionLoss, discriminator_loss
 from .metrics import MIN_SIDE, evaluate
 from .registry import Registry
@@ -357,7 +365,7 @@ class Trainer:
         train_pairs, val_pairs = resolve_training_roots(self.data_roots, cfg.data, split)
         self.dataset = PairedCropDataset(
             train_pairs, cfg.data.crop_size, cfg.data.crops_per_image, cfg.data.hflip, cfg.data.vflip, cfg.seed,
-            cfg.data.cache_images,
+            cfg.data.cache_images, cfg.data.blackout_prob,
         )
         self.sampler = DistributedSampler(
             self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=cfg.seed
@@ -376,7 +384,10 @@ class Trainer:
             self.val_images = load_validation_images(val_pairs, cfg.data.val_max_pairs, cfg.data.val_max_side)
 
         seed_everything(cfg.seed)
-        self.model = create_model(cfg.model.name, **cfg.model.args).to(self.device)
+        self.model = create_model(cfg.model.name, **cfg.model.args)
+        if cfg.model.init:  # a resumed run then loads its own weights over these
+            self._load_initial_weights(Path(cfg.model.init))
+        self.model.to(self.device)
         # None when adversarial training is off: nothing of the discriminators is built, stepped or saved.
         self.discriminators: nn.ModuleDict | None = None
         if cfg.adversarial:
@@ -673,6 +684,18 @@ class Trainer:
                 + "\n  ".join(diffs)
             )
         return state
+
+    def _load_initial_weights(self, path: Path) -> None:
+        """Start from another run's generator (``model.init``): one CheckpointError when the file is not a DAE-Fuse
+        checkpoint or its architecture is not the configured one."""
+        _, state = read_generator_checkpoint(path, allow_unfused=True)
+        source = build_generator(state, path)
+        if source.cfg != self.model.cfg:
+            ours, theirs = self.model.cfg.to_dict(), source.cfg.to_dict()
+            diffs = ", ".join(f"{k}: {theirs[k]} (configured {ours[k]})" for k in ours if ours[k] != theirs[k])
+            raise CheckpointError(f"model.init {path} is another architecture than the configured model: {diffs}")
+        self.model.load_state_dict(source.state_dict())
+        LOGGER.info("generator initialised from %s", path)
 
     def _resume(self) -> None:
         last = self.out_dir / "last.pt"

@@ -30,7 +30,7 @@ from fusion.config import (
 from fusion.data import PairedCropDataset, resolve_training_pairs, split_validation
 from fusion.fuse import CheckpointError, load_fuser_checkpoint
 from fusion.fusers import create_fuser, fuse_pair
-from fusion.checkpoint import save_checkpoint
+from fusion.checkpoint import release_state, save_checkpoint
 from fusion.train import NonFiniteLossError, Trainer, main, train
 from tests.conftest import shared_path
 from tests.conftest import tiny_config
@@ -193,6 +193,21 @@ def test_crops_are_paired_and_reproducible(synthetic_root):
                     if np.array_equal(ir_img[y : y + 24, x : x + 24], crop_ir):
                         found = found or np.allclose(vis_img[y : y + 24, x : x + 24], crop_vis, atol=1e-6)
     assert found
+
+
+def test_blackout_puts_the_same_black_regions_in_both_crops(synthetic_root):
+    pairs = load_m3fd(synthetic_root).pairs("train")
+    plain = PairedCropDataset(pairs, crop_size=32, crops_per_image=2, seed=3)
+    blacked = PairedCropDataset(pairs, crop_size=32, crops_per_image=2, seed=3, blackout_prob=1.0)
+    for i in range(4):
+        a, b = plain[i], blacked[i]
+        holes = (b["ir"] == 0) & (b["vis"] == 0)
+        changed = (a["ir"] != b["ir"]) | (a["vis"] != b["vis"])
+        # 1-3 holes of 20-60 % of the side each: at least 4 % of the crop, black in both images, nothing else touched
+        assert holes.float().mean() >= 0.04
+        assert torch.equal(changed & ~holes, torch.zeros_like(changed))
+    with pytest.raises(ValueError, match="blackout_prob"):
+        tiny_config("data.blackout_prob=1.5")
 
 
 # -- training runs ---------------------------------------------------------------------------------------------
@@ -562,3 +577,20 @@ def test_a_checkpoint_that_predates_the_options_resumes_with_what_it_trained_wit
     result = train(tiny_config(phases, *legacy), synthetic_root, run, progress=False, resume=True)
     assert [e["epoch"] for e in torch.load(result.last_checkpoint, weights_only=False)["history"]] == [1, 2, 3]
     assert load_fuser_checkpoint(result.best_checkpoint).model.cfg.encoder == "dual"
+
+
+def test_model_init_starts_from_another_checkpoints_generator(tmp_path, synthetic_root):
+    first = train(tiny_config(), synthetic_root, tmp_path / "first", progress=False).last_checkpoint
+    start = torch.load(first, map_location="cpu", weights_only=False)["model"]
+    trainer = Trainer(tiny_config(f"model.init={first}"), synthetic_root, tmp_path / "tuned")
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in start.items())
+    fresh = Trainer(tiny_config(), synthetic_root, tmp_path / "fresh")
+    assert not all(torch.equal(v, fresh.model.state_dict()[k]) for k, v in start.items())
+    # a released file (bf16, generator only) starts a run too; another architecture is one clear error
+    released = tmp_path / "released.pt"
+    save_checkpoint(released, release_state(torch.load(first, map_location="cpu", weights_only=False)))
+    tuned = Trainer(tiny_config(f"model.init={released}"), synthetic_root, tmp_path / "tuned2")
+    assert all(torch.equal(v, start[k].to(torch.bfloat16).float()) for k, v in tuned.model.state_dict().items()
+               if v.is_floating_point())
+    with pytest.raises(CheckpointError, match="another architecture"):
+        Trainer(tiny_config(f"model.init={first}", "model.args={vit_depth: 2}"), synthetic_root, tmp_path / "x")
