@@ -138,6 +138,12 @@ def test_the_verdict_reads_from_the_intervals_and_the_protocols_are_compared():
     assert "The protocols disagree" in report.ranking_disagreement(records, "deployed")  # field: max first
     no_win = {**intervals, "gains": {**intervals["gains"], "dae": {"point": 0.07, "low": -0.01, "high": 0.11}}}
     assert "none earns its keep" in report.verdict(records, best, "deployed", no_win)
+    # field protocol: the table's mAP is Ultralytics' (dae 0.58 - ir 0.48 = +0.100) but the interval is
+    # pycocotools': the gain shown with it is the interval's own point, as in the verdict
+    report.add_gains(records, "field")
+    field = {"reference": "ir", "gains": {"dae": {"point": 0.104, "low": 0.03, "high": 0.17}}}
+    shown = {r["candidate"]: r["gain vs best single"] for r in report.table_rows(records, protocol="field", intervals=field)}
+    assert shown["dae"] == "+0.104 [+0.030, +0.170]" and shown["vis"] == "-0.080"
 
 
 def test_corruptions_are_deterministic_per_image_and_seed_and_spare_the_thermal_camera():
