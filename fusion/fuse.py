@@ -77,11 +77,12 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 class CheckpointFuser:
     """A trained DAE-Fuse as a ``Fuser``: ``fuse_luma(ir, vis_y)`` on 0..255 float32 arrays of any size.
 
-    One forward pass per pair at full resolution (the model pads to its size multiple and crops back). On CUDA it
-    runs under bf16 autocast; on CPU in fp32. ``cache_key()`` is the sha256 of the checkpoint bytes plus the
-    inference settings (architecture config and precision), so a retrained or differently-run model never reuses
-    another's cached images. The file is read once: the weights and the key come from the same bytes, so rewriting
-    the file afterwards changes neither.
+    One forward pass per pair at full resolution (the model pads to its size multiple and crops back), by
+    ``inference_model`` (``fusion.inference``: the same outputs as ``model`` up to float rounding, less memory
+    traffic). On CUDA it runs under bf16 autocast; on CPU in fp32. ``cache_key()`` is the sha256 of the checkpoint
+    bytes plus the inference settings (architecture config and precision), so a retrained or differently-run model
+    never reuses another's cached images. The file is read once: the weights and the key come from the same bytes,
+    so rewriting the file afterwards changes neither.
 
     A checkpoint saved before any fusion epoch is refused unless ``allow_unfused=True``.
     """

@@ -35,8 +35,10 @@ each checked to write and read back on this OpenCV build) or, for a path without
 frames named by the reference folder's stems or, for a video reference, by the frame index (``000000.png``).
 
 Memory is bounded: ``batch_size`` frame pairs are fused at a time (fusers with ``fuse_luma_batch``, such as
-DAE-Fuse, fuse a batch in one forward; others frame by frame), and with ``overlap_io`` the next batch is read and
-the previous one written on two helper threads while a batch is fused (at most three batches alive).
+DAE-Fuse, take the batch in one call and choose how many frames go in one forward: DAE-Fuse one on a CPU, where
+that is fastest per frame, the whole batch on a GPU; other fusers go frame by frame), and with ``overlap_io`` the
+next batch is read and the previous one written on two helper threads while a batch is fused (at most three
+batches alive).
 
 Timing: ``VideoReport.seconds`` holds each stage's busy seconds (read: decode and input preparation; fuse: the
 fuser and the colour restoration; write: encoding and writing), the up-front check, and the wall time of the
@@ -78,7 +80,7 @@ class VideoConfig:
     """How two streams are paired and fused (see the module docstring for the pairing rule).
 
     Args:
-        batch_size: frame pairs per fuse call (a batched fuser runs them in one forward pass).
+        batch_size: frame pairs per fuse call (a batched fuser decides how many go in one forward pass).
         fps_tolerance: largest accepted relative frame-rate difference, |a - b| / max(a, b).
         count_tolerance: largest accepted duration difference, in frame periods of the reference stream.
         folder_fps: frame rate of a frame folder (None: the other source's when it is a video, else 30).

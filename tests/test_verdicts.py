@@ -142,7 +142,8 @@ def test_the_verdict_reads_from_the_intervals_and_the_protocols_are_compared():
     # pycocotools': the gain shown with it is the interval's own point, as in the verdict
     report.add_gains(records, "field")
     field = {"reference": "ir", "gains": {"dae": {"point": 0.104, "low": 0.03, "high": 0.17}}}
-    shown = {r["candidate"]: r["gain vs best single"] for r in report.table_rows(records, protocol="field", intervals=field)}
+    rows = report.table_rows(records, protocol="field", intervals=field)
+    shown = {r["candidate"]: r["gain vs best single"] for r in rows}
     assert shown["dae"] == "+0.104 [+0.030, +0.170]" and shown["vis"] == "-0.080"
 
 
