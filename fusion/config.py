@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-PRESETS: tuple[str, ...] = ("paper", "quick", "tiny", "release_cpu", "release_cpu_finetune")
+PRESETS: tuple[str, ...] = ("paper", "quick", "tiny", "release_cpu", "blackout_finetune")
 
 
 @dataclass(frozen=True)
