@@ -80,8 +80,8 @@ class ShallowEncoderForInference(nn.Module):
             kh, kw = conv.kernel_size
             identity[torch.arange(in_chans), torch.arange(in_chans), kh // 2, kw // 2] = 1.0
             self.conv_full.weight.copy_(torch.cat([conv.weight, identity]))
-            bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
-            self.conv_full.bias.copy_(torch.cat([bias, torch.zeros(in_chans, dtype=bias.dtype)]))
+            bias = conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+            self.conv_full.bias.copy_(torch.cat([bias, bias.new_zeros(in_chans)]))
         self.act_full, self.conv_half, self.act_half = shallow.act_full, shallow.conv_half, shallow.act_half
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
