@@ -67,13 +67,31 @@ def _imread(path: Path, flags: int) -> np.ndarray:
 def read_gray_reference(path: str | Path) -> np.ndarray:
     """Read an image as the reference evaluator does (BGR 8-bit, float32 BGR->GRAY, rounded half to even), except
     that an EXIF orientation tag is ignored (see ``_imread``). Returns float32 (H, W) of whole numbers 0..255."""
-    bgr = _imread(Path(path), cv2.IMREAD_COLOR).astype(np.float32)
-    return np.round(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    return gray_reference(_imread(Path(path), cv2.IMREAD_COLOR))
 
 
 def luma(bgr: np.ndarray) -> np.ndarray:
     """BT.601 luma of a BGR image (uint8 or float), as float32 (H, W), not rounded."""
     return cv2.cvtColor(bgr.astype(np.float32, copy=False), cv2.COLOR_BGR2GRAY)
+
+
+def gray_reference(bgr: np.ndarray) -> np.ndarray:
+    """A decoded BGR image (e.g. a video frame) as ``read_gray_reference`` returns a file: its float32 luma rounded
+    half to even, whole numbers 0..255 (H, W)."""
+    return np.round(luma(bgr))
+
+
+def _is_grey(bgr: np.ndarray) -> bool:
+    """A 3-channel image whose three channels are identical (a grey image stored as BGR)."""
+    return np.array_equal(bgr[..., 0], bgr[..., 1]) and np.array_equal(bgr[..., 1], bgr[..., 2])
+
+
+def visible_from_bgr(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """A decoded BGR visible image (e.g. a video frame) as ``read_visible`` returns a file: (luma float32 (H, W),
+    the BGR image, or None when its three channels are identical)."""
+    if _is_grey(bgr):
+        return bgr[..., 0].astype(np.float32), None
+    return luma(bgr), bgr
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -85,9 +103,7 @@ def read_8bit(path: str | Path) -> np.ndarray:
     """An image as 8-bit grey (H, W) or BGR (H, W, 3), as OpenCV converts to 8 bits (16-bit: the upper byte;
     alpha dropped); a 3-channel file whose channels are identical is grey. E.g. another method's fused image."""
     bgr = _imread(Path(path), cv2.IMREAD_COLOR)
-    if np.array_equal(bgr[..., 0], bgr[..., 1]) and np.array_equal(bgr[..., 1], bgr[..., 2]):
-        return np.ascontiguousarray(bgr[..., 0])
-    return bgr
+    return np.ascontiguousarray(bgr[..., 0]) if _is_grey(bgr) else bgr
 
 
 def read_ir(path: str | Path) -> np.ndarray:
@@ -100,10 +116,7 @@ def read_visible(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
 
     A 3-channel file whose three channels are identical counts as grey.
     """
-    bgr = _imread(Path(path), cv2.IMREAD_COLOR)
-    if np.array_equal(bgr[..., 0], bgr[..., 1]) and np.array_equal(bgr[..., 1], bgr[..., 2]):
-        return bgr[..., 0].astype(np.float32), None
-    return luma(bgr), bgr
+    return visible_from_bgr(_imread(Path(path), cv2.IMREAD_COLOR))
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -62,7 +62,7 @@ import cv2
 import numpy as np
 
 from data.errors import DatasetError
-from data.io import atomic_dir, atomic_path, luma, restore_colour, write_image
+from data.io import atomic_dir, atomic_path, gray_reference, restore_colour, visible_from_bgr, write_image
 from data.paired import images_by_stem
 from data.probe import probe_images
 
@@ -365,16 +365,10 @@ def _open_sink(out: Path, fps: float, size: tuple[int, int]) -> Iterator[_VideoS
 # Fusing
 # --------------------------------------------------------------------------------------------------------------
 
-def ir_input(bgr: np.ndarray) -> np.ndarray:
-    """An infrared frame as the fuser's input: float32 (H, W), its luma rounded (``data.io.read_ir``'s values)."""
-    return np.round(luma(bgr))
-
-
-def visible_input(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """A visible frame as (luma float32 (H, W), BGR or None when its channels are equal), as ``read_visible``."""
-    if np.array_equal(bgr[..., 0], bgr[..., 1]) and np.array_equal(bgr[..., 1], bgr[..., 2]):
-        return bgr[..., 0].astype(np.float32), None
-    return luma(bgr), bgr
+# A frame as the fuser's input, exactly as data.io turns an image file into it (read_ir's values; read_visible's
+# luma and colour), so a frame folder fuses to the same images as ``python -m fusion.fuse``.
+ir_input = gray_reference
+visible_input = visible_from_bgr
 
 
 @dataclass
