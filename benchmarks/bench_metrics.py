@@ -20,16 +20,14 @@ import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data.io import read_gray_reference  # noqa: E402
+from data.shared import SHARED_DATA  # noqa: E402
 from fusion.metrics import METRICS, FusionTriple, evaluate, evaluate_many  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
 SIZE_HW = (768, 1024)
 
 Triple = tuple[np.ndarray, np.ndarray, np.ndarray]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import sys
 from data.io import atomic_write_json
 from data.paired import find_pairs
 from data.provenance import package_versions
+from data.shared import SHARED_DATA
 from fusion.config import FusionTrainConfig, load_train_config, replace_config
 from fusion.fuse import fuse_folder, load_fuser_checkpoint
 from fusion.fusers import create_fuser
@@ -46,7 +46,6 @@ from fusion.metrics import FileTriple, evaluate_triples
 from fusion.train import Trainer, train
 from fusion.weights import RELEASED_CHECKPOINT
 
-SHARED = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))  # as bench_metrics
 COLUMNS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")  # the field's tables
 SHOWN = COLUMNS + ("AG",)
 # set name -> (folder under fusion_benchmarks, "ir" subfolder, "vis" subfolder, heading in metric_reference.md,
@@ -116,17 +115,17 @@ def evaluation_sets(medical: bool) -> dict[str, tuple[list, str | None, str | No
 
     sets = {}
     for name, (folder, ir_sub, vis_sub, heading, label) in {**IVF_SETS, **(MEDICAL_SETS if medical else {})}.items():
-        root = SHARED / "fusion_benchmarks" / folder
+        root = SHARED_DATA / "fusion_benchmarks" / folder
         if (root / ir_sub).is_dir():
             sets[name] = (find_pairs(root / ir_sub, root / vis_sub), heading, label)
-    if (SHARED / "m3fd_sample").is_dir():
-        sets["M3FD test"] = (load_m3fd(SHARED / "m3fd_sample").pairs("test"), None, None)
+    if (SHARED_DATA / "m3fd_sample").is_dir():
+        sets["M3FD test"] = (load_m3fd(SHARED_DATA / "m3fd_sample").pairs("test"), None, None)
     return sets
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=SHARED / "m3fd_sample", help="training data (M3FD layout)")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "m3fd_sample", help="training data (M3FD layout)")
     parser.add_argument("--minutes", type=float, default=15.0, help="training wall-time budget")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_quality"))
     parser.add_argument("--checkpoint", type=Path, help="score this checkpoint (default: the released model)")
@@ -166,7 +165,7 @@ def main() -> None:
             mean, seconds = score(fuser, pairs, args.out / "fused" / set_name.replace(" ", "_") / method)
             table[set_name][method] = {**mean, "seconds_per_pair": seconds, "n_pairs": len(pairs)}
             print(f"{set_name:10s} {method:18s} " + " ".join(f"{mean[c]:7.3f}" for c in SHOWN) + f"   {seconds:.3f}")
-        row = published_row(SHARED / "metric_reference.md", heading, label) if heading else None
+        row = published_row(SHARED_DATA / "metric_reference.md", heading, label) if heading else None
         if row:
             table[set_name]["CDDFuse (paper)"] = row
             print(f"{set_name:10s} {'CDDFuse (paper)':18s} " + " ".join(f"{row[c]:7.2f}" for c in COLUMNS) + "       -")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ from data.errors import DatasetError
 from data.io import atomic_write_json, atomic_write_text, read_record, write_record
 from data.paired import find_pairs, resolve_pair_dirs
 from data.provenance import content_key, package_versions
+from data.shared import SHARED_DATA
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import PRESETS, ConfigError, FusionTrainConfig, load_train_config, replace_config, to_dict
@@ -47,7 +47,6 @@ from .registry import Registry
 
 LOGGER = logging.getLogger(__name__)
 
-SHARED_DATA = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DEFAULT_EVAL_SETS: tuple[str, ...] = ("TNO", "RoadScene")  # folders under SHARED_DATA/fusion_benchmarks
 SPEED_SIZE = (768, 1024)  # (H, W): the M3FD frame size, the one issue 3's speed budget is stated for
 

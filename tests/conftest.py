@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from data.shared import SHARED_DATA
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NETGUARD_DIR = Path(__file__).resolve().parent / "netguard"
-SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 # Every test process and every subprocess it starts refuses non-loopback sockets and name look-ups (see
 # netguard/netguard.py). Loaded by its path: ``import sitecustomize`` would return a system sitecustomize imported at
