@@ -157,8 +157,6 @@ def release_state(state: dict[str, Any]) -> dict[str, Any]:
             "fusion_epochs": fusion_epoch_count(state), **{k: state[k] for k in keep if k in state}}
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m fusion.checkpoint release TRAINING.pt RELEASED.pt``: write a released checkpoint."""
     import argparse

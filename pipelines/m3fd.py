@@ -766,7 +766,8 @@ def assemble_results(cfg: PipelineConfig, preset: dict, seeds: list[int], settin
             "name": cand.name, "kind": cand.kind, "baseline": cand.baseline,
             "checkpoint": str(cand.checkpoint) if cand.checkpoint else None, "error": cand.error,
             "origin": cand.spec.origin, "spec": cand.spec.to_dict(),
-            "fusion": cand.record.metrics, "temporal": cand.record.temporal, "fuse_seconds_per_image": fuse.seconds_per_image if fuse else None,
+            "fusion": cand.record.metrics, "temporal": cand.record.temporal,
+            "fuse_seconds_per_image": fuse.seconds_per_image if fuse else None,
             "fused_dir": fuse.dir if fuse else None,
             # A candidate with any failed seed is not ranked: a mean over fewer seeds than the others' is no match.
             "detection": report.summarise_detection(runs) if runs and not cand.error else None,
