@@ -25,15 +25,14 @@ eight metrics are symmetric in the two sources, so the figures are comparable ei
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
-
-import hashlib
-import sys
 
 from data.io import atomic_write_json
 from data.paired import find_pairs
