@@ -1,9 +1,11 @@
-"""Intervals for the pipeline's verdicts: a paired bootstrap over the evaluation images (``detection.bootstrap``).
+"""Intervals for the pipeline's verdicts, holding the noise of detector training and of the evaluation images
+(``detection.bootstrap``: seed spread + paired bootstrap over images, Student-t).
 
 For each scoring protocol (``detection.protocols``) and every candidate with detector results: its mAP@50 with a
-95% interval, its gain over the better single modality (chosen by point estimate, as the table's gain is), and the
-gain of the top candidate over the runner-up. The same resampled images serve every candidate (paired), one set of
-draws per detector seed; the gain is averaged over seeds.
+95% interval and its per-seed values, its gain over the better single modality (chosen by point estimate, as the
+table's gain is), and the gain of the top candidate over the runner-up. The same resampled images serve every
+candidate and seed (paired); candidates are paired by seed index. With one seed every interval is images-only and
+marked provisional: the verdict then calls nothing a win.
 """
 from __future__ import annotations
 
@@ -58,7 +60,9 @@ def bootstrap_verdicts(records: list[dict[str, Any]], seeds: list[int], n_resamp
         for name, matches in per_candidate.items():
             boot.add(name, matches)
         out.setdefault("method", boot.describe())
-        section: dict[str, Any] = {"map50": {n: boot.interval(n).to_dict() for n in per_candidate}, "gains": {}}
+        section: dict[str, Any] = {"map50": {n: boot.interval(n).to_dict() for n in per_candidate}, "gains": {},
+                                   "seeds": list(seeds),  # per_seed values are in this order
+                                   "per_seed": {n: boot.per_seed_points[n].tolist() for n in per_candidate}}
         singles = [r for r in records if r.get("baseline") in SINGLE_MODALITY and r["name"] in per_candidate]
         if singles:
             reference = max(singles, key=lambda r: boot.points[r["name"]])["name"]

@@ -78,16 +78,21 @@ def test_intervals_are_reproducible_from_their_seed_and_paired():
     assert resample_weights(40, 1000, 7).sum(axis=1).tolist() == [40.0] * 1000
 
 
-def test_several_seeds_average_the_gain_and_draw_images_per_seed():
+def test_several_seeds_average_the_gain_share_the_image_draws_and_add_their_spread():
     gt, a0 = synthetic_coco(seed=5, recall=0.9)
     _, a1 = synthetic_coco(seed=6, recall=0.9)
     _, b0 = synthetic_coco(seed=5, recall=0.6)
     boot = PairedBootstrap([im["id"] for im in gt["images"]], 1000, seed=0)
     boot.add("a", [image_matches(gt, a0), image_matches(gt, a1)])
     boot.add("b", [image_matches(gt, b0), image_matches(gt, b0)])
-    expected = np.mean([coco_map(gt, a0).map50, coco_map(gt, a1).map50]) - coco_map(gt, b0).map50
-    assert boot.gain("a", "b").point == pytest.approx(expected, abs=1e-6)
-    assert not np.array_equal(boot.weights(0), boot.weights(1))
+    per_seed = np.array([coco_map(gt, a0).map50, coco_map(gt, a1).map50]) - coco_map(gt, b0).map50
+    gain = boot.gain("a", "b")
+    assert gain.point == pytest.approx(per_seed.mean(), abs=1e-6)
+    # every seed is scored on the same resampled images: the same predictions give the same replicates
+    np.testing.assert_array_equal(boot.per_seed_replicates["b"][0], boot.per_seed_replicates["b"][1])
+    assert gain.n_seeds == 2 and not gain.provisional
+    assert gain.seed_std == pytest.approx(abs(per_seed[0] - per_seed[1]) / np.sqrt(2), abs=1e-6)
+    assert gain.high - gain.low > boot.image_gain("a", "b").high - boot.image_gain("a", "b").low
 
 
 def test_deployed_protocol_keeps_one_class_per_box(tmp_path):
@@ -124,20 +129,30 @@ def test_the_verdict_reads_from_the_intervals_and_the_protocols_are_compared():
     best = report.add_gains(records, "deployed")
     assert best == pytest.approx(0.48)
     intervals = {"reference": "ir", "gains": {
-        "vis": {"point": -0.08, "low": -0.12, "high": -0.04},
-        "max": {"point": -0.06, "low": -0.10, "high": 0.01},
-        "dae": {"point": 0.07, "low": 0.02, "high": 0.11}},
-        "top_two": {"first": "dae", "second": "ir", "point": 0.07, "low": 0.02, "high": 0.11}}
+        "vis": {"point": -0.08, "low": -0.12, "high": -0.04, "n_seeds": 3},
+        "max": {"point": -0.06, "low": -0.10, "high": 0.01, "n_seeds": 3},
+        "dae": {"point": 0.07, "low": 0.02, "high": 0.11, "n_seeds": 3}},
+        "top_two": {"first": "dae", "second": "ir", "point": 0.07, "low": 0.02, "high": 0.11, "n_seeds": 3}}
     text = report.verdict(records, best, "deployed", intervals)
-    assert "Beat `ir` (95% interval above 0): `dae` +0.070 [+0.020, +0.110]" in text
+    assert "Beat `ir` (95% interval over 3 detector seeds and the images above 0): `dae` +0.070 [+0.020, +0.110]" \
+        in text
     assert "Not distinguishable from `ir` (interval includes 0): `max` -0.060 [-0.100, +0.010]" in text
     assert "vis" not in text.split("Better single")[1].split("(deployed protocol)")[1]  # single rows are references
     rows = report.table_rows(records, protocol="deployed", intervals=intervals)
     assert [r["candidate"] for r in rows] == ["dae", "ir", "max", "vis"]
     assert rows[0]["gain vs best single"] == "+0.070 [+0.020, +0.110]" and rows[0]["mAP@50 field"] == "0.580"
     assert "The protocols disagree" in report.ranking_disagreement(records, "deployed")  # field: max first
-    no_win = {**intervals, "gains": {**intervals["gains"], "dae": {"point": 0.07, "low": -0.01, "high": 0.11}}}
+    no_win = {**intervals, "gains": {**intervals["gains"], "dae": {"point": 0.07, "low": -0.01, "high": 0.11,
+                                                                    "n_seeds": 3}}}
     assert "none earns its keep" in report.verdict(records, best, "deployed", no_win)
+    # one detector seed (or intervals written before seeds counted): provisional, nothing called a win or a loss
+    one_seed = {**intervals, "gains": {n: {**iv, "n_seeds": 1} for n, iv in intervals["gains"].items()}}
+    for provisional in (one_seed, {**intervals, "gains": {n: {k: v for k, v in iv.items() if k != "n_seeds"}
+                                                          for n, iv in intervals["gains"].items()}}):
+        text = report.verdict(records, best, "deployed", provisional)
+        assert "Provisional: one detector seed; run `--seeds 0 1 2` to include training noise" in text
+        assert "Ahead of `ir` on these images: `dae` +0.070 [+0.020, +0.110]" in text
+        assert "Beat" not in text and "Worse" not in text and "earns its keep" not in text
     # field protocol: the table's mAP is Ultralytics' (dae 0.58 - ir 0.48 = +0.100) but the interval is
     # pycocotools': the gain shown with it is the interval's own point, as in the verdict
     report.add_gains(records, "field")
