@@ -132,14 +132,42 @@ def _fmt_interval(iv: dict[str, float]) -> str:
     return f"{_shown_gain(iv['point']):+.3f} [{_shown_gain(iv['low']):+.3f}, {_shown_gain(iv['high']):+.3f}]"
 
 
+PROVISIONAL = "provisional: one detector seed; run `--seeds 0 1 2` to include training noise"
+
+
+def is_provisional(intervals: dict[str, Any] | None) -> bool:
+    """True when a protocol's intervals rest on one detector seed (images-only: the training noise is unknown)."""
+    values = list(((intervals or {}).get("gains") or {}).values()) + list(((intervals or {}).get("map50") or {})
+                                                                            .values())
+    return any(iv.get("n_seeds", 1) < 2 for iv in values)
+
+
+def provisional_verdict(reference: str, ahead: list[str], ties: list[str], behind: list[str],
+                        top: dict[str, Any] | None) -> str:
+    """The verdict on one detector seed: what the images alone show, and no win (or loss) called."""
+    parts = [f"**{PROVISIONAL[0].upper() + PROVISIONAL[1:]}.** These intervals hold the evaluation images' noise "
+             "only; a second seed can reverse any of them, so no fusion is called a win (or a loss) here."]
+    if ahead:
+        parts.append(f"Ahead of `{reference}` on these images: " + ", ".join(ahead) + ".")
+    if ties:
+        parts.append(f"Not distinguishable from `{reference}` even on these images: " + ", ".join(ties) + ".")
+    if behind:
+        parts.append(f"Behind `{reference}` on these images: " + ", ".join(behind) + ".")
+    if top:
+        parts.append(f"Top two: `{top['first']}` over `{top['second']}` by {_fmt_interval(top)} (one seed).")
+    return " ".join(parts)
+
+
 def verdict(records: list[dict[str, Any]], best_single: float | None, protocol: str = "field",
             intervals: dict[str, Any] | None = None) -> str:
     """The one-paragraph answer: which fusions beat the better single modality, and how far to trust it.
 
     With bootstrap ``intervals`` (``pipelines.significance``, this protocol's section) the verdict reads from them:
-    a gain is a win only when its 95% interval excludes 0, "not distinguishable" when it includes 0. Without them,
-    a gain no larger than the seed spread of the two rows compared is called out as within seed noise. A table in
-    which no detector learned anything is called inconclusive instead of "no fusion helps".
+    a gain is a win only when its 95% interval (detector seeds and images, ``detection.bootstrap``) excludes 0, "not
+    distinguishable" when it includes 0. On one detector seed the intervals hold the images' noise only, so the
+    verdict is provisional and calls nothing a win. Without intervals, a gain no larger than the seed spread of the
+    two rows compared is called out as within seed noise. A table in which no detector learned anything is called
+    inconclusive instead of "no fusion helps".
     """
     if best_single is None:
         return "No single-modality detector finished, so no fusion can be judged."
@@ -159,9 +187,14 @@ def verdict(records: list[dict[str, Any]], best_single: float | None, protocol: 
             if r.get("baseline") in SINGLE_MODALITY or iv is None or r.get("error"):
                 continue
             (wins if iv["low"] > 0 else losses if iv["high"] < 0 else ties).append(f"`{r['name']}` {_fmt_interval(iv)}")
+        top = (intervals or {}).get("top_two")
+        if is_provisional(intervals):
+            return text + provisional_verdict(reference["name"], wins, ties, losses, top)
+        n_seeds = next(iter(gains.values())).get("n_seeds", 1)
         parts = []
         if wins:
-            parts.append(f"Beat `{reference['name']}` (95% interval above 0): " + ", ".join(wins) + ".")
+            parts.append(f"Beat `{reference['name']}` (95% interval over {n_seeds} detector seeds and the images "
+                         "above 0): " + ", ".join(wins) + ".")
         if ties:
             parts.append(f"Not distinguishable from `{reference['name']}` (interval includes 0): "
                          + ", ".join(ties) + ".")
@@ -169,24 +202,28 @@ def verdict(records: list[dict[str, Any]], best_single: float | None, protocol: 
             parts.append(f"Worse than `{reference['name']}`: " + ", ".join(losses) + ".")
         if not wins:
             parts.append("No fusion is shown to beat it on this data: none earns its keep here.")
-        top = (intervals or {}).get("top_two")
         if top:
             parts.append(f"Top two: `{top['first']}` over `{top['second']}` by {_fmt_interval(top)}"
                          + ("." if top["low"] > 0 else " (not distinguishable)."))
         return text + " ".join(parts)
     winners = []
+    one_seed = False
     for r in records:
         gain = r.get("gain_map50")
         if r.get("baseline") in SINGLE_MODALITY or gain is None or _shown_gain(gain) <= 0:
             continue
         spread = max(_stat(r, "map50", protocol)["std"], _stat(reference, "map50", protocol)["std"])
         n_seeds = min(_stat(r, "map50", protocol)["n"], _stat(reference, "map50", protocol)["n"])
+        one_seed |= n_seeds < 2
         note = (" (one seed: no spread known)" if n_seeds < 2
                 else " (within seed noise)" if gain <= spread else "")
         winners.append(f"`{r['name']}` {gain:+.3f}{note}")
     if not winners:
         return text + "No fusion beats it on this data: none earns its keep here."
-    return text + "Fusions that beat it: " + ", ".join(winners) + "."
+    if one_seed:
+        return text + f"**{PROVISIONAL[0].upper() + PROVISIONAL[1:]}.** Ahead of it on one seed, no win called: " + \
+            ", ".join(winners) + "."
+    return text + "Fusions ahead of it (no intervals computed, `--bootstrap 0`): " + ", ".join(winners) + "."
 
 
 def _fmt(stat: dict | float | None, digits: int = 3, pm: bool = True) -> str:
@@ -222,10 +259,30 @@ def _scenarios(records: list[dict[str, Any]]) -> list[str]:
 def table_columns(records: list[dict[str, Any]], protocol: str = "field") -> list[str]:
     """The table's columns: ``mAP@50`` is the ranking protocol's, the other protocol's is named beside it."""
     other = "deployed" if protocol == "field" else "field"
-    return (["rank", "candidate", "mAP@50", f"mAP@50 {other}", "gain vs best single", "mAP@50:95", "P", "R"]
+    several = _n_seeds(records) > 1
+    return (["rank", "candidate", "mAP@50", f"mAP@50 {other}"] + (["mAP@50 per seed"] if several else [])
+            + ["gain vs best single"] + (["gain noise: seed sd / image se"] if several else [])
+            + ["mAP@50:95", "P", "R"]
             + [f"AP50 {c}" for c in class_names_of(records)] + [f"mAP@50 {s}" for s in _scenarios(records)]
             + list(FUSION_METRICS) + [c for c in TEMPORAL_COLUMNS if _has_temporal(records, c)]
             + ["fuse ms/img", "status"])
+
+
+def _n_seeds(records: list[dict[str, Any]]) -> int:
+    return max((len(r.get("detection_runs") or []) for r in records), default=0)
+
+
+def per_seed_map50(record: dict[str, Any], protocol: str) -> list[float | None]:
+    """The record's mAP@50 under ``protocol`` for each detector seed, in seed order."""
+    key = "map50" + PROTOCOL_SUFFIX[protocol]
+    return [run.get(key) for run in sorted(record.get("detection_runs") or [], key=lambda run: run["seed"])]
+
+
+def _fmt_noise(iv: dict[str, Any] | None) -> str:
+    """A gain interval's two noise sources: the seeds' spread (sd) and the shared images' standard error."""
+    if not iv or iv.get("seed_std") is None:
+        return "-"
+    return f"{iv['seed_std']:.3f} / {iv['image_se']:.3f}"
 
 
 def table_rows(records: list[dict[str, Any]], pm: bool = True, protocol: str = "field",
@@ -250,7 +307,10 @@ def table_rows(records: list[dict[str, Any]], pm: bool = True, protocol: str = "
             "candidate": r["name"],
             "mAP@50": _fmt(_stat(r, "map50", protocol), pm=pm),
             f"mAP@50 {other}": _fmt(_stat(r, "map50", other), pm=pm),
+            "mAP@50 per seed": " / ".join("-" if v is None else f"{v:.3f}" for v in per_seed_map50(r, protocol))
+            or "-",
             "gain vs best single": gain_text,
+            "gain noise: seed sd / image se": _fmt_noise(gains.get(r["name"])),
             "mAP@50:95": _fmt(_stat(r, "map50_95", protocol), pm=pm),
             "P": _fmt(det.get("precision"), pm=False),
             "R": _fmt(det.get("recall"), pm=False),
@@ -318,8 +378,16 @@ def render_markdown(results: dict[str, Any]) -> str:
               "(`--protocol` switches)")
     if intervals:
         method = boot.get("method") or {}
-        out.write(f"; gains with 95% intervals from a paired bootstrap over the {method.get('n_images')} scored "
-                  f"images ({method.get('n_resamples')} resamples, seed {method.get('seed')}, per detector seed)")
+        n_seeds = len(cfg["seeds"])
+        if is_provisional(intervals):
+            out.write(f"; gains with 95% intervals over the {method.get('n_images')} scored images only (paired "
+                      f"bootstrap, {method.get('n_resamples')} resamples, seed {method.get('seed')}): **one detector "
+                      "seed, so the noise of training is not in them** and the verdict is provisional")
+        else:
+            out.write(f"; gains with 95% intervals holding both the noise of training ({n_seeds} detector seeds, "
+                      "paired by seed: their spread is the `seed sd`) and of the evaluation images (paired bootstrap "
+                      f"over the {method.get('n_images')} scored images, {method.get('n_resamples')} resamples, seed "
+                      f"{method.get('seed')}: `image se`), Student-t (`detection.bootstrap`)")
         if protocol == "field":
             out.write("; a gain with an interval is pycocotools' on the validator's predictions (the bootstrap's "
                       "point estimate), which differs from the difference of the Ultralytics mAP@50 column by "
@@ -380,7 +448,7 @@ def render_robustness(robust: dict[str, Any]) -> str:
     out.write("## Robustness: the trained detectors on corrupted evaluation inputs\n\n")
     out.write(f"Deployed mAP@50 under each corruption/severity (`data.corruptions`, seed {robust.get('seed')}; visible "
               "corrupted by all five, infrared by noise and blur only; no retraining), with the change from clean and "
-              "its 95% interval in brackets.\n\n")
+              "its 95% interval in brackets (over the detector seeds and the images; one seed: the images only).\n\n")
     out.write(markdown_table(columns, rows) + "\n\n")
     worst = {}
     for cell_name in cells:
@@ -391,7 +459,11 @@ def render_robustness(robust: dict[str, Any]) -> str:
         iv = cells[cell_name].get("intervals") or {}
         gains = iv.get("gains") or {}
         wins = [f"`{n}` {_fmt_interval(g)}" for n, g in gains.items() if n not in SINGLE_MODALITY and g["low"] > 0]
-        if iv.get("reference"):
+        if iv.get("reference") and is_provisional(iv):
+            out.write(f"- {cell_name}: better single modality `{iv['reference']}`; "
+                      + (f"ahead of it on these images ({PROVISIONAL}): {', '.join(wins)}\n" if wins
+                         else "no fusion is ahead of it even on these images\n"))
+        elif iv.get("reference"):
             out.write(f"- {cell_name}: better single modality `{iv['reference']}`; "
                       + (f"fusions that still beat it: {', '.join(wins)}\n" if wins
                          else "no fusion is shown to beat it\n"))
@@ -446,7 +518,8 @@ def write_csv(path: Path, records: list[dict[str, Any]], protocol: str = "field"
                "map50_95_deployed"]
     sections = (bootstrap or {}).get("protocols") or {}
     for p in ("field", "deployed"):
-        columns += [f"{p}_map50_low", f"{p}_map50_high", f"{p}_gain", f"{p}_gain_low", f"{p}_gain_high"]
+        columns += [f"{p}_map50_low", f"{p}_map50_high", f"{p}_gain", f"{p}_gain_low", f"{p}_gain_high",
+                    f"{p}_gain_seed_std", f"{p}_gain_image_se", f"{p}_per_seed", f"{p}_n_seeds"]
     classes = class_names_of(records)
     columns += [f"ap50_{c}" for c in classes]
     scenarios = sorted({s for r in records for s in ((r.get("detection") or {}).get("scenarios") or {})})
@@ -477,7 +550,11 @@ def write_csv(path: Path, records: list[dict[str, Any]], protocol: str = "field"
             gain = (section.get("gains") or {}).get(r["name"]) or {}
             row.update({f"{p}_map50_low": own.get("low", ""), f"{p}_map50_high": own.get("high", ""),
                         f"{p}_gain": gain.get("point", ""), f"{p}_gain_low": gain.get("low", ""),
-                        f"{p}_gain_high": gain.get("high", "")})
+                        f"{p}_gain_high": gain.get("high", ""),
+                        f"{p}_gain_seed_std": "" if gain.get("seed_std") is None else gain["seed_std"],
+                        f"{p}_gain_image_se": "" if gain.get("image_se") is None else gain["image_se"],
+                        f"{p}_per_seed": " ".join(f"{v:.6f}" for v in (section.get("per_seed") or {}).get(r["name"], [])),
+                        f"{p}_n_seeds": own.get("n_seeds", "")})
         row.update({f"ap50_deployed_{c}": m((det.get("ap50_deployed") or {}).get(c)) for c in classes})
         row.update({f"map50_deployed_{s}": m(((det.get("scenarios") or {}).get(s) or {}).get("map50_deployed"))
                     for s in scenarios})
