@@ -27,21 +27,33 @@ for every other degenerate case, never NaN. A sequence needs at least 2 frames.
   should); fused changes over static sources (one flickering frame): 0; a fused video that stays still while a
   source moves: 0. Higher is better.
 
+The field's flow-based measures, VF-Bench's BiSWE and MS2R (``fusion.flow``: definitions, and where they differ
+from the benchmark's), are opt-in: ``TemporalStats(flow=flow_stats("dis"))``, or ``flow="dis"`` (a registered
+estimator, a ``package.module:factory`` path or a flow callable) to ``evaluate_temporal`` and
+``evaluate_sequences``. They then stream through the same pass, one frame pair at a time, and ``values()`` gives
+them after flicker and TC. Off by default: they cost six optical flows per frame step, where the metrics above
+cost a few integer sums.
+
 ``evaluate_sequences(runs)`` scores file runs (consecutive frames of a scene) and averages over them: what the
-pipeline reports per candidate beside the image metrics.
+pipeline reports per candidate beside the image metrics. ``python -m fusion.temporal`` scores a fused video (or
+frame folder) against its two sources, flow metrics included, with the frames where BiSWE peaks.
 """
 from __future__ import annotations
 
+import argparse
 import inspect
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from data.errors import DatasetError
-from data.io import read_gray_reference
+from data.io import gray_reference, read_gray_reference
 
+from .flow import FLOW_METRICS, FlowSpec, FlowStats, resolve_flow
 from .metrics import to_reference_gray
 from .registry import Registry
 
@@ -60,6 +72,7 @@ class TemporalStats:
     ``add(fused, ir, vis)`` takes the next frame of each sequence (grey or BGR, uint8 or float 0..255, one size);
     only the previous triple is kept. Sums are exact integers: ``excess`` (of flicker), ``ff`` = sum dF^2,
     ``fy`` = (sum dF dA, sum dF dB), ``yy`` = the 2x2 sums of dA^2, dA dB, dB^2; ``pixels`` counts pixel-steps.
+    ``flow``, when given (``flow_stats``), receives the same grey frames and adds the flow metrics to ``values()``.
     """
 
     steps: int = 0
@@ -68,6 +81,7 @@ class TemporalStats:
     ff: int = 0
     fy: list[int] = field(default_factory=lambda: [0, 0])
     yy: list[list[int]] = field(default_factory=lambda: [[0, 0], [0, 0]])
+    flow: FlowStats | None = None
     _previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def add(self, fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> None:
@@ -79,6 +93,8 @@ class TemporalStats:
             if self._previous[0].shape != frame[0].shape:
                 raise ValueError(f"frame size changed from {self._previous[0].shape} to {frame[0].shape}")
             self._add_step(*(now - before for now, before in zip(frame, self._previous)))
+        if self.flow is not None:
+            self.flow.add(*frame)
         self._previous = frame
 
     def _add_step(self, d_f: np.ndarray, d_a: np.ndarray, d_b: np.ndarray) -> None:
@@ -96,9 +112,11 @@ class TemporalStats:
         self.yy[1][1] += int(d_b @ d_b)
 
     @classmethod
-    def of(cls, fused: Iterable[np.ndarray], ir: Iterable[np.ndarray], vis: Iterable[np.ndarray]) -> TemporalStats:
-        """Statistics of three frame sequences of one length (iterables, consumed once, frame by frame)."""
-        stats, frames = cls(), 0
+    def of(cls, fused: Iterable[np.ndarray], ir: Iterable[np.ndarray], vis: Iterable[np.ndarray],
+           flow: FlowSpec | None = None) -> TemporalStats:
+        """Statistics of three frame sequences of one length (iterables, consumed once, frame by frame); with
+        ``flow`` (see ``flow_stats``) the flow metrics' too."""
+        stats, frames = cls(flow=flow_stats(flow)), 0
         sentinel = object()
         fused, ir, vis = iter(fused), iter(ir), iter(vis)
         while True:
@@ -112,8 +130,16 @@ class TemporalStats:
             frames += 1
 
     def values(self) -> dict[str, float]:
-        """Every registered temporal metric of these statistics, {name: value}."""
-        return {name: float(TEMPORAL_METRICS.get(name)(self)) for name in TEMPORAL_METRICS}
+        """Every registered temporal metric of these statistics, {name: value}, then the flow metrics if gathered."""
+        values = {name: float(TEMPORAL_METRICS.get(name)(self)) for name in TEMPORAL_METRICS}
+        return values | (self.flow.values() if self.flow is not None else {})
+
+
+def flow_stats(flow: FlowSpec | None) -> FlowStats | None:
+    """A fresh ``FlowStats`` for ``TemporalStats(flow=...)``: None (no flow metrics), a registered estimator name
+    (``fusion.flow.FLOW_ESTIMATORS``: ``dis``, ``dis_fast``, ``farneback``), a ``package.module:factory`` path or a
+    callable ``(first, second) -> flow`` (grey uint8 (H, W) each -> float32 (H, W, 2), first(x) ~ second(x + flow))."""
+    return None if flow is None else FlowStats(resolve_flow(flow))
 
 
 def _need_steps(stats: TemporalStats) -> None:
@@ -146,8 +172,8 @@ def temporal_correlation(stats: TemporalStats) -> float:
     return float(np.sqrt(np.clip(explained / stats.ff, 0.0, 1.0)))
 
 
-def temporal_metric_names() -> list[str]:
-    return TEMPORAL_METRICS.names()
+def temporal_metric_names(flow: bool = False) -> list[str]:
+    return TEMPORAL_METRICS.names() + (FLOW_METRICS.names() if flow else [])
 
 
 def conventions() -> dict[str, str]:
@@ -155,22 +181,24 @@ def conventions() -> dict[str, str]:
     return {name: inspect.getdoc(TEMPORAL_METRICS.get(name)).splitlines()[0] for name in TEMPORAL_METRICS}
 
 
-def evaluate_temporal(fused: Iterable[np.ndarray], ir: Iterable[np.ndarray], vis: Iterable[np.ndarray]
-                      ) -> dict[str, float]:
-    """Every temporal metric of three frame sequences (arrays as ``TemporalStats.add`` takes, >= 2 frames)."""
-    return TemporalStats.of(fused, ir, vis).values()
+def evaluate_temporal(fused: Iterable[np.ndarray], ir: Iterable[np.ndarray], vis: Iterable[np.ndarray],
+                      flow: FlowSpec | None = None) -> dict[str, float]:
+    """Every temporal metric of three frame sequences (arrays as ``TemporalStats.add`` takes, >= 2 frames); with
+    ``flow`` (an estimator, see ``flow_stats``) also BiSWE and MS2R."""
+    return TemporalStats.of(fused, ir, vis, flow).values()
 
 
 Run = Sequence[tuple[str | Path, str | Path, str | Path]]
 
 
-def evaluate_sequences(runs: Sequence[Run]) -> dict[str, float]:
+def evaluate_sequences(runs: Sequence[Run], flow: FlowSpec | None = None) -> dict[str, float]:
     """Mean temporal metrics over runs of consecutive frames: what the pipeline reports per candidate.
 
     Contract:
         runs: one entry per run of consecutive frames of one scene (in time order), each a sequence of
             ``(fused_path, ir_path, vis_path)`` file triples, e.g. the evaluation split's images grouped by M3FD
             scene with ``consecutive_runs`` over their ids. Runs of fewer than 2 frames are skipped.
+        flow: None, or a flow estimator (``flow_stats``): BiSWE and MS2R are then scored too, after the others.
         Returns ``{metric: arithmetic mean over the scored runs}`` in ``temporal_metric_names()`` order (each run
             weighs the same, whatever its length), or ``{}`` when no run has 2 frames.
         Files are read with ``data.io.read_gray_reference`` (as the image metrics read them), one triple at a
@@ -185,12 +213,13 @@ def evaluate_sequences(runs: Sequence[Run]) -> dict[str, float]:
     if not scored:
         return {}
     per_run = []
+    estimator = None if flow is None else resolve_flow(flow)  # built once, shared by the runs
     for run in scored:
-        stats = TemporalStats()
+        stats = TemporalStats(flow=flow_stats(estimator))
         for fused, ir, vis in run:
             stats.add(*(read_gray_reference(path) for path in (fused, ir, vis)))
         per_run.append(stats.values())
-    return {name: float(np.mean([values[name] for values in per_run])) for name in TEMPORAL_METRICS}
+    return {name: float(np.mean([values[name] for values in per_run])) for name in per_run[0]}
 
 
 def consecutive_runs(ids: Iterable[str]) -> list[list[str]]:
@@ -206,3 +235,61 @@ def consecutive_runs(ids: Iterable[str]) -> list[list[str]]:
             runs.append([stem])
         previous = number
     return runs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI: ``python -m fusion.temporal --fused F --ir IR --vis VIS`` scores an already fused video, flow metrics included
+# --------------------------------------------------------------------------------------------------------------
+
+def grey_frames(path: str | Path, limit: int | None = None) -> Iterable[np.ndarray]:
+    """The first ``limit`` frames (all when None) of a video file or a folder of images (sorted by name), as grey
+    whole numbers 0..255 read like the image metrics read files (``data.io.gray_reference`` of the BGR frame)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        yield from (read_gray_reference(p) for p in files[:limit])
+        return
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError(f"cannot open {path} as a video or a frame folder")
+    try:
+        count = 0
+        while limit is None or count < limit:
+            ok, bgr = capture.read()
+            if not ok:
+                return
+            yield gray_reference(bgr)
+            count += 1
+    finally:
+        capture.release()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fusion.temporal",
+                                     description="Temporal metrics of a fused video against its two sources.")
+    parser.add_argument("--fused", required=True, help="fused video file or frame folder")
+    parser.add_argument("--ir", required=True, help="infrared video file or frame folder")
+    parser.add_argument("--vis", required=True, help="visible video file or frame folder")
+    parser.add_argument("--frames", type=int, default=None, help="score only the first N frames")
+    parser.add_argument("--flow", default="dis",
+                        help="flow estimator for BiSWE/MS2R: a registered name (dis, dis_fast, farneback), "
+                             "package.module:factory, or 'none' for flicker and TC only (default dis)")
+    args = parser.parse_args(argv)
+    flow = None if args.flow == "none" else args.flow
+    try:
+        stats = TemporalStats.of(*(grey_frames(p, args.frames) for p in (args.fused, args.ir, args.vis)), flow)
+        values = stats.values()
+    except (ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{stats.steps + 1} frames; " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    if stats.flow is not None and stats.flow.per_frame()["biswe"]:
+        per_frame = stats.flow.per_frame()["biswe"]
+        worst = np.argsort(per_frame)[::-1][:3]
+        print("BiSWE peaks (frame: value): " + ", ".join(f"{i + 1}: {per_frame[i]:.3f}" for i in worst)
+              + f"; median {np.median(per_frame):.3f}; sources' masks kept {np.mean(stats.flow.kept):.1%} of pixels")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
