@@ -1,9 +1,9 @@
-"""The pipeline's ranking and report with detector results that are far from 0 and differ (stubbed detector runs:
-the real ones score 0 on tiny data), and one end-to-end run with two detector runs at once (``--jobs 2``)."""
+"""The pipeline's ranking and report with detector results that are far from 0 and differ (stubbed detector runs).
+Real detector runs: ``--jobs 2`` end to end in test_determinism.py, detectors that learn in
+test_learning_detector.py."""
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -164,35 +164,3 @@ def test_spearman_rho_between_fusion_metrics_and_map(stubbed_run):
         assert f"| {metric} | {row['rho']:+.2f} |" in section
         checked += 1
     assert checked >= 5  # the candidates' fusion metrics differ, so most rows have a rank order
-
-
-@pytest.mark.slow
-def test_two_detector_runs_at_once_end_to_end(tmp_path, synthetic_root, monkeypatch):
-    """--jobs 2: the detectors train in two spawned worker processes (real Ultralytics runs, tiny preset) and
-    every result comes back into the report."""
-    submitted: list[str] = []
-
-    class CountingPool(ProcessPoolExecutor):
-        def __init__(self, max_workers, **kwargs):
-            assert max_workers == 2
-            super().__init__(max_workers=max_workers, **kwargs)
-
-        def submit(self, fn, job, *args, **kwargs):
-            submitted.append(job["candidate"])
-            return super().submit(fn, job, *args, **kwargs)
-
-    monkeypatch.setattr(m3fd, "ProcessPoolExecutor", CountingPool)
-    cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", baselines=[], jobs=2,
-                         train_dae_fuse=False, progress=False, bootstrap_resamples=0)
-    results = run_pipeline(cfg)
-    assert sorted(submitted) == ["ir", "vis"]
-    assert results["config"]["jobs"] == 2
-    for r in results["candidates"]:
-        assert r["error"] is None and r["detection"] is not None
-        run = r["detection_runs"][0]
-        assert run["epochs_completed"] == run["epochs"] == 2 and not run["resumed"]
-        assert Path(run["run_dir"]).is_relative_to(cfg.out / "runs" / r["name"])
-        assert (Path(run["run_dir"]) / "weights" / "best.pt").is_file()
-        assert list((cfg.out / "tb" / r["name"]).glob("events.out.tfevents.*"))  # curves from the worker
-    rows = _md_table((cfg.out / "results.md").read_text())
-    assert sorted(row["candidate"] for row in rows) == ["ir", "vis"]
