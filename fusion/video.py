@@ -86,6 +86,9 @@ class VideoConfig:
         folder_fps: frame rate of a frame folder (None: the other source's when it is a video, else 30).
         overlap_io: read the next batch and write the previous one on helper threads while fusing.
         temporal: also compute the output's temporal metrics (``fusion.temporal``) while streaming.
+        flow: with ``temporal``, also the flow-based BiSWE and MS2R on this optical flow (``fusion.flow``: a registered
+            estimator such as ``dis``, or ``package.module:factory``); None: flicker and TC only (flow costs six
+            optical flows per frame step).
     """
 
     batch_size: int = 4
@@ -94,6 +97,7 @@ class VideoConfig:
     folder_fps: float | None = None
     overlap_io: bool = True
     temporal: bool = False
+    flow: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -516,9 +520,9 @@ def _temporal_accumulator(config: VideoConfig) -> Any:
     if not config.temporal:
         return None
     # imported only when asked: the plain fusing path needs none of it
-    from .temporal import TemporalStats
+    from .temporal import TemporalStats, flow_stats
 
-    return TemporalStats()
+    return TemporalStats(flow=flow_stats(config.flow))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -536,13 +540,17 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--count-tolerance", type=float, default=defaults.count_tolerance,
                        help="largest duration difference, in frames (default 2)")
     group.add_argument("--temporal", action="store_true", help="also print the output's temporal metrics")
+    group.add_argument("--flow", default=None, metavar="NAME|package.module:factory",
+                       help="with --temporal, also VF-Bench's BiSWE and MS2R on this optical flow (dis, dis_fast, "
+                            "farneback, or a local flow model's factory); off by default: six flows per frame step")
 
 
 def run_video(fuser: Fuser, args: argparse.Namespace) -> int:
     """The ``--video`` mode of ``python -m fusion.fuse``: fuse, print the report; 2 on bad input."""
     try:
         config = VideoConfig(batch_size=args.batch_size, fps_tolerance=args.fps_tolerance,
-                             count_tolerance=args.count_tolerance, folder_fps=args.fps, temporal=args.temporal)
+                             count_tolerance=args.count_tolerance, folder_fps=args.fps, temporal=args.temporal,
+                             flow=args.flow)
         report = fuse_video(fuser, args.ir, args.vis, args.out, config)
     except (ValueError, OSError) as err:  # DatasetError and VideoStreamError are ValueErrors
         print(f"error: {err}", file=sys.stderr)

@@ -389,6 +389,12 @@ def test_video_temporal_metrics_match_the_written_frames(clips, tmp_path):
     run = [(tmp_path / "out" / p.name, p, clips["vis_dir"] / p.name) for p in sorted(clips["ir_dir"].iterdir())]
     assert report.temporal == pytest.approx(evaluate_sequences([run]))
     assert read_gray_reference(run[0][0]).shape == (H, W)
+    # --flow adds VF-Bench's flow metrics, streamed as the frames are written, equal to scoring the written files
+    with_flow = fuse_video(create_fuser("max"), clips["ir_dir"], clips["vis_dir"], tmp_path / "flow",
+                           VideoConfig(temporal=True, flow="farneback"))
+    run = [(tmp_path / "flow" / p.name, p, clips["vis_dir"] / p.name) for p in sorted(clips["ir_dir"].iterdir())]
+    assert set(with_flow.temporal) == set(report.temporal) | {"biswe", "ms2r"}
+    assert with_flow.temporal == pytest.approx(evaluate_sequences([run], flow="farneback"))
 
 
 def test_consecutive_runs():
