@@ -10,6 +10,7 @@ is reported with its error; the others still run. A bad dataset fails before any
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -41,6 +42,7 @@ from data.io import (
     replace_dir,
     write_record,
 )
+from data.lock import hold_folder_lock, raise_if_locked
 from data.provenance import content_key, file_sha256, files_fingerprint, package_versions
 
 from . import report
@@ -185,47 +187,64 @@ class Progress:
         self.done += 1
 
 
-def resolve_dataset(cfg: PipelineConfig, synthetic_params: dict[str, Any]):
-    """Load and validate the dataset (raises DatasetError before any heavy work). Returns (dataset, info)."""
-    from data.m3fd import load_m3fd
+def dataset_root(cfg: PipelineConfig) -> Path | None:
+    """The dataset's folder: ``--data``, else ``$M3FD_ROOT``; None: the built-in synthetic scenes, generated into
+    ``--out``."""
+    root = cfg.data or (Path(os.environ["M3FD_ROOT"]) if os.environ.get("M3FD_ROOT") else None)
+    return Path(root) if root is not None else None
+
+
+def generate_scenes(cfg: PipelineConfig, synthetic_params: dict[str, Any]) -> Path:
+    """Write the built-in synthetic scenes into ``--out`` (reused when already there), loudly labelled."""
     from data.synthetic import generate_synthetic_m3fd
 
+    root = cfg.out / "synthetic_m3fd"
+    banner = "=" * 78
+    print(f"{banner}\nNo --data given and M3FD_ROOT is not set: using the BUILT-IN SYNTHETIC M3FD-layout scenes\n"
+          f"at {root}. These numbers say nothing about real M3FD. For real rankings run:\n"
+          f"    python pipelines/run_m3fd.py --data /path/to/M3FD   (Ir/, Vis/, Annotation/, meta/)\n{banner}",
+          flush=True)
+    return generate_synthetic_m3fd(root, num_scenes=synthetic_params["num_scenes"],
+                                   frames_per_scene=synthetic_params["frames_per_scene"],
+                                   size=tuple(synthetic_params["size"]), seed=0)
+
+
+def resolve_dataset(cfg: PipelineConfig, synthetic_params: dict[str, Any]):
+    """Load and validate the dataset (raises DatasetError before any heavy work). Returns (dataset, info).
+
+    Writes nothing into ``--out`` but the synthetic scenes when no data is given (``generate_scenes``);
+    ``prepare_out`` writes the split once every check has passed.
+    """
+    from data.m3fd import load_m3fd
     from data.synthetic import PARAMS_FILE as SYNTHETIC_MARKER
 
-    root = cfg.data or (Path(os.environ["M3FD_ROOT"]) if os.environ.get("M3FD_ROOT") else None)
+    root = dataset_root(cfg)
     generate = root is None
     # Data the synthetic generator wrote stays labelled synthetic when it is passed with --data too.
-    synthetic = generate or (Path(root) / SYNTHETIC_MARKER).is_file()
+    synthetic = generate or (root / SYNTHETIC_MARKER).is_file()
     if generate:
-        root = cfg.out / "synthetic_m3fd"
-        banner = "=" * 78
-        print(f"{banner}\nNo --data given and M3FD_ROOT is not set: using the BUILT-IN SYNTHETIC M3FD-layout scenes\n"
-              f"at {root}. These numbers say nothing about real M3FD. For real rankings run:\n"
-              f"    python pipelines/run_m3fd.py --data /path/to/M3FD   (Ir/, Vis/, Annotation/, meta/)\n{banner}",
-              flush=True)
-        generate_synthetic_m3fd(root, num_scenes=synthetic_params["num_scenes"],
-                                frames_per_scene=synthetic_params["frames_per_scene"],
-                                size=tuple(synthetic_params["size"]), seed=0)
+        root = generate_scenes(cfg, synthetic_params)
     dataset = load_m3fd(Path(root), seed=cfg.split_seed)
     problems = check_splits(cfg, {name: len(ids) for name, ids in dataset.splits.items()})
     if not problems and not any(ann.boxes for ann in dataset.annotations(cfg.eval_split).values()):
         problems.append(f"split '{cfg.eval_split}' (--eval-split) has no boxes: there is nothing to detect")
     if problems:
-        from data.errors import DatasetError
-
         raise DatasetError(str(root), problems)
-    cfg.out.mkdir(parents=True, exist_ok=True)  # only now: a run refused up front leaves no empty --out behind
-    swept = remove_stale_temps_tree(cfg.out)  # what a killed earlier run left half-written, wherever it was
-    if swept:
-        LOGGER.info("removed %d temporary file(s) a killed run left in %s", len(swept), cfg.out)
-    split_path = cfg.out / "split.json"
-    dataset.write_split(split_path)
     info = {"root": str(Path(root).resolve()), "synthetic": synthetic, "n_images": len(dataset.ids),
             "class_names": list(dataset.class_names),
-            "split": {"method": dataset.split_info.get("method"), "file": str(split_path),
+            "split": {"method": dataset.split_info.get("method"), "file": str(cfg.out / "split.json"),
                       "seed": dataset.split_info.get("seed"),
                       "counts": {k: len(v) for k, v in dataset.splits.items()}}}
     return dataset, info
+
+
+def prepare_out(cfg: PipelineConfig, dataset) -> None:
+    """The run's first writes into ``--out`` (under its lock, after every check): sweep what a killed earlier run
+    left half-written, wherever it was, and write the split."""
+    swept = remove_stale_temps_tree(cfg.out)
+    if swept:
+        LOGGER.info("removed %d temporary file(s) a killed run left in %s", len(swept), cfg.out)
+    dataset.write_split(cfg.out / "split.json")
 
 
 class OptionsError(ValueError):
@@ -550,9 +569,12 @@ def detect_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
-    """Run the whole comparison; returns the results dict also written to OUT/results.json."""
-    from detection.export import export_yolo_dataset
+    """Run the whole comparison; returns the results dict also written to OUT/results.json.
 
+    Every check (options, dataset, candidates) passes before the first write into ``--out``, and from that write to
+    its end the run holds ``--out``'s lock (``data.lock``): a second run on the same ``--out`` (another terminal, a
+    requeued cluster job) is refused at once with ``FolderLocked`` instead of tearing the first one's files.
+    """
     started = time.time()
     cfg = replace(cfg, out=Path(cfg.out).resolve())
     preset = load_pipeline_preset(cfg.preset)
@@ -565,10 +587,32 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         problems.append(str(err))
     if problems:  # options first: cheap, and every candidate would fail the same way after hours of work
         raise OptionsError("; ".join(problems))
+    raise_if_locked(cfg.out)  # a run already busy in --out: refused now, not after checking the data
 
-    # 1. Up-front validation: the dataset and every checkpoint, before any heavy work.
-    dataset, data_info = resolve_dataset(cfg, preset["synthetic"])
-    candidates = build_candidates(cfg, dataset, preset)
+    # 1. Up-front validation: the dataset and every candidate, before anything is written into --out. The lock lives
+    # in --out (not beside it, where the parent folder may be shared or read-only) and is taken at the first write,
+    # so a refused run creates nothing; a run refused by the lock finds --out and the lock file already there.
+    with contextlib.ExitStack() as held:
+        generated = dataset_root(cfg) is None
+        if generated:  # the synthetic scenes are written into --out, so under its lock, after the cheap checks
+            candidate_specs(cfg, preset)  # the command line's own mistakes refuse the run before --out exists
+            held.enter_context(hold_folder_lock(cfg.out))
+        dataset, data_info = resolve_dataset(cfg, preset["synthetic"])
+        candidates = build_candidates(cfg, dataset, preset)
+        if not generated:
+            held.enter_context(hold_folder_lock(cfg.out))
+        prepare_out(cfg, dataset)
+        return compare_candidates(cfg, preset, seeds=seeds, jobs=jobs, settings=settings, dataset=dataset,
+                                  data_info=data_info, candidates=candidates, started=started)
+
+
+def compare_candidates(cfg: PipelineConfig, preset: dict[str, Any], *, seeds: list[int], jobs: int,
+                       settings: dict[str, Any], dataset, data_info: dict[str, Any], candidates: list[Candidate],
+                       started: float) -> dict[str, Any]:
+    """Steps 2-4 of ``run_pipeline`` on its checked inputs, with ``--out`` locked: fuse, score and export every
+    candidate, train and score the detectors, then assemble and write the results."""
+    from detection.export import export_yolo_dataset
+
     store = StageStore(cfg.out / "state", force=cfg.force)
     train_here = cfg.train_dae_fuse if cfg.train_dae_fuse is not None else (
         preset.get("train_dae_fuse", False) and not cfg.checkpoints)

@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.errors import DatasetError  # noqa: E402
+from data.lock import FolderLocked  # noqa: E402
 from detection.protocols import DEFAULT_PROTOCOL, PROTOCOLS  # noqa: E402
 from fusion.baselines import BASELINE_NAMES  # noqa: E402
 from pipelines.m3fd import OptionsError, PipelineConfig, run_pipeline  # noqa: E402
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(package).setLevel(logging.INFO)
     try:
         results = run_pipeline(cfg)
-    except (DatasetError, OptionsError) as err:  # refused before any heavy work: say why, no traceback
+    except (DatasetError, OptionsError, FolderLocked) as err:  # refused before any work: say why, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     print((Path(cfg.out) / "results.md").resolve().read_text())
