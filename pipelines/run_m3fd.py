@@ -6,6 +6,10 @@
     python pipelines/run_m3fd.py --data /data/M3FD --fused tardal=/data/TarDAL_M3FD --fuser cddfuse=my.cdd:make w=x.pth
 
 A thin wrapper over ``pipelines.m3fd.run_pipeline``; see ``--help`` for the options.
+
+Exit status: 0 when every candidate has its detector result; 1 when any candidate failed (the results are still
+written, the failed ones are listed on stderr); 2 when the run is refused before any work: bad options or data, or
+another run holding the same --out (one run per --out at a time).
 """
 from __future__ import annotations
 
@@ -109,7 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     print((Path(cfg.out) / "results.md").resolve().read_text())
     print(f"results: {Path(cfg.out).resolve()}/results.{{json,csv,md}}, plots/, tb/ "
           f"(tensorboard --logdir {Path(cfg.out).resolve() / 'tb'})")
-    return 0 if any(r["detection"] for r in results["candidates"]) else 1  # no detector result: the run failed
+    return report_failures(results["candidates"])
+
+
+def report_failures(candidates: list[dict]) -> int:
+    """The exit status of a finished run: 1, with the failed candidates listed on stderr, when any failed, else 0.
+    A scheduler or script only sees the status: a table with a failed row must not look like a clean run."""
+    failed = [r for r in candidates if r["error"] or not r["detection"]]
+    if not failed:
+        return 0
+    lines = "".join(f"\n  - {r['name']}: {r['error'] or 'no detector result'}" for r in failed)
+    print(f"error: {len(failed)} of {len(candidates)} candidate(s) failed (their rows are in the results):{lines}",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""One run per --out at a time, and nothing written by a run that is refused."""
+"""One run per --out at a time, nothing written by a refused run, and an exit status that tells failed candidates."""
 from __future__ import annotations
 
 import os
@@ -113,3 +113,23 @@ def test_a_run_refused_for_its_candidates_creates_no_out(tmp_path, synthetic_roo
     assert main(["--preset", "tiny", "--out", str(out), "--no-progress", "--fused", "a/b=dir"]) == 2
     assert not out.exists()
 
+
+@pytest.mark.slow
+def test_exit_status_is_1_when_a_candidate_failed_and_0_when_none_did(holder, synthetic_root, capsys, monkeypatch):
+    proc, out = holder
+    kill_holder(proc)  # the run below must take the lock a killed run left
+    broken = out.parent / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    argv = ["--preset", "tiny", "--data", str(synthetic_root), "--out", str(out), "--no-progress",
+            "--baselines", "ir", "vis", "--bootstrap", "0"]
+    assert main(argv + ["--checkpoints", str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 3 candidate(s) failed" in err and "- broken: checkpoint rejected" in err
+    assert (out / "results.json").is_file() and (out / "results.md").is_file()  # the results are still written
+
+    # The same rows without the broken one (and no DAE-Fuse trained here): the detectors are reused, nothing failed.
+    tiny = m3fd.load_pipeline_preset("tiny")
+    monkeypatch.setattr(m3fd, "load_pipeline_preset", lambda name: {**tiny, "train_dae_fuse": False})
+    assert main(argv) == 0
+    assert "failed" not in capsys.readouterr().err
+    raise_if_locked(out)  # released at the end of the run
