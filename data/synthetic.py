@@ -2,14 +2,18 @@
 
 :func:`generate_synthetic_m3fd` draws small video-like scenes where fusion matters for a detector:
 
-* **Warm objects** (People, Car, Truck, Bus, Motorcycle) are bright in infrared in every scenario, normal in
-  daytime visible, washed out in overcast visible and dim/low-contrast in night visible.
+* **Warm objects** (People, Car, Truck, Bus, Motorcycle) are warmer than their surroundings in infrared in every
+  scenario, but by day the sun-heated road and facades come close to their temperature (thermal crossover) and
+  there is more warm clutter, so daytime infrared is low-contrast. In visible they wear saturated colours or white
+  with a dark rim, and by day cast a shadow on calm asphalt, so daytime visible shows them plainly; they are
+  washed out in overcast visible and dim/low-contrast in night visible. Net effect, as on M3FD: a visible-only
+  detector is at least as good as an infrared-only one by day and clearly worse at night.
 * **Lamps** are bright in visible (a lit panel, with a halo at night) and have no thermal signature at all, so
   infrared alone cannot find them.
 * **Visible-only structure**: building facades with window grids, road markings, kerbs, zebra crossings and
   asphalt texture appear only in the visible image; in infrared facades and road are smooth.
 * **Infrared-only clutter**: warm patches that are not objects (vents, sun-heated spots, person-sized warm
-  blobs) appear only in infrared, so infrared alone produces false positives.
+  blobs; most by day) appear only in infrared, so infrared alone produces false positives.
 
 Scenarios (``night``, ``daytime``, ``overcast``) alternate across scenes; consecutive frames of a scene are
 near-duplicates with small object motion, like M3FD's video frames. Output (all PNG, lossless):
@@ -38,7 +42,7 @@ from .io import atomic_dir
 from .splits import SPLIT_NAMES, split_groups
 
 # Bump when the drawing changes, so that folders made by an older generator are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 PARAMS_FILE = "synthetic.json"
 README_FILE = "SYNTHETIC.md"
 DEFAULT_NUM_SCENES = 12
@@ -66,12 +70,18 @@ class Lighting:
     ir_sky: float  # infrared level of the sky (cold)
     ir_ground: float  # infrared level of the road (sun-heated by day)
     ir_building: float  # infrared level of facades
+    ir_patches: float  # std of the road's sun-heated patches in infrared (grey levels)
+    ir_clutter: tuple[int, int]  # warm blobs that are no object, inclusive range per scene
+    shadow: float  # visible reflectance factor in an object's cast shadow (1 = no shadow)
 
 
+# By day the sun heats the road and facades close to the temperature of cars and people (thermal crossover) and
+# leaves more warm clutter, while direct light gives objects crisp shadows: infrared is harder than visible. At
+# night the road cools and visible is dark and noisy: infrared is far easier. Overcast lies between.
 LIGHTING: dict[str, Lighting] = {
-    "daytime": Lighting(1.0, 0.0, 1.0, 2.0, 235.0, 0.0, 45.0, 125.0, 105.0),
-    "overcast": Lighting(0.6, 45.0, 0.35, 2.5, 240.0, 0.25, 60.0, 100.0, 95.0),
-    "night": Lighting(0.07, 6.0, 0.6, 3.0, 252.0, 0.8, 20.0, 75.0, 70.0),
+    "daytime": Lighting(1.0, 0.0, 1.0, 2.0, 235.0, 0.0, 45.0, 165.0, 150.0, 16.0, (6, 10), 0.45),
+    "overcast": Lighting(0.6, 45.0, 0.35, 2.5, 240.0, 0.25, 60.0, 110.0, 100.0, 8.0, (3, 6), 0.8),
+    "night": Lighting(0.07, 6.0, 0.6, 3.0, 252.0, 0.8, 20.0, 75.0, 70.0, 6.0, (2, 5), 1.0),
 }
 
 
@@ -96,11 +106,20 @@ OBJECTS: dict[str, ObjectSpec] = {
     "Lamp": ObjectSpec((16, 24), (0.9, 1.3), (0, 0), (0, 0), (1, 2), 0.9),
 }
 
-_PALETTE = np.array(  # BGR reflectances: clothing, car paint, facades
+_PALETTE = np.array(  # BGR reflectances of facades
     [[40, 40, 160], [150, 60, 30], [200, 200, 200], [40, 40, 40], [60, 140, 60], [30, 150, 200],
      [120, 120, 120], [170, 110, 150], [50, 90, 150], [180, 170, 150]],
     dtype=np.float32,
 )
+# BGR reflectances of clothing and car paint: saturated colours and white, none close to the grey asphalt, so
+# that by day an object stands out from the road the way traffic does in M3FD's daytime frames.
+_OBJECT_PALETTE = np.array(
+    [[40, 40, 210], [190, 90, 30], [40, 210, 240], [60, 180, 40], [30, 130, 245], [240, 240, 240],
+     [170, 50, 150], [210, 190, 40]],
+    dtype=np.float32,
+)
+OUTLINE_BGR = (30.0, 30.0, 30.0)  # dark rim of warm objects in visible (panel gaps, tyres, shading)
+OUTLINE_PX = 2.0  # its width at REFERENCE_HEIGHT (1 px at the quick preset's 160-pixel training size)
 
 
 @dataclass(frozen=True)
@@ -288,9 +307,10 @@ def _background(rng: np.random.Generator, light: Lighting, width: int, height: i
     ir[:horizon] = light.ir_sky + 10 * t[..., 0]
     # Road: asphalt texture and markings in visible only; a smooth warm field in infrared.
     ground = slice(horizon, height)
-    texture = 8 * rng.standard_normal((height - horizon, width)).astype(np.float32) + 6 * _smooth_noise(rng, (height - horizon, width), 6)
+    # Calm asphalt (weak grain and stains), so that objects on the road stand out in daylight.
+    texture = 3 * rng.standard_normal((height - horizon, width)).astype(np.float32) + 4 * _smooth_noise(rng, (height - horizon, width), 6)
     vis[ground] = (105 + texture)[..., None]
-    ir[ground] = light.ir_ground + 6 * _smooth_noise(rng, (height - horizon, width), 40)
+    ir[ground] = light.ir_ground + light.ir_patches * _smooth_noise(rng, (height - horizon, width), 24)
     kerb = horizon + max(3, int(0.06 * height))
     vis[horizon:kerb] = 160 + 5 * rng.standard_normal((kerb - horizon, width, 1)).astype(np.float32)  # pavement
     vis[kerb : kerb + 2] = 215
@@ -319,12 +339,12 @@ def _background(rng: np.random.Generator, light: Lighting, width: int, height: i
     return vis, ir, horizon
 
 
-def _add_clutter(rng: np.random.Generator, ir: np.ndarray, horizon: int) -> None:
+def _add_clutter(rng: np.random.Generator, ir: np.ndarray, horizon: int, light: Lighting) -> None:
     """Warm patches that are not objects (vents, sun-heated spots, person-sized warm blobs), infrared only."""
     height, width = ir.shape
     scale = height / REFERENCE_HEIGHT
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    for _ in range(int(rng.integers(2, 6))):
+    for _ in range(int(rng.integers(light.ir_clutter[0], light.ir_clutter[1] + 1))):
         cx, cy = rng.uniform(0, width), rng.uniform(0.25 * horizon, height)
         if rng.random() < 0.5:  # upright blob about the size of a person
             sx, sy = rng.uniform(3, 7) * scale, rng.uniform(9, 20) * scale
@@ -366,7 +386,7 @@ def _things(rng: np.random.Generator, width: int, height: int, horizon: int) -> 
             else:
                 continue  # no free spot: skip this object
             speed = rng.uniform(*spec.speed) * scale * rng.choice([-1.0, 1.0])
-            a, b = _PALETTE[rng.integers(len(_PALETTE), size=2)]
+            a, b = _OBJECT_PALETTE[rng.choice(len(_OBJECT_PALETTE), size=2, replace=False)]
             placed.append(
                 _Thing(name, w, h, x0, y0, speed, speed * rng.uniform(-0.1, 0.1), tuple(map(float, a)), tuple(map(float, b)), float(rng.uniform(*spec.ir_level)))
             )
@@ -378,7 +398,7 @@ def make_scene(rng: np.random.Generator, name: str, scenario: str, width: int, h
     :func:`render_frame`."""
     light = LIGHTING[scenario]
     vis, ir, horizon = _background(rng, light, width, height)
-    _add_clutter(rng, ir, horizon)
+    _add_clutter(rng, ir, horizon, light)
     return Scene(name, scenario, vis, ir, tuple(_things(rng, width, height, horizon)))
 
 
@@ -392,8 +412,13 @@ def render_frame(scene: Scene, frame: int, rng: np.random.Generator) -> tuple[np
     lamp = np.zeros((height, width), np.float32)
     boxes = []
     placed = [(t, *t.position(frame, width, height)) for t in scene.things]
+    scale = height / REFERENCE_HEIGHT
     for thing, x, y in sorted(placed, key=lambda p: p[2] + p[0].h):  # far (higher) objects first
+        if thing.name != "Lamp":
+            _shadow(vis, thing, x, y, light.shadow)
         PAINTERS[thing.name](vis, ir, lamp, thing, x, y, frame)
+        if thing.name != "Lamp":
+            _outline(vis, thing, x, y, frame, scale)
         boxes.append((thing.name, x + 1, y + 1, x + thing.w, y + thing.h))
     # Visible: desaturation, illumination and ambient light as one 3x4 colour transform, then lit lamps and
     # their halo, then sensor noise.
@@ -409,6 +434,29 @@ def render_frame(scene: Scene, frame: int, rng: np.random.Generator) -> tuple[np
     # Infrared: optics blur and sensor noise.
     ir = cv2.GaussianBlur(ir, (0, 0), sigmaX=0.8) + 1.5 * rng.standard_normal(ir.shape, dtype=np.float32)
     return _to_uint8(ir), _to_uint8(vis), boxes
+
+
+def _shadow(vis: np.ndarray, t: _Thing, x: int, y: int, factor: float) -> None:
+    """Darken the ground under an object (visible reflectance): a flat ellipse at its base, cast a little to one
+    side; it reaches a few pixels past the box, as real shadows do."""
+    if factor >= 1.0:
+        return
+    mask = np.zeros(vis.shape[:2], np.uint8)
+    centre = (int(round(x + 0.6 * t.w)), int(round(y + t.h - 1)))
+    axes = (max(2, int(round(0.6 * t.w))), max(2, int(round(0.07 * t.h + 1))))
+    cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, -1)
+    vis[mask > 0] *= factor
+
+
+def _outline(vis: np.ndarray, t: _Thing, x: int, y: int, frame: int, scale: float) -> None:
+    """A dark rim just inside a warm object's silhouette (visible only): the object is painted once more on a
+    blank canvas to find its silhouette, and the silhouette's inner border is darkened."""
+    canvas = np.zeros_like(vis)
+    PAINTERS[t.name](canvas, np.zeros(vis.shape[:2], np.float32), np.zeros(vis.shape[:2], np.float32), t, x, y, frame)
+    silhouette = (canvas.max(axis=2) > 0).astype(np.uint8)
+    k = max(1, int(round(OUTLINE_PX * scale)))
+    rim = silhouette & (1 - cv2.erode(silhouette, np.ones((2 * k + 1, 2 * k + 1), np.uint8), borderValue=0))
+    vis[rim > 0] = OUTLINE_BGR
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -440,8 +488,10 @@ on it say whether the code works, not how fusion methods rank on real data.
 - {images} frames: {num_scenes} scenes x {frames_per_scene} consecutive frames, {width}x{height}, seed {seed}
   (generator version {version}).
 - Scenarios: night, daytime and overcast, alternating across scenes (`meta/scenario.json`, M3FD's format).
-- Warm People, Cars, Trucks, Buses and Motorcycles are bright in infrared; in night-time visible they are dim
-  and low-contrast, in daytime visible normal. Lamps are bright in visible and invisible in infrared.
+- Warm People, Cars, Trucks, Buses and Motorcycles are warmer than their surroundings in infrared, clearly at
+  night, barely by day (a sun-heated road and facades, more warm clutter). In visible they are saturated colours or
+  white with a dark rim and, by day, a cast shadow: plain by day, washed out when overcast, dim and low-contrast at
+  night. Lamps are bright in visible and invisible in infrared.
 - Facade windows, road markings and textures appear only in visible; warm clutter that is no object appears
   only in infrared: neither modality alone finds everything.
 - `meta/train.txt`, `val.txt`, `test.txt` keep every scene whole.

@@ -89,7 +89,10 @@ def test_fusion_matters_people_and_lamps(synthetic_root):
     # Lamps: bright in visible, no thermal signature.
     lamps = [s for (_, name), v in stats.items() if name == "Lamp" for s in v]
     assert lamps and stats[("night", "Lamp")]
-    assert min(s["vis"][0] for s in lamps) > 150 and min(s["vis"][0] - s["ir"][0] for s in lamps) > 50
+    assert min(s["vis"][0] for s in lamps) > 150
+    # By day the sun-heated facade behind a lamp head is itself warm in infrared, so the gap is checked off daytime.
+    unheated = [s for (scenario, name), v in stats.items() if name == "Lamp" and scenario != "daytime" for s in v]
+    assert unheated and min(s["vis"][0] - s["ir"][0] for s in unheated) > 50
     assert med([s["vis"][1] for s in stats[("night", "Lamp")]]) > 100
 
 
