@@ -22,6 +22,9 @@ class DetectionPreset:
         imgsz: square training and evaluation size in pixels.
         batch: batch size.
         train_args: further Ultralytics ``train()`` arguments (optimizer, lr0, time, patience, plots, ...).
+        threads: torch CPU threads per detector run, or None for all cores (up to 8). Part of the recipe, not of
+            the scheduling: on CPU the thread count changes the floating point and so the trained detector, so
+            ``--jobs 2`` and ``--jobs 1`` run the same recipe with the same threads and give identical detectors.
     """
 
     name: str
@@ -31,10 +34,12 @@ class DetectionPreset:
     imgsz: int
     batch: int
     train_args: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None
 
     def train_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``train_and_evaluate`` (a fresh copy; the preset is never mutated)."""
         return {"model": self.model, "epochs": self.epochs, "imgsz": self.imgsz, "batch": self.batch,
+                "threads": self.threads,
                 "extra_args": {k: v for k, v in self.train_args.items() if v is not None}}
 
 
@@ -53,11 +58,12 @@ def load_preset(name: str, path: Path = PRESETS_PATH) -> DetectionPreset:
     if name not in presets:
         raise KeyError(f"unknown detection preset '{name}'; known: {', '.join(presets)}")
     entry = dict(presets[name])
-    expected = {"description", "model", "epochs", "imgsz", "batch", "train_args"}
-    missing, unexpected = expected - set(entry) - {"train_args"}, set(entry) - expected
+    expected = {"description", "model", "epochs", "imgsz", "batch", "train_args", "threads"}
+    missing, unexpected = expected - set(entry) - {"train_args", "threads"}, set(entry) - expected
     if missing or unexpected:
         raise ValueError(f"{path}: preset '{name}': missing keys {sorted(missing)}, "
                          f"unexpected keys {sorted(unexpected)}")
     return DetectionPreset(name=name, description=str(entry["description"]), model=str(entry["model"]),
                            epochs=int(entry["epochs"]), imgsz=int(entry["imgsz"]), batch=int(entry["batch"]),
-                           train_args=dict(entry.get("train_args") or {}))
+                           train_args=dict(entry.get("train_args") or {}),
+                           threads=None if entry.get("threads") is None else int(entry["threads"]))

@@ -27,7 +27,6 @@ import numpy as np
 import yaml
 
 from detection.protocols import DEFAULT_PROTOCOL
-from detection.ultralytics_env import default_threads  # no ultralytics import
 from fusion.baselines import BASELINE_NAMES  # no torch: the simple rules only
 
 from data.errors import DatasetError
@@ -551,7 +550,7 @@ def detect_job(job: dict[str, Any]) -> dict[str, Any]:
             YoloDataset.load(Path(job["dataset"])), **recipe, seed=job["seed"], device=job["device"],
             out_dir=Path(job["run_dir"]), name=f"seed{job['seed']}", tb_writer=writer,
             tb_prefix=f"detect/{job['candidate']}/seed{job['seed']}", eval_split=job["eval_split"],
-            threads=job.get("threads"), force=job.get("force", False))
+            force=job.get("force", False))
     finally:
         writer.close()
     out = result.to_dict()
@@ -626,9 +625,6 @@ def compare_candidates(cfg: PipelineConfig, preset: dict[str, Any], *, seeds: li
     scenario_boxes = {s: sum(len(eval_annotations[i].boxes) for i in ids) for s, ids in scenario_ids.items()}
     progress = Progress("candidate", len(candidates))
     pending_jobs: list[tuple[Candidate, dict[str, Any]]] = []
-    # Concurrent CPU runs share the cores instead of each taking all of them: on 2 cores two 1-thread runs side by
-    # side have ~2x the throughput of one 2-thread run (measured for the quick preset, pipelines/presets.yaml 'jobs').
-    threads = max(1, default_threads() // jobs) if cfg.device == "cpu" else None
 
     # 2. Per candidate: (train) -> fuse -> metrics -> export; detector runs are queued (they may run concurrently).
     for k, cand in enumerate(candidates, start=1):
@@ -657,7 +653,7 @@ def compare_candidates(cfg: PipelineConfig, preset: dict[str, Any], *, seeds: li
                 clear_tb_events(cfg.out / "tb" / cand.name)
             for seed in seeds:
                 key = content_key("detect", fused.key, yolo.key, settings, seed, roles, eval_role, cfg.device,
-                                  scenario_ids, DETECT_SCORING, threads)
+                                  scenario_ids, DETECT_SCORING)
                 stored = store.get(cand.name, f"detect_seed{seed}", key)
                 if stored:
                     LOGGER.info("%s: detector seed %d reused (%s)", cand.name, seed, stored.get("run_dir"))
@@ -667,7 +663,7 @@ def compare_candidates(cfg: PipelineConfig, preset: dict[str, Any], *, seeds: li
                        "coco_gt": str(yolo.coco_gt_path), "device": cfg.device, "eval_split": eval_role,
                        "run_dir": str(cfg.out / "runs" / cand.name), "tb_dir": str(cfg.out / "tb" / cand.name),
                        "scenario_ids": scenario_ids, "scenario_boxes": scenario_boxes, "key": key,
-                       "force": cfg.force, "threads": threads}
+                       "force": cfg.force}
                 pending_jobs.append((cand, job))
         except Exception as err:  # noqa: BLE001 - one failing candidate must not stop the others
             LOGGER.exception("candidate %s failed", cand.name)
