@@ -348,11 +348,13 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "real M3FD. Run with `--data /path/to/M3FD` (or set `M3FD_ROOT`) for real rankings.\n\n")
     counts = data["split"]["counts"]
     select = cfg.get("select_split", cfg["eval_split"])
+    validated = (cfg["detection"].get("extra_args") or {}).get("val", True) is not False
+    kept = (f"keep their best epoch on `{select}` ({counts.get(select, 0)})" if validated else
+            f"keep their last epoch (the recipe validates only at the end, `val: false`, so `{select}` picks nothing)")
     out.write(f"- data: `{data['root']}` ({data['n_images']} pairs; split method `{data['split']['method']}`): "
-              f"detectors learn on `{cfg['train_split']}` ({counts.get(cfg['train_split'], 0)} images), keep their "
-              f"best epoch on `{select}` ({counts.get(select, 0)}) and are scored on `{cfg['eval_split']}` "
-              f"({counts.get(cfg['eval_split'], 0)})\n")
-    if select == cfg["eval_split"]:
+              f"detectors learn on `{cfg['train_split']}` ({counts.get(cfg['train_split'], 0)} images), {kept} and "
+              f"are scored on `{cfg['eval_split']}` ({counts.get(cfg['eval_split'], 0)})\n")
+    if select == cfg["eval_split"] and validated:
         out.write("- **note:** the best epoch was chosen on the scored images, so every mAP here is optimistic, "
                   "the noisier candidates' most; score on a separate split (`--eval-split test`) to rank fairly\n")
     out.write(f"- detector: `{cfg['detection']['model']}` preset `{cfg['preset']}`, imgsz {cfg['detection']['imgsz']}, "
