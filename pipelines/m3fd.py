@@ -71,7 +71,7 @@ class PipelineConfig:
     out: Path = Path("runs/m3fd")
     data: Path | None = None          # M3FD root; None -> $M3FD_ROOT, else built-in synthetic scenes
     checkpoints: list[Path] = field(default_factory=list)  # DAE-Fuse checkpoints; none -> train one here
-    baselines: list[str] = field(default_factory=lambda: list(BASELINE_NAMES))
+    baselines: list[str] | None = None  # simple rules to rank; None -> the preset's (else every rule)
     fused: list[str] = field(default_factory=list)          # NAME=DIR: folders of another method's fused images
     plugins: list[list[str]] = field(default_factory=list)  # [NAME=package.module:factory, key=value, ...]
     preset: str = "quick"
@@ -318,7 +318,8 @@ def candidate_specs(cfg: PipelineConfig, preset: dict[str, Any] | None = None) -
     Raises:
         OptionsError: an unknown baseline, a malformed ``--fused``/``--fuser``, or two candidates with one name.
     """
-    names = list(dict.fromkeys(list(SINGLE_MODALITY) + list(cfg.baselines)))
+    baselines = cfg.baselines if cfg.baselines is not None else (preset or {}).get("baselines", BASELINE_NAMES)
+    names = list(dict.fromkeys(list(SINGLE_MODALITY) + list(baselines)))
     unknown = [n for n in names if n not in BASELINE_NAMES]
     if unknown:
         raise OptionsError(f"unknown baseline(s) {unknown}; known: {', '.join(BASELINE_NAMES)}")

@@ -42,9 +42,9 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
                    help="also train a DAE-Fuse on the training split here, with the preset's short schedule")
     p.add_argument("--no-released-dae-fuse", action="store_false", default=None, dest="released_dae_fuse",
                    help="leave out the released DAE-Fuse (fusion/weights), which every preset but tiny includes")
-    p.add_argument("--baselines", nargs="*", default=list(BASELINE_NAMES), choices=list(BASELINE_NAMES),
-                   help="simple fusers to include (IR-only and visible-only are always included: gains are "
-                        "measured against the better of them)")
+    p.add_argument("--baselines", nargs="*", default=None, choices=list(BASELINE_NAMES),
+                   help="simple fusers to include (default: the preset's; quick: ir vis max, the others every rule). "
+                        "IR-only and visible-only are always included: gains are measured against the better of them")
     p.add_argument("--fused", action="append", default=[], metavar="NAME=DIR",
                    help="another method's fused images as a candidate: a folder with one image per M3FD id "
                         "(00001.png, any format, grey or colour) covering the train, selection and evaluation "
