@@ -67,7 +67,7 @@ def learned(tmp_path_factory, learnable_root):
     out = tmp_path_factory.mktemp("learning") / "out"
     cfg = dict(out=str(out), data=str(learnable_root), preset="tiny", baselines=[], train_dae_fuse=False,
                epochs=EPOCHS, imgsz=IMGSZ, batch=BATCH, corruptions=[CORRUPTION], severities=[SEVERITY],
-               bootstrap_resamples=0, progress=False)
+               bootstrap_resamples=1000, progress=False)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.run([sys.executable, "-c", _RUN_SCRIPT, json.dumps(cfg), json.dumps(LEARNING_ARGS)],
                           env=env, capture_output=True, text=True, timeout=900)
@@ -187,3 +187,34 @@ def test_robustness_scores_the_corrupted_images(learned):
         assert scored["map50"]["mean"] == coco_map(gt, field_file).map50
         assert abs(scored["map50_deployed"]["mean"] - run["map50_deployed"]) > 0.02, name
         assert abs(scored["map50"]["mean"] - run["coco_map50"]) > 0.02, name
+
+
+def test_intervals_on_learned_detectors_are_pycocotools_at_the_point_and_not_degenerate(learned):
+    """The bootstrap on real predictions far from 0: each protocol's mAP@50 interval is centred on pycocotools' value
+    from that protocol's file, has width, and (one seed) is images-only and marked provisional; the gain of the
+    weaker single modality is the difference of the points; the robustness drop is corrupted minus clean."""
+    _, results, _, runs = learned
+    sections = results["bootstrap"]["protocols"]
+    assert sorted(sections) == ["deployed", "field"]
+    for protocol, key in (("field", "coco_map50"), ("deployed", "map50_deployed")):
+        section = sections[protocol]
+        for name, run in runs.items():
+            iv = section["map50"][name]
+            assert iv["point"] == pytest.approx(run[key], abs=1e-6)
+            assert iv["low"] < iv["point"] < iv["high"] or iv["point"] == 1.0 == iv["high"], (protocol, name, iv)
+            assert iv["high"] - iv["low"] > 0.01 or iv["point"] == 1.0
+            assert iv["n_seeds"] == 1 and iv["provisional"] and iv["seed_std"] is None
+            assert section["per_seed"][name] == [pytest.approx(run[key], abs=1e-6)]
+        reference = section["reference"]
+        other = next(n for n in runs if n != reference)
+        gain = section["gains"][other]
+        assert gain["point"] == pytest.approx(runs[other][key] - runs[reference][key], abs=1e-6)
+        assert gain["low"] <= gain["point"] <= gain["high"] and gain["high"] - gain["low"] > 0.01
+    assert "Provisional: one detector seed" in (results_md := (learned[0] / "results.md").read_text())
+    assert "Beat `" not in results_md
+    drops = results["robustness"]["cells"][f"{CORRUPTION}/{SEVERITY}"]["intervals"]["drop"]
+    for name, run in runs.items():
+        corrupted = results["robustness"]["cells"][f"{CORRUPTION}/{SEVERITY}"]["candidates"][name]
+        assert drops[name]["point"] == pytest.approx(corrupted["map50_deployed"]["mean"] - run["map50_deployed"],
+                                                     abs=1e-6)
+        assert drops[name]["high"] - drops[name]["low"] > 0.01
