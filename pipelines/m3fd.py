@@ -11,15 +11,14 @@ is reported with its error; the others still run. A bad dataset fails before any
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
 import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from data.lock import hold_folder_lock, raise_if_locked
 from data.provenance import content_key, file_sha256, files_fingerprint, package_versions
 
 from . import report
+from .executors import EXECUTORS, ExecutorConfig, Job, default_executor
 from .candidates import (
     CandidateError,
     CandidateSpec,
@@ -83,6 +83,9 @@ class PipelineConfig:
     weights: Path | None = None       # user-supplied detector weights (.pt), e.g. COCO-pretrained
     device: str = "cpu"
     jobs: int | None = None           # concurrent detector runs; None -> the preset's
+    executor: str | None = None       # pipelines.executors name; None -> local for one job at a time, else pool
+    scheduler: str | None = None      # dask: a running scheduler (tcp://HOST:PORT); None -> a LocalCluster here
+    gpus_per_job: float | None = None  # dask: worker resource 'GPU' each detector run holds; None -> none asked
     force: bool = False
     train_split: str = "train"        # M3FD split the detectors (and a DAE-Fuse trained here) learn from
     select_split: str = "val"         # split Ultralytics validates on each epoch to keep best.pt
@@ -258,6 +261,7 @@ def check_options(cfg: PipelineConfig, seeds: list[int], jobs: int) -> list[str]
         problems.append(f"seeds must be non-negative integers, got {seeds}")
     if jobs < 1:
         problems.append(f"--jobs must be at least 1, got {jobs}")
+    problems += check_executor(cfg, jobs)
     from detection.protocols import PROTOCOLS
 
     if cfg.protocol not in PROTOCOLS:
@@ -280,6 +284,23 @@ def check_options(cfg: PipelineConfig, seeds: list[int], jobs: int) -> list[str]
         available = torch.cuda.device_count()
         if not wanted or max(wanted) >= available:
             problems.append(f"--device {cfg.device}: {available} CUDA device(s) here (use cpu, 0, 0,1, ...)")
+    return problems
+
+
+def check_executor(cfg: PipelineConfig, jobs: int) -> list[str]:
+    """Problems with --executor, --scheduler and --gpus-per-job (the scheduler itself is reached only when the
+    detector runs start: before that there may be hours of fusing, and a cluster may still be coming up)."""
+    executor = cfg.executor or default_executor(jobs)
+    if executor not in EXECUTORS:
+        return [f"--executor {executor!r}: known executors are {', '.join(EXECUTORS.names())}"]
+    problems = []
+    if executor != "dask":
+        problems += [f"{option} needs --executor dask" for option, value in
+                     (("--scheduler", cfg.scheduler), ("--gpus-per-job", cfg.gpus_per_job)) if value is not None]
+    elif importlib.util.find_spec("distributed") is None:
+        problems.append("--executor dask needs the 'distributed' package (pip install distributed)")
+    if cfg.gpus_per_job is not None and cfg.gpus_per_job <= 0:
+        problems.append(f"--gpus-per-job must be positive, got {cfg.gpus_per_job}")
     return problems
 
 
@@ -535,7 +556,7 @@ def detection_settings(cfg: PipelineConfig, preset: dict[str, Any]) -> dict[str,
 def detect_job(job: dict[str, Any]) -> dict[str, Any]:
     """One detector run on an exported dataset, plus mAP@50 per scenario from its saved predictions.
 
-    Module-level and fed plain data, so it can run in a worker process (``--jobs``).
+    Module-level and fed plain data, so it can run in another process or on another machine (``--executor``).
     """
     from torch.utils.tensorboard import SummaryWriter
 
@@ -603,11 +624,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         if not generated:
             held.enter_context(hold_folder_lock(cfg.out))
         prepare_out(cfg, dataset)
-        return compare_candidates(cfg, preset, seeds=seeds, jobs=jobs, settings=settings, dataset=dataset,
+        executor = ExecutorConfig(name=cfg.executor or default_executor(jobs), jobs=jobs, scheduler=cfg.scheduler,
+                                  gpus_per_job=cfg.gpus_per_job)
+        return compare_candidates(cfg, preset, seeds=seeds, executor=executor, settings=settings, dataset=dataset,
                                   data_info=data_info, candidates=candidates, started=started)
 
 
-def compare_candidates(cfg: PipelineConfig, preset: dict[str, Any], *, seeds: list[int], jobs: int,
+def compare_candidates(cfg: PipelineConfig, preset: dict[str, Any], *, seeds: list[int], executor: ExecutorConfig,
                        settings: dict[str, Any], dataset, data_info: dict[str, Any], candidates: list[Candidate],
                        started: float) -> dict[str, Any]:
     """Steps 2-4 of ``run_pipeline`` on its checked inputs, with ``--out`` locked: fuse, score and export every
@@ -671,8 +694,8 @@ def compare_candidates(cfg: PipelineConfig, preset: dict[str, Any], *, seeds: li
             cand.error = f"{type(err).__name__}: {err}"
         progress.finished()
 
-    # 3. Detector trainings: sequential on CPU, --jobs N at once where the hardware allows.
-    run_detector_jobs(pending_jobs, jobs, store)
+    # 3. Detector trainings: one at a time, --jobs N at once where the hardware allows, or on a Dask cluster.
+    run_detector_jobs(pending_jobs, executor, store)
 
     # 3b. Robustness: the trained detectors scored again on corrupted evaluation inputs (no retraining).
     robustness = stage_robustness(cfg, candidates, dataset, settings, seeds, store)
@@ -770,34 +793,29 @@ def _score_seed(cfg: PipelineConfig, cand: Candidate, yolo, fused: FuseOutput, s
     return scores
 
 
-def run_detector_jobs(pending: list[tuple[Candidate, dict[str, Any]]], jobs: int, store: StageStore) -> None:
-    def finish(cand: Candidate, job: dict[str, Any], result: dict[str, Any] | None, err: Exception | None) -> None:
-        if err is not None:
-            LOGGER.error("detector run %s seed %s failed: %s", cand.name, job["seed"], err)
-            cand.error = f"detector (seed {job['seed']}): {type(err).__name__}: {err}"
-            return
-        store.put(cand.name, f"detect_seed{job['seed']}", job["key"], result)
-        cand.record.detection_runs[job["seed"]] = result
-
-    progress = Progress("detector", len(pending))
-    if jobs <= 1 or len(pending) <= 1:
-        for i, (cand, job) in enumerate(pending, start=1):
-            progress.stage(i, cand.name, f"training and evaluating, seed {job['seed']}")
-            try:
-                finish(cand, job, detect_job(job), None)
-            except Exception as err:  # noqa: BLE001
-                finish(cand, job, None, err)
-            progress.finished()
+def run_detector_jobs(pending: list[tuple[Candidate, dict[str, Any]]], executor: ExecutorConfig,
+                      store: StageStore) -> None:
+    """Run the queued detector jobs on ``executor``; each result is stored as it arrives (a killed run resumes
+    from the finished ones), and a failed job fails its candidate while the others go on."""
+    if not pending:
         return
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = [(cand, job, pool.submit(detect_job, job)) for cand, job in pending]
-        for i, (cand, job, future) in enumerate(futures, start=1):
-            try:
-                finish(cand, job, future.result(), None)
-            except Exception as err:  # noqa: BLE001
-                finish(cand, job, None, err)
+    if executor.name == "pool" and len(pending) == 1:  # a spawned process would cost an interpreter and torch
+        executor = replace(executor, name="local")
+    progress = Progress("detector", len(pending))
+    with EXECUTORS.get(executor.name)(executor) as runner:
+        progress.stage(0, f"{len(pending)} run(s)", f"training and evaluating on {runner.describe()}")
+        for outcome in runner.run([Job(detect_job, job) for _, job in pending]):
+            cand, job = pending[outcome.index]
             progress.finished()
-            progress.stage(i, cand.name, f"seed {job['seed']} done ({jobs} at a time)")
+            if outcome.error is not None:
+                err = outcome.error
+                LOGGER.error("detector run %s seed %s failed: %s", cand.name, job["seed"], err)
+                cand.error = f"detector (seed {job['seed']}): {type(err).__name__}: {err}"
+                progress.stage(progress.done, cand.name, f"seed {job['seed']} failed")
+                continue
+            store.put(cand.name, f"detect_seed{job['seed']}", job["key"], outcome.result)
+            cand.record.detection_runs[job["seed"]] = outcome.result
+            progress.stage(progress.done, cand.name, f"seed {job['seed']} done")
 
 
 def assemble_results(cfg: PipelineConfig, preset: dict, seeds: list[int], settings: dict, data_info: dict,

@@ -30,6 +30,7 @@ from data.errors import DatasetError  # noqa: E402
 from data.lock import FolderLocked  # noqa: E402
 from detection.protocols import DEFAULT_PROTOCOL, PROTOCOLS  # noqa: E402
 from fusion.baselines import BASELINE_NAMES  # noqa: E402
+from pipelines.executors import EXECUTORS  # noqa: E402
 from pipelines.m3fd import OptionsError, PipelineConfig, run_pipeline  # noqa: E402
 
 
@@ -61,7 +62,19 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
     p.add_argument("--model", help="detector model yaml (default yolov8n.yaml, built from scratch)")
     p.add_argument("--weights", type=Path, help="local detector weights .pt to start from (nothing is downloaded)")
     p.add_argument("--device", default="cpu", help="cpu, 0, or 0,1,... (Ultralytics DDP for several GPUs)")
-    p.add_argument("--jobs", type=int, help="detector runs at once (default: the preset's)")
+    p.add_argument("--jobs", type=int, help="detector runs at once (default: the preset's); with --executor dask and "
+                                            "no --scheduler, the local cluster's worker processes")
+    p.add_argument("--executor", choices=EXECUTORS.names(),
+                   help="where the detector runs go: local (in this process, one at a time), pool (--jobs local "
+                        "processes) or dask (a Dask cluster); default local for --jobs 1, else pool. Fusing, "
+                        "scoring and robustness run in this process whichever is chosen")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="--executor dask: join this running scheduler (dask-jobqueue, dask-kubernetes, 'dask "
+                        "scheduler'); its workers need this repository installed and --out on a shared filesystem. "
+                        "Default: a local cluster of --jobs worker processes on 127.0.0.1, closed at the end")
+    p.add_argument("--gpus-per-job", type=float, metavar="N",
+                   help="--executor dask: each detector run holds N of a worker's 'GPU' resource (start workers "
+                        "with --resources GPU=1), so a worker trains one at a time on its GPU")
     p.add_argument("--train-split", default="train", help="M3FD split the detectors learn from (default train)")
     p.add_argument("--select-split", default="val",
                    help="split validated every epoch to keep the best detector checkpoint (default val)")
@@ -91,7 +104,8 @@ def parse_args(argv: list[str] | None = None) -> PipelineConfig:
                           fused=a.fused, plugins=a.plugins, train_dae_fuse=a.train_dae_fuse,
                           released_dae_fuse=a.released_dae_fuse, preset=a.preset,
                           seeds=a.seeds, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, model=a.model,
-                          weights=a.weights, device=a.device, jobs=a.jobs, force=a.force,
+                          weights=a.weights, device=a.device, jobs=a.jobs, executor=a.executor,
+                          scheduler=a.scheduler, gpus_per_job=a.gpus_per_job, force=a.force,
                           train_split=a.train_split, select_split=a.select_split, eval_split=a.eval_split,
                           split_seed=a.split_seed, protocol=a.protocol, bootstrap_resamples=a.bootstrap_resamples,
                           bootstrap_seed=a.bootstrap_seed, corruptions=a.corruptions, severities=a.severities,

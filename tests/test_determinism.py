@@ -24,7 +24,7 @@ import pytest
 
 from data.m3fd import load_m3fd
 from detection.export import export_yolo_dataset
-from pipelines import m3fd
+from pipelines import executors, m3fd
 from pipelines.m3fd import PipelineConfig, run_pipeline
 from tests.test_pipeline_ranking import _md_table
 
@@ -136,7 +136,7 @@ def jobs_runs(tmp_path_factory, learnable_root):
 
     results = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(m3fd, "ProcessPoolExecutor", CountingPool)
+        mp.setattr(executors, "ProcessPoolExecutor", CountingPool)
         mp.setattr(m3fd, "detection_settings", every_batch_a_step)
         mp.setenv("OMP_WAIT_POLICY", "PASSIVE")  # read by the spawned workers' torch
         for jobs in (2, 1):
