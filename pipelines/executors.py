@@ -212,9 +212,11 @@ def run_in_child(job: Job) -> Any:
     child dies with its worker (Linux: ``PR_SET_PDEATHSIG``), so a rescheduled job never races an orphan writing
     the same files.
     """
+    import cloudpickle  # Dask's own pickler (a dependency of distributed): what Dask shipped here ships on
+
     with tempfile.TemporaryDirectory(prefix="fusebench-job-") as folder:
         job_file, result_file = Path(folder) / "job.pkl", Path(folder) / "result.pkl"
-        job_file.write_bytes(pickle.dumps(job))
+        job_file.write_bytes(cloudpickle.dumps(job))
         # The child imports what the worker imported (the job's module, this package) from where the worker did.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         done = subprocess.run([sys.executable, "-m", __name__, str(job_file), str(result_file), str(os.getpid())],
