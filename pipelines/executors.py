@@ -156,8 +156,8 @@ class DaskExecutor:
         if self.config.scheduler:
             self._client = Client(self.config.scheduler)
         else:
-            # One thread per worker: a detector run sets its own torch threads (the recipe's), and two runs in one
-            # worker process would share (and reset) them. No dashboard: it would be one more listening port.
+            # One thread per worker: one job at a time per worker process, each job taking the recipe's torch
+            # threads, so --jobs workers use the cores --jobs pool processes would. No dashboard: one more port.
             resources = {"GPU": self.config.gpus_per_job} if self.config.gpus_per_job else None
             self._cluster = LocalCluster(n_workers=self.config.jobs, threads_per_worker=1, processes=True,
                                          host=LOOPBACK, dashboard_address=None, resources=resources)
