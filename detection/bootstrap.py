@@ -36,9 +36,10 @@ Welch-Satterthwaite degrees of freedom (the image part counts n - 1). In simulat
 dominant) it covered the true gain 92-96% of the time; the images-only interval 52-91%, and a two-level percentile
 bootstrap (resample the 3 seeds, then the images) 87-99.5%: too narrow when the seeds differ most, too wide when
 they agree, because three resampled seeds can only spread the mean between the lowest and the highest one.
-This is the random-effects treatment of repeated training runs argued for by Bouthillier et al., "Accounting for
-Variance in Machine Learning Benchmarks" (MLSys 2021), and the reason Agarwal et al., "Deep RL at the Edge of the
-Statistical Precipice" (NeurIPS 2021), warn that few-run percentile intervals are too narrow. With one seed the
+Counting seeds as a random effect beside the data sample follows Bouthillier et al., "Accounting for Variance in
+Machine Learning Benchmarks" (MLSys 2021). The stratified bootstrap of Agarwal et al., "Deep RL at the Edge of the
+Statistical Precipice" (NeurIPS 2021), stratifies runs by task; with one dataset it reduces to resampling the 3
+seeds, the two-level bootstrap measured above. With one seed the
 training noise is unknown: the interval is the images-only percentile bootstrap and says so (``n_seeds`` 1,
 ``provisional``).
 """
