@@ -184,3 +184,16 @@ def make_learnable_m3fd(root: Path, *, n_train: int = 32, n_val: int = 8, n_test
 def learnable_root(tmp_path_factory) -> Path:
     """:func:`make_learnable_m3fd` with its defaults (32 train, 8 val, 8 test images of 96x96)."""
     return make_learnable_m3fd(tmp_path_factory.mktemp("learnable") / "m3fd")
+
+
+def every_batch_a_step(detection_settings):
+    """``pipelines.m3fd.detection_settings`` with Ultralytics' nominal batch set to the batch, so every batch is an
+    optimiser step: the tiny preset's few batches then really move the weights (with the default nbs 64 a batch of 4
+    accumulates 16 batches per step). Patch it in: ``mp.setattr(m3fd, "detection_settings",
+    every_batch_a_step(m3fd.detection_settings))``."""
+    def settings(cfg, preset):
+        recipe = detection_settings(cfg, preset)
+        recipe["extra_args"] = {**recipe["extra_args"], "nbs": recipe["batch"]}
+        return recipe
+
+    return settings

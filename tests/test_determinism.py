@@ -26,6 +26,7 @@ from data.m3fd import load_m3fd
 from detection.export import export_yolo_dataset
 from pipelines import executors, m3fd
 from pipelines.m3fd import PipelineConfig, run_pipeline
+from tests.conftest import every_batch_a_step
 from tests.test_pipeline_ranking import _md_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_m3fd_root")]
@@ -127,17 +128,10 @@ def jobs_runs(tmp_path_factory, learnable_root):
             submitted.append(job["candidate"])
             return super().submit(fn, job, *args, **kwargs)
 
-    plain = m3fd.detection_settings
-
-    def every_batch_a_step(cfg, preset):  # the tiny preset, with 16 optimiser steps instead of a few
-        settings = plain(cfg, preset)
-        settings["extra_args"] = {**settings["extra_args"], "nbs": settings["batch"]}
-        return settings
-
     results = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(executors, "ProcessPoolExecutor", CountingPool)
-        mp.setattr(m3fd, "detection_settings", every_batch_a_step)
+        mp.setattr(m3fd, "detection_settings", every_batch_a_step(m3fd.detection_settings))
         mp.setenv("OMP_WAIT_POLICY", "PASSIVE")  # read by the spawned workers' torch
         for jobs in (2, 1):
             cfg = PipelineConfig(out=base / f"jobs{jobs}", data=learnable_root, preset="tiny", baselines=[],

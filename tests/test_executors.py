@@ -16,6 +16,7 @@ from pipelines import m3fd
 from pipelines.executors import EXECUTORS, ExecutorConfig, Job, default_executor
 from pipelines.m3fd import PipelineConfig, check_executor, run_pipeline
 from pipelines.run_m3fd import parse_args
+from tests.conftest import every_batch_a_step
 from tests.test_determinism import SCORES, _epochs
 
 pytestmark = pytest.mark.usefixtures("no_m3fd_root")
@@ -127,16 +128,9 @@ def local_and_dask_runs(tmp_path_factory, learnable_root):
     worker processes, then with --executor local, on the learnable set (every batch an optimiser step, so the
     weights really move and the detectors predict boxes)."""
     base = tmp_path_factory.mktemp("executors")
-    plain = m3fd.detection_settings
-
-    def every_batch_a_step(cfg, preset):
-        settings = plain(cfg, preset)
-        settings["extra_args"] = {**settings["extra_args"], "nbs": settings["batch"]}
-        return settings
-
     results = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(m3fd, "detection_settings", every_batch_a_step)
+        mp.setattr(m3fd, "detection_settings", every_batch_a_step(m3fd.detection_settings))
         mp.setenv("OMP_WAIT_POLICY", "PASSIVE")  # read by the workers' torch
         for executor in ("dask", "local"):
             cfg = PipelineConfig(out=base / executor, data=learnable_root, preset="tiny", baselines=[], jobs=2,
