@@ -47,7 +47,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from data.errors import DatasetError
@@ -242,26 +241,19 @@ def consecutive_runs(ids: Iterable[str]) -> list[list[str]]:
 # --------------------------------------------------------------------------------------------------------------
 
 def grey_frames(path: str | Path, limit: int | None = None) -> Iterable[np.ndarray]:
-    """The first ``limit`` frames (all when None) of a video file or a folder of images (sorted by name), as grey
-    whole numbers 0..255 read like the image metrics read files (``data.io.gray_reference`` of the BGR frame)."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        yield from (read_gray_reference(p) for p in files[:limit])
-        return
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise ValueError(f"cannot open {path} as a video or a frame folder")
-    try:
-        count = 0
-        while limit is None or count < limit:
-            ok, bgr = capture.read()
-            if not ok:
-                return
-            yield gray_reference(bgr)
-            count += 1
-    finally:
-        capture.release()
+    """The first ``limit`` frames (all when None) of a video file or a folder of images, checked and read as the
+    video CLI reads a source (``fusion.video.probe_stream``: every problem in one ``VideoStreamError``), as grey
+    whole numbers 0..255 like the image metrics read files (``data.io.gray_reference``)."""
+    from .video import VideoStreamError, probe_stream  # not at import: fusion.video imports this module
+
+    problems: list[str] = []
+    stream = probe_stream(path, problems)
+    if stream is None:
+        raise VideoStreamError("; ".join(problems))
+    for index, bgr in enumerate(stream.read()):
+        if limit is not None and index >= limit:
+            return
+        yield gray_reference(bgr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
