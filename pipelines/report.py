@@ -133,6 +133,7 @@ def _fmt_interval(iv: dict[str, float]) -> str:
 
 
 PROVISIONAL = "provisional: one detector seed; run `--seeds 0 1 2` to include training noise"
+_PROVISIONAL_HEAD = f"**{PROVISIONAL[0].upper()}{PROVISIONAL[1:]}.**"  # the same words opening a verdict
 
 
 def is_provisional(intervals: dict[str, Any] | None) -> bool:
@@ -145,7 +146,7 @@ def is_provisional(intervals: dict[str, Any] | None) -> bool:
 def provisional_verdict(reference: str, ahead: list[str], ties: list[str], behind: list[str],
                         top: dict[str, Any] | None) -> str:
     """The verdict on one detector seed: what the images alone show, and no win (or loss) called."""
-    parts = [f"**{PROVISIONAL[0].upper() + PROVISIONAL[1:]}.** These intervals hold the evaluation images' noise "
+    parts = [f"{_PROVISIONAL_HEAD} These intervals hold the evaluation images' noise "
              "only; a second seed can reverse any of them, so no fusion is called a win (or a loss) here."]
     if ahead:
         parts.append(f"Ahead of `{reference}` on these images: " + ", ".join(ahead) + ".")
@@ -221,7 +222,7 @@ def verdict(records: list[dict[str, Any]], best_single: float | None, protocol: 
     if not winners:
         return text + "No fusion beats it on this data: none earns its keep here."
     if one_seed:
-        return text + f"**{PROVISIONAL[0].upper() + PROVISIONAL[1:]}.** Ahead of it on one seed, no win called: " + \
+        return text + f"{_PROVISIONAL_HEAD} Ahead of it on one seed, no win called: " + \
             ", ".join(winners) + "."
     return text + "Fusions ahead of it (no intervals computed, `--bootstrap 0`): " + ", ".join(winners) + "."
 
