@@ -21,7 +21,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks py
 import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fusion.registry import Registry  # noqa: E402
+from data.registry import Registry  # noqa: E402
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3)
 TransformList = list[A.BasicTransform]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fusion.registry import Registry
+from data.registry import Registry
 
 
 @dataclass(frozen=True)

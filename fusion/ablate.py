@@ -43,7 +43,7 @@ from .config import PRESETS, ConfigError, FusionTrainConfig, load_train_config, 
 from .dae_fuse import count_parameters, create_model
 from .fuse import fuse_folder, load_fuser_checkpoint
 from .metrics import evaluate_triples, find_triples, metric_names
-from .registry import Registry
+from data.registry import Registry
 
 LOGGER = logging.getLogger(__name__)
 

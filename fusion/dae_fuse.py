@@ -53,7 +53,7 @@ from timm.layers import Mlp, trunc_normal_
 from timm.models.resnet import BasicBlock, make_blocks
 from timm.models.vision_transformer import Block
 
-from .registry import Registry
+from data.registry import Registry
 
 # name -> builder(**overrides) -> DAEFuse
 MODELS: Registry = Registry("fusion model")

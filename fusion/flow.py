@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .registry import Registry
+from data.registry import Registry
 
 # (first, second) grey uint8 (H, W) -> float32 (H, W, 2) flow, (dx, dy) per pixel, with first(x) ~ second(x + flow).
 FlowEstimator = Callable[[np.ndarray, np.ndarray], np.ndarray]

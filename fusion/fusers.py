@@ -36,7 +36,7 @@ from data.io import read_ir, read_visible, restore_colour
 from data.provenance import content_key, file_fingerprint
 from data.types import Pair
 
-from .registry import Registry
+from data.registry import Registry
 
 
 @runtime_checkable

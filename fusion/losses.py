@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .registry import Registry
+from data.registry import Registry
 
 LossDict = dict[str, Tensor]
 

@@ -44,7 +44,7 @@ from data.io import atomic_write_json, luma, read_gray_reference
 from data.paired import check_image_groups, images_by_stem, match_pairs
 from data.provenance import package_versions
 
-from .registry import Registry
+from data.registry import Registry
 
 REFERENCE = "CDDFuse utils/Evaluator.py (github.com/Zhaozixiang1228/MMIF-CDDFuse, commit fd8da1f)"
 

@@ -54,7 +54,7 @@ from data.io import gray_reference, read_gray_reference
 
 from .flow import FLOW_METRICS, FlowSpec, FlowStats, resolve_flow
 from .metrics import to_reference_gray
-from .registry import Registry
+from data.registry import Registry
 
 TemporalMetric = Callable[["TemporalStats"], float]
 TEMPORAL_METRICS: Registry[TemporalMetric] = Registry("temporal metric")

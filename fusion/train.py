@@ -86,7 +86,7 @@ from .checkpoint import (
 )
 from .losses import GAN_LOSSES, FusionLoss, LossDict, ReconstructionLoss, discriminator_loss
 from .metrics import MIN_SIDE, evaluate
-from .registry import Registry
+from data.registry import Registry
 
 LOGGER = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
 
-from fusion.registry import Registry
+from data.registry import Registry
 
 LOGGER = logging.getLogger("pipelines.executors")
 LOOPBACK = "127.0.0.1"  # the local Dask cluster listens here only: nothing outside this machine can reach it

@@ -1,4 +1,4 @@
-"""A small name -> object registry, used for fusion metrics, fusers and model variants (no if-chains)."""
+"""A small name -> object registry (datasets, fusers, metrics, model variants, executors, ...): the bottom layer, so every package may use it and no import points upward."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
