@@ -1,4 +1,5 @@
-"""Time the fusion metrics on 1024x768 triples: seconds per triple on one core, per metric, and 2-core throughput.
+"""Time the fusion metrics on 1024x768 triples: seconds per triple on one core, per metric, 2-core throughput, and
+the cost of a third source (the N-source metrics, ``evaluate_sources``).
 
     python benchmarks/bench_metrics.py [--repeats 7] [--batch 8] [--synthetic]
 
@@ -26,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from data.io import read_gray_reference  # noqa: E402
 from data.shared import SHARED_DATA  # noqa: E402
-from fusion.metrics import METRICS, FusionTriple, evaluate, evaluate_many  # noqa: E402
+from fusion.metrics import METRICS, FusionTriple, evaluate, evaluate_many, evaluate_sources  # noqa: E402
 
 SIZE_HW = (768, 1024)
 
@@ -125,6 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     total_ref = (reference_timing or {}).get("total_metrics_min_s")
     print(f"  {'sum':<6} {sum(v[0] for v in rows.values()):>10.4f}"
           + ("" if total_ref is None else f"{'':>12}   {total_ref:.4f} (reference evaluator, from the JSON)"))
+
+    # A third source: a deterministic blend of the two (a stand-in band with its own structure); the figure is the
+    # cost per added source, which depends on the size, not on the content.
+    fused, ir, vis = triples[0][1]
+    third = np.round(cv2.GaussianBlur(0.5 * ir.astype(np.float32) + 0.5 * np.flipud(vis), (0, 0), 1.5))
+    two, _, _ = timings(lambda: evaluate_sources(fused, {"ir": ir, "vis": vis}), args.repeats)
+    three, _, _ = timings(lambda: evaluate_sources(fused, {"ir": ir, "vis": vis, "third": third}), args.repeats)
+    print(f"\nsources per fused image (evaluate_sources, min over repeats): 2 -> {two:.4f} s, 3 -> {three:.4f} s "
+          f"(+{three - two:.4f} s per added source)")
 
     batch = [triples[i % len(triples)][1] for i in range(args.batch)]
     print(f"\nbatch throughput, {len(batch)} triples (evaluate_many)")

@@ -8,20 +8,30 @@ Conventions in short (each metric's docstring gives the details):
 
 * Images are grey, whole numbers 0..255, as ``data.io.read_gray_reference`` reads files. Colour (H, W, 3) BGR
   arrays are reduced to their luma and rounded the same way; float arrays are rounded half-to-even.
-* F is the fused image, A the source in the "ir" role (infrared; medical: CT beside MRI, MRI beside PET/SPECT),
-  B the source in the "vis" role (visible; MRI beside CT, PET/SPECT beside MRI). Every metric is symmetric in A, B.
-* MI, SCD, VIF and SSIM are **sums** over the two sources (so MI, VIF and SSIM can exceed 1); MI is in nats.
+* F is the fused image; its sources S_1..S_N (N >= 2) are named by modality (:class:`FusionSet`: "ir", "vis",
+  "nir", "lwir", ...). With two, A is the source in the "ir" role (infrared; medical: CT beside MRI, MRI beside
+  PET/SPECT) and B the one in the "vis" role (visible; MRI beside CT, PET/SPECT beside MRI); :class:`FusionTriple`
+  and ``evaluate(fused, ir, vis)`` are that two-source form. Every metric is symmetric in its sources.
+* N sources (each metric's docstring gives the formula): EN, SD, SF and AG look at F alone. MI, VIF and SSIM are
+  **sums** over the sources, as the field sums them over two (so they can exceed 1); MI is in nats. Qabf weights
+  each source's edge preservation by that source's own edge strength (the Xydeas-Petrovic weighting over every
+  source). SCD sums corr(S_k, F - mean of the other sources): the literature defines it for two sources only,
+  and this is the choice that is its formula for two. With two sources every value is exactly the two-source
+  reference's (the reference vectors are tested); a source's name and position change no value.
+* Per-source terms for reports: ``metric_terms`` ({metric: {source: term}} for MI, SCD, VIF, Qabf and SSIM; the
+  first four are the sums of their terms, Qabf's terms are the sources' shares of it).
 * Degenerate inputs give defined values, never NaN: see ``scd``, ``vif`` and ``qabf``.
 
 Speed (0.16 s per 1024x768 triple on one core of the development machine against the reference's 3.7 s;
 ``benchmarks/bench_metrics.py``): the metrics share per-image work through :class:`GreyImage` (grey codes, sums,
-Sobel field, SSIM's local means, the VIF pyramid), computed once per image and reused by every metric and both
-sources; prepare a source pair once with :class:`GreyImage` to score several fused images against it. VIF, most
-of the cost, works tile by tile so that OpenCV's float64 filters and the per-pixel terms run in cache (see
-``vif_terms``). OpenCV does the filtering (separable Gaussians, box sums, Sobel kernels) and ``np.bincount`` the
-joint histograms.
+Sobel field, SSIM's local means, the VIF pyramid), computed once per image and reused by every metric and every
+source (each further source adds its comparative terms: MI, SCD, VIF, Qabf, SSIM); prepare the sources once
+with :class:`GreyImage` to score several fused images against them. VIF, most of the cost, works tile by tile so
+that OpenCV's float64 filters and the per-pixel terms run in cache (see ``vif_terms``). OpenCV does the filtering
+(separable Gaussians, box sums, Sobel kernels) and ``np.bincount`` the joint histograms.
 
-CLI: ``python -m fusion.metrics --ir DIR --vis DIR --fused DIR [--json OUT] [--workers N]``.
+CLI: ``python -m fusion.metrics --fused DIR --src vis=DIR --src nir=DIR [--src lwir=DIR ...] [--json OUT [--terms]]
+[--workers N]``; ``--ir DIR --vis DIR`` is the same as ``--src ir=DIR --src vis=DIR``.
 """
 from __future__ import annotations
 
@@ -30,11 +40,12 @@ import inspect
 import math
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 
 import cv2
 import numpy as np
@@ -51,8 +62,13 @@ REFERENCE = "CDDFuse utils/Evaluator.py (github.com/Zhaozixiang1228/MMIF-CDDFuse
 # VIF needs every one of its 4 scales to keep a non-empty 'valid' window: a 41-pixel side shrinks to 25, 9, 3 and 1.
 MIN_SIDE = 41
 
-Metric = Callable[["FusionTriple"], float]
+Metric = Callable[["FusionSet"], float]
 METRICS: Registry[Metric] = Registry("fusion metric")
+# Per-source terms of the metrics that compare F with each source: {source name: term}. For MI, SCD, VIF and SSIM
+# the metric is the sum of its terms; for Qabf each term is that source's share of the weighted sum (module
+# docstring). EN, SD, SF and AG look at F alone and have none.
+Terms = Callable[["FusionSet"], dict[str, float]]
+METRIC_TERMS: Registry[Terms] = Registry("per-source metric terms")
 
 
 class DegenerateInputWarning(UserWarning):
@@ -292,31 +308,75 @@ def _as_grey(image: ImageLike) -> GreyImage:
     return image if isinstance(image, GreyImage) else GreyImage(image)
 
 
-@dataclass(frozen=True)
-class FusionTriple:
-    """A fused image and its two sources, validated to share one size of at least ``MIN_SIDE`` per side.
+class FusionSet:
+    """A fused image and its named sources (at least two), validated to share one size of at least ``MIN_SIDE``
+    per side.
 
-    ``ir`` and ``vis`` are the two sources in their roles (see the module docstring for the medical sets).
+    ``sources`` maps a modality name ("ir", "vis", "nir", "lwir", ...) to its prepared image, in the caller's order;
+    that order is the order of the per-source terms (``metric_terms``). Every metric is symmetric in the sources,
+    so the order and the names change no score.
     """
 
-    fused: GreyImage
-    ir: GreyImage
-    vis: GreyImage
-
-    def __post_init__(self) -> None:
-        shapes = {"fused": self.fused.shape, "ir": self.ir.shape, "vis": self.vis.shape}
-        if len(set(shapes.values())) != 1:
-            raise ValueError(f"images differ in size: {shapes}")
-        if min(self.fused.shape) < MIN_SIDE:
-            raise ValueError(f"images of {self.fused.shape} are too small: VIF needs at least {MIN_SIDE} pixels a side")
+    def __init__(self, fused: GreyImage, sources: Mapping[str, GreyImage]):
+        problems = []
+        if len(sources) < 2:
+            problems.append(f"at least two sources are needed, got {len(sources)} ({', '.join(sources) or 'none'})")
+        problems += [f"source name {name!r} is not a non-empty string" for name in sources
+                     if not (isinstance(name, str) and name)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.fused = fused
+        self.named: Mapping[str, GreyImage] = MappingProxyType(dict(sources))
+        self._terms: dict[str, dict[str, float]] = {}  # per-source terms, computed once for metrics and reports
+        shapes = [("fused", fused.shape), *((name, image.shape) for name, image in self.named.items())]
+        if len({shape for _, shape in shapes}) != 1:
+            raise ValueError("images differ in size: " + ", ".join(f"{name} {shape}" for name, shape in shapes))
+        if min(fused.shape) < MIN_SIDE:
+            raise ValueError(f"images of {fused.shape} are too small: VIF needs at least {MIN_SIDE} pixels a side")
 
     @classmethod
-    def of(cls, fused: ImageLike, ir: ImageLike, vis: ImageLike) -> FusionTriple:
+    def of(cls, fused: ImageLike, sources: Mapping[str, ImageLike]) -> FusionSet:
+        """Prepare arrays (or reuse prepared :class:`GreyImage` s): ``FusionSet.of(f, {"vis": v, "nir": n})``."""
+        return FusionSet(_as_grey(fused), {name: _as_grey(image) for name, image in sources.items()})
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The source names, in order."""
+        return tuple(self.named)
+
+    @property
+    def sources(self) -> tuple[GreyImage, ...]:
+        """The source images, in the order of ``names``."""
+        return tuple(self.named.values())
+
+    def terms(self, metric: str) -> dict[str, float]:
+        """The per-source terms of ``metric`` (one of ``METRIC_TERMS``), computed on first use and kept, so a
+        metric and a report of its terms share the work."""
+        if metric not in self._terms:
+            self._terms[metric] = METRIC_TERMS.get(metric)(self)
+        return dict(self._terms[metric])
+
+
+class FusionTriple(FusionSet):
+    """The two-source form by position, (fused, ir, vis): a :class:`FusionSet` with sources named "ir" and "vis".
+
+    Kept for callers written before sources had names; new code builds a :class:`FusionSet`.
+    """
+
+    def __init__(self, fused: GreyImage, ir: GreyImage, vis: GreyImage):
+        super().__init__(fused, {"ir": ir, "vis": vis})
+
+    @classmethod
+    def of(cls, fused: ImageLike, ir: ImageLike, vis: ImageLike) -> FusionTriple:  # type: ignore[override]
         return cls(_as_grey(fused), _as_grey(ir), _as_grey(vis))
 
     @property
-    def sources(self) -> tuple[GreyImage, GreyImage]:
-        return self.ir, self.vis
+    def ir(self) -> GreyImage:
+        return self.named["ir"]
+
+    @property
+    def vis(self) -> GreyImage:
+        return self.named["vis"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -324,7 +384,7 @@ class FusionTriple:
 # --------------------------------------------------------------------------------------------------------------
 
 @METRICS.register("EN")
-def entropy(t: FusionTriple) -> float:
+def entropy(t: FusionSet) -> float:
     """EN: Shannon entropy of the fused image's 256-level histogram, in bits (fused image only).
 
     EN = -sum p log2 p over the non-empty levels, p = count / (M N). A constant image gives 0.
@@ -335,7 +395,7 @@ def entropy(t: FusionTriple) -> float:
 
 
 @METRICS.register("SD")
-def standard_deviation(t: FusionTriple) -> float:
+def standard_deviation(t: FusionSet) -> float:
     """SD: population standard deviation (ddof 0) of the fused image, grey levels (fused image only).
 
     Computed exactly from integer moments; the reference's float32 accumulation differs by at most ~5e-6.
@@ -346,7 +406,7 @@ def standard_deviation(t: FusionTriple) -> float:
 
 
 @METRICS.register("SF")
-def spatial_frequency(t: FusionTriple) -> float:
+def spatial_frequency(t: FusionSet) -> float:
     """SF: spatial frequency sqrt(RF^2 + CF^2) of the fused image, grey levels per pixel (fused image only).
 
     RF^2 is the mean squared horizontal neighbour difference over its M (N-1) terms, CF^2 the mean squared vertical
@@ -360,7 +420,7 @@ def spatial_frequency(t: FusionTriple) -> float:
 
 
 @METRICS.register("AG")
-def average_gradient(t: FusionTriple) -> float:
+def average_gradient(t: FusionSet) -> float:
     """AG: average gradient of the fused image, grey levels per pixel (fused image only).
 
     Mean over all pixels of sqrt((Gx^2 + Gy^2) / 2), with ``np.gradient``'s differences: central (x[j+1] -
@@ -383,14 +443,20 @@ def _mutual_information(fused: GreyImage, source: GreyImage) -> float:
     return max(mi, 0.0)
 
 
+@METRIC_TERMS.register("MI")
+def mutual_information_terms(t: FusionSet) -> dict[str, float]:
+    """I(F; S_k) in nats for each source S_k."""
+    return {name: _mutual_information(t.fused, source) for name, source in t.named.items()}
+
+
 @METRICS.register("MI")
-def mutual_information(t: FusionTriple) -> float:
-    """MI: I(F; A) + I(F; B) in nats (natural log), **summed** over the two sources.
+def mutual_information(t: FusionSet) -> float:
+    """MI: sum over the sources S_k of I(F; S_k), in nats (natural log); two sources: I(F; A) + I(F; B).
 
     Each term is the mutual information of the exact joint histogram of integer grey levels (no binning), as
     ``sklearn.metrics.mutual_info_score`` on the flattened images; a constant image shares 0 nats.
     """
-    return sum(_mutual_information(t.fused, source) for source in t.sources)
+    return sum(t.terms("MI").values())
 
 
 def _moment(x: GreyImage, y: GreyImage) -> int:
@@ -401,24 +467,49 @@ def _moment(x: GreyImage, y: GreyImage) -> int:
     return x.pixels.size * _exact_dot(x.f64, y.f64) - x.sums[0] * y.sums[0]
 
 
-@METRICS.register("SCD")
-def scd(t: FusionTriple) -> float:
-    """SCD: sum of the correlations of differences, corr(A, F - B) + corr(B, F - A), global Pearson; unitless.
+@METRIC_TERMS.register("SCD")
+def scd_terms(t: FusionSet) -> dict[str, float]:
+    """corr(S_k, F - mean of the other sources) for each source S_k (see ``scd``), 0 where undefined."""
+    images = t.sources
+    n = len(images)
+    moments: dict[tuple[int, int], int] = {}
 
+    def m(i: int, j: int) -> int:  # co-moment of images i, j; index n is F. Each pair is computed once.
+        key = (min(i, j), max(i, j))
+        if key not in moments:
+            x, y = (t.fused if k == n else images[k] for k in key)
+            moments[key] = _moment(x, y)
+        return moments[key]
+
+    terms = {}
+    for k, name in enumerate(t.names):
+        others = [j for j in range(n) if j != k]
+        # D = (n-1) F - sum of the others: (n-1) times F minus the others' mean, which has the same correlation
+        # and keeps every co-moment a whole number, so "constant" is decided exactly.
+        cross = (n - 1) * m(k, n) - sum(m(k, j) for j in others)
+        spread_d = ((n - 1) ** 2 * m(n, n) - 2 * (n - 1) * sum(m(n, j) for j in others)
+                    + sum(m(i, j) for i in others for j in others))
+        spread = m(k, k) * spread_d
+        terms[name] = cross / math.sqrt(spread) if spread > 0 else 0.0
+    return terms
+
+
+@METRICS.register("SCD")
+def scd(t: FusionSet) -> float:
+    """SCD: sum over the sources S_k of corr(S_k, F - mean of the other sources), global Pearson; unitless.
+
+    Two sources: corr(A, F - B) + corr(B, F - A) (Aslantas & Bendes 2015), the reference's formula. For more the
+    literature has no definition; the difference image D_k = F - mean(S_j, j != k) is this project's choice: it is
+    the two-source formula exactly for N = 2, it keeps one term per source like the other summed metrics (so SCD
+    lies in [-N, N]), and for an equal-weight average of N sources D_k is S_k / N plus a remainder that shrinks
+    as the other sources agree.
     **Degenerate case:** a correlation is 0/0 when its difference image is constant (F equals a source, up to an
     offset) or its source is constant; the reference then returns NaN. Here that term counts as **0** (the
     difference carries nothing that could correlate), so F == A gives SCD = corr(A, A - B).
     Computed exactly from integer co-moments (cov(A, F - B) = cov(A, F) - cov(A, B), var(F - B) = var F + var B
     - 2 cov(F, B)), so "constant" is detected exactly; the reference's float32 differs by at most ~2e-7.
     """
-    f, a, b = t.fused, t.ir, t.vis
-    ff, aa, bb = _moment(f, f), _moment(a, a), _moment(b, b)
-    af, bf, ab = _moment(a, f), _moment(b, f), _moment(a, b)
-    terms = (
-        (af - ab, aa * (ff + bb - 2 * bf)),  # corr(A, F - B): (co-moment, product of the two spreads)
-        (bf - ab, bb * (ff + aa - 2 * af)),  # corr(B, F - A)
-    )
-    return sum(cross / math.sqrt(spread) if spread > 0 else 0.0 for cross, spread in terms)
+    return sum(t.terms("SCD").values())
 
 
 # VIF's local statistics are computed tile by tile: OpenCV's float64 column filter is about twice as fast when the
@@ -506,11 +597,12 @@ def _vif_kept(cross: np.ndarray, mean_r: np.ndarray, mean_d: np.ndarray, s1: np.
     return _sum_log(gain, margin)
 
 
-def vif_terms(t: FusionTriple) -> list[tuple[float, float]]:
+def vif_terms(t: FusionSet) -> list[tuple[float, float]]:
     """VIFP's (kept, available) information for each source as the reference image and F as the distorted one,
-    summed over the 4 scales: (sum ln(1 + g^2 s1 / (sv2 + sn2)), sum ln(1 + s1 / sn2)), in source order (ir, vis).
+    summed over the 4 scales: (sum ln(1 + g^2 s1 / (sv2 + sn2)), sum ln(1 + s1 / sn2)), in the order of
+    ``t.names``.
 
-    The fused image's local statistics are computed once per tile and shared by both sources.
+    The fused image's local statistics are computed once per tile and shared by all sources.
     """
     terms = [[0.0, 0.0] for _ in t.sources]
     for scale, window in enumerate(VIF_WINDOWS):
@@ -528,9 +620,23 @@ def vif_terms(t: FusionTriple) -> list[tuple[float, float]]:
     return [(kept, available) for kept, available in terms]
 
 
+def _vifp(kept: float, available: float) -> float:
+    if available == 0.0:
+        warnings.warn("VIF: a source has no variance at any scale; its term is 1.0 as in the reference",
+                      DegenerateInputWarning, stacklevel=4)
+        return 1.0
+    return kept / available
+
+
+@METRIC_TERMS.register("VIF")
+def vif_information_terms(t: FusionSet) -> dict[str, float]:
+    """VIFP(S_k, F) for each source S_k (the source as reference, F as distorted; see ``vif``)."""
+    return {name: _vifp(kept, available) for name, (kept, available) in zip(t.names, vif_terms(t))}
+
+
 @METRICS.register("VIF")
-def vif(t: FusionTriple) -> float:
-    """VIF: pixel-domain visual information fidelity VIFP(A, F) + VIFP(B, F), **summed** over the two sources.
+def vif(t: FusionSet) -> float:
+    """VIF: sum over the sources S_k of VIFP(S_k, F); two sources: VIFP(A, F) + VIFP(B, F), **summed**.
 
     Sheikh & Bovik's VIFP as the reference computes it: each source is the reference image and F the distorted
     one; 4 scales with Gaussian windows 17, 9, 5, 3 (sigma = size / 5, MATLAB fspecial), 'valid' filtering,
@@ -538,15 +644,7 @@ def vif(t: FusionTriple) -> float:
     A term is 1.0 when its source has no variance at any scale (the reference's 0/0 rule: the kept information
     is 0 too), with a ``DegenerateInputWarning``; otherwise a constant F makes the term 0.
     """
-    total = 0.0
-    for kept, available in vif_terms(t):
-        if available == 0.0:
-            warnings.warn("VIF: a source has no variance at any scale; its term is 1.0 as in the reference",
-                          DegenerateInputWarning, stacklevel=2)
-            total += 1.0
-        else:
-            total += kept / available
-    return total
+    return sum(t.terms("VIF").values())
 
 
 # Xydeas & Petrovic sigmoid constants, as in the reference (Tg, kg, Dg for strength; Ta, ka, Da for orientation).
@@ -581,24 +679,48 @@ def _edge_preservation(source: GreyImage, fused: GreyImage) -> np.ndarray:
     return q
 
 
+def _qabf_weight(t: FusionSet) -> np.float32:
+    """sum over pixels of sum_k g_k, float32, added in source order as the reference adds gA + gB."""
+    strengths = [source.sobel[0] for source in t.sources]
+    total = strengths[0] + strengths[1]
+    for g in strengths[2:]:
+        total += g
+    return np.sum(total)
+
+
+@METRIC_TERMS.register("Qabf")
+def qabf_terms(t: FusionSet) -> dict[str, float]:
+    """Each source's share of Qabf: sum(Q^{S_k F} g_k) / sum(sum_j g_j). The shares add up to Qabf (to float32
+    rounding: Qabf itself sums the weighted map before dividing); 0.0 for every source when no source has an
+    edge."""
+    weight = _qabf_weight(t)
+    if weight == 0:
+        return {name: 0.0 for name in t.names}
+    return {name: float(np.sum(_edge_preservation(source, t.fused) * source.sobel[0]) / weight)
+            for name, source in t.named.items()}
+
+
 @METRICS.register("Qabf")
-def qabf(t: FusionTriple) -> float:
-    """Qabf: Xydeas-Petrovic edge-information transfer Q^{AB/F} in [0, 1]; unitless.
+def qabf(t: FusionSet) -> float:
+    """Qabf: Xydeas-Petrovic edge-information transfer, sum_k sum(Q^{S_k F} g_k) / sum_k sum(g_k), in [0, 1].
 
     Sobel (zero padding) strength g and angle arctan(Sy / Sx) (pi/2 where Sx == 0) per image; per source
-    Q = Q_g * Q_a with sigmoids Tg 0.9994, kg -15, Dg 0.5 and Ta 0.9879, ka -22, Da 0.8; Qabf =
-    sum(Q_AF gA + Q_BF gB) / sum(gA + gB) (weights: raw strengths, L = 1). Float32 as in the reference.
-    **Degenerate case:** both sources without any edge (sum(gA + gB) == 0, NaN in the reference; with zero padding
-    only an all-black image has none) gives 0.0 with a ``DegenerateInputWarning``: there is nothing to transfer.
+    Q = Q_g * Q_a with sigmoids Tg 0.9994, kg -15, Dg 0.5 and Ta 0.9879, ka -22, Da 0.8. Two sources:
+    Qabf = sum(Q_AF gA + Q_BF gB) / sum(gA + gB) (weights: raw strengths, L = 1); N sources weight each source's
+    edge preservation by its own edge strength the same way, so Qabf stays a weighted mean in [0, 1] and a source
+    without edges adds nothing. Float32 as in the reference, sources added in order.
+    **Degenerate case:** no source with any edge (a zero weight, NaN in the reference; with zero padding only an
+    all-black image has none) gives 0.0 with a ``DegenerateInputWarning``: there is nothing to transfer.
     """
-    g_a, g_b = t.ir.sobel[0], t.vis.sobel[0]
-    weight = np.sum(g_a + g_b)
+    weight = _qabf_weight(t)
     if weight == 0:
-        warnings.warn("Qabf: neither source has an edge; returning 0.0", DegenerateInputWarning, stacklevel=2)
+        warnings.warn("Qabf: no source has an edge; returning 0.0", DegenerateInputWarning, stacklevel=2)
         return 0.0
-    kept = _edge_preservation(t.ir, t.fused)
-    kept *= g_a
-    kept += _edge_preservation(t.vis, t.fused) * g_b
+    sources = t.sources
+    kept = _edge_preservation(sources[0], t.fused)
+    kept *= sources[0].sobel[0]
+    for source in sources[1:]:
+        kept += _edge_preservation(source, t.fused) * source.sobel[0]
     return float(np.sum(kept) / weight)
 
 
@@ -626,15 +748,21 @@ def _ssim_single(x: GreyImage, y: GreyImage) -> float:
     return float(ssim_map[pad:-pad, pad:-pad].mean(dtype=np.float64))
 
 
+@METRIC_TERMS.register("SSIM")
+def ssim_terms(t: FusionSet) -> dict[str, float]:
+    """SSIM(F, S_k) for each source S_k (see ``ssim``)."""
+    return {name: _ssim_single(t.fused, source) for name, source in t.named.items()}
+
+
 @METRICS.register("SSIM")
-def ssim(t: FusionTriple) -> float:
-    """SSIM: SSIM(F, A) + SSIM(F, B), **summed** over the two sources (so at most 2); unitless.
+def ssim(t: FusionSet) -> float:
+    """SSIM: sum over the sources S_k of SSIM(F, S_k) (at most N); two sources: SSIM(F, A) + SSIM(F, B); unitless.
 
     scikit-image 0.19.2 defaults on float32 input: 7x7 uniform window, K1 0.01, K2 0.03, sample covariance
     (49/48), **data_range 2** (dtype_range of float32; C1 = 4e-4, C2 = 3.6e-3), mean of the map cropped by 3
     pixels. Float32 like the reference (exactly rounded window means, see ``_window_mean``), float64 mean.
     """
-    return sum(_ssim_single(t.fused, source) for source in t.sources)
+    return sum(t.terms("SSIM").values())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -651,16 +779,41 @@ def conventions() -> dict[str, str]:
     return {name: inspect.getdoc(METRICS.get(name)).splitlines()[0] for name in METRICS}
 
 
-def evaluate(fused: ImageLike, ir: ImageLike, vis: ImageLike) -> dict[str, float]:
-    """All nine metrics of one triple, as {name: value} in the order of ``metric_names()``.
+def evaluate_sources(fused: ImageLike, sources: Mapping[str, ImageLike]) -> dict[str, float]:
+    """All nine metrics of a fused image against its named sources, as {name: value} in the order of
+    ``metric_names()``.
 
     Args:
-        fused: the fused image; ir, vis: the sources in the "ir" and "vis" roles (module docstring).
-            Each is an array ``to_reference_gray`` accepts (grey or BGR, uint8 or float 0..255, same size, at least
+        fused: the fused image.
+        sources: modality name -> source image, at least two (``{"vis": v, "nir": n, "lwir": t}``). Each image is
+            an array ``to_reference_gray`` accepts (grey or BGR, uint8 or float 0..255, same size, at least
             ``MIN_SIDE`` a side) or a prepared :class:`GreyImage` (reuse one per source to score many fused images).
     """
-    triple = FusionTriple.of(fused, ir, vis)
-    return {name: float(METRICS.get(name)(triple)) for name in METRICS}
+    return score(FusionSet.of(fused, sources))
+
+
+def score(t: FusionSet) -> dict[str, float]:
+    """All nine metrics of a prepared :class:`FusionSet`."""
+    return {name: float(METRICS.get(name)(t)) for name in METRICS}
+
+
+def metric_terms(fused: ImageLike | FusionSet, sources: Mapping[str, ImageLike] | None = None
+                 ) -> dict[str, dict[str, float]]:
+    """Per-source terms for a report: {metric: {source name: term}} for MI, SCD, VIF, Qabf and SSIM.
+
+    MI, SCD, VIF and SSIM are the sums of their terms; Qabf's terms are the sources' shares of it (``qabf_terms``).
+    Pass a prepared :class:`FusionSet` alone, or a fused image and its sources as ``evaluate_sources`` takes them.
+    """
+    t = fused if isinstance(fused, FusionSet) else FusionSet.of(fused, sources or {})
+    return {name: t.terms(name) for name in METRIC_TERMS}
+
+
+def evaluate(fused: ImageLike, ir: ImageLike, vis: ImageLike) -> dict[str, float]:
+    """All nine metrics of one two-source triple: ``evaluate_sources(fused, {"ir": ir, "vis": vis})``.
+
+    Kept for two-source callers; new code calls ``evaluate_sources`` with sources by name.
+    """
+    return score(FusionTriple.of(fused, ir, vis))
 
 
 class _SingleThreadedOpenCV:
@@ -708,12 +861,79 @@ def evaluate_many(triples: Iterable[tuple[ImageLike, ImageLike, ImageLike]], *, 
 
 @dataclass(frozen=True)
 class FileTriple:
-    """The three files of one image: fused output and its two sources, matched by stem."""
+    """The three files of one image: fused output and its two sources, matched by stem (two-source form of
+    :class:`FileSet`, kept for callers by position)."""
 
     stem: str
     fused: Path
     ir: Path
     vis: Path
+
+    @property
+    def sources(self) -> dict[str, Path]:
+        return {"ir": self.ir, "vis": self.vis}
+
+
+@dataclass(frozen=True)
+class FileSet:
+    """The files of one image: fused output and its sources by modality name, matched by stem."""
+
+    stem: str
+    fused: Path
+    sources: Mapping[str, Path]
+
+
+def match_source_folders(folders: Mapping[str, str | Path]) -> tuple[dict[str, dict[str, Path]], list[str]]:
+    """Match the images of N source folders by stem, without decoding them.
+
+    Returns ({stem: {name: file}} for the stems present in every folder, every problem: a missing folder, one
+    folder given for two names, a stem used twice in one folder, a stem missing from some folders, no set at all).
+    """
+    folders = {name: Path(folder) for name, folder in folders.items()}
+    problems = [f"{name} folder does not exist: {folder}" for name, folder in folders.items() if not folder.is_dir()]
+    by_place: dict[Path, list[str]] = {}
+    for name, folder in folders.items():
+        if folder.is_dir():
+            by_place.setdefault(folder.resolve(), []).append(name)
+    problems += [f"{folders[names[0]]} is given for {' and '.join(names)}: its images would be fused with themselves"
+                 for names in by_place.values() if len(names) > 1]
+    if problems:
+        return {}, problems
+    files = {name: images_by_stem(folder, problems) for name, folder in folders.items()}
+    stems = sorted(set().union(*(set(f) for f in files.values())))
+    matched = {}
+    for stem in stems:
+        missing = [name for name in folders if stem not in files[name]]
+        if missing:
+            have = next(files[name][stem] for name in folders if stem in files[name])
+            problems.append(f"{have} has no partner in " + ", ".join(f"{folders[n]} ({n})" for n in missing))
+        else:
+            matched[stem] = {name: files[name][stem] for name in folders}
+    if not matched and not problems:
+        problems.append("no image sets found in " + ", ".join(str(f) for f in folders.values()))
+    return matched, problems
+
+
+def find_source_sets(fused_dir: str | Path, source_dirs: Mapping[str, str | Path]) -> list[FileSet]:
+    """``find_triples`` for N named source folders (at least two): every fused image needs a full source set and
+    every set a fused image, and each set decodes with one size. One ``DatasetError`` names every offender."""
+    fused_dir = Path(fused_dir)
+    where = f"fused {fused_dir} against " + " + ".join(f"{n}={d}" for n, d in source_dirs.items())
+    if len(source_dirs) < 2:
+        raise DatasetError(where, [f"at least two source folders are needed, got {len(source_dirs)}"])
+    sets, problems = match_source_folders(source_dirs)
+    if not fused_dir.is_dir():
+        raise DatasetError(where, problems + [f"folder does not exist: {fused_dir}"])
+    fused = images_by_stem(fused_dir, problems)
+    for stem in sorted(set(fused) - set(sets)):
+        problems.append(f"{fused[stem]} has no source set in " + " + ".join(str(d) for d in source_dirs.values()))
+    for stem in sorted(set(sets) - set(fused)):
+        problems.append(f"no fused image for '{stem}' in {fused_dir}")
+    matched = sorted(set(fused) & set(sets))
+    problems.extend(check_image_groups([(stem, (fused[stem], *sets[stem].values())) for stem in matched])[0])
+    if problems:
+        raise DatasetError(where, problems)
+    return [FileSet(stem, fused[stem], MappingProxyType(sets[stem])) for stem in matched]
 
 
 def find_triples(fused_dir: str | Path, ir_dir: str | Path, vis_dir: str | Path) -> list[FileTriple]:
@@ -743,9 +963,21 @@ def find_triples(fused_dir: str | Path, ir_dir: str | Path, vis_dir: str | Path)
     return [FileTriple(stem, fused[stem], pairs[stem].ir, pairs[stem].vis) for stem in matched]
 
 
-def evaluate_files(triple: FileTriple) -> dict[str, float]:
-    """Read one triple with the reference's reader (``data.io.read_gray_reference``) and score it."""
-    return evaluate(read_gray_reference(triple.fused), read_gray_reference(triple.ir), read_gray_reference(triple.vis))
+def _read_set(files: FileTriple | FileSet) -> FusionSet:
+    return FusionSet.of(read_gray_reference(files.fused),
+                        {name: read_gray_reference(path) for name, path in files.sources.items()})
+
+
+def evaluate_files(triple: FileTriple | FileSet) -> dict[str, float]:
+    """Read one file set (or two-source triple) with the reference's reader (``data.io.read_gray_reference``)
+    and score it."""
+    return score(_read_set(triple))
+
+
+def evaluate_files_with_terms(files: FileTriple | FileSet) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """``evaluate_files`` and the per-source terms (``metric_terms``) of the same reading, sharing the work."""
+    t = _read_set(files)
+    return score(t), metric_terms(t)
 
 
 def mean_metrics(per_image: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -763,12 +995,28 @@ def evaluate_folders(fused_dir: str | Path, ir_dir: str | Path, vis_dir: str | P
     return evaluate_triples(find_triples(fused_dir, ir_dir, vis_dir), workers=workers)
 
 
-def evaluate_triples(triples: Sequence[FileTriple], *, workers: int = 1
+def evaluate_triples(triples: Sequence[FileTriple | FileSet], *, workers: int = 1
                      ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Score already-validated file triples on ``workers`` threads; returns (per_image, mean) as evaluate_folders."""
+    """Score already-validated file sets (or two-source triples) on ``workers`` threads; returns (per_image, mean)
+    as evaluate_folders."""
     values = _map_in_threads(evaluate_files, list(triples), workers)
     per_image = {triple.stem: v for triple, v in zip(triples, values)}
     return per_image, mean_metrics(per_image)
+
+
+def evaluate_source_folders(fused_dir: str | Path, source_dirs: Mapping[str, str | Path], *, workers: int = 1,
+                            terms: bool = False) -> tuple[dict[str, dict[str, float]], dict[str, float], dict]:
+    """``evaluate_folders`` for N named source folders (``find_source_sets``).
+
+    Returns (per_image, mean, per_image_terms): per_image_terms is {stem: {metric: {source: term}}} when
+    ``terms`` is true, else empty.
+    """
+    sets = find_source_sets(fused_dir, source_dirs)
+    if not terms:
+        return *evaluate_triples(sets, workers=workers), {}
+    results = _map_in_threads(evaluate_files_with_terms, sets, workers)
+    per_image = {fs.stem: values for fs, (values, _) in zip(sets, results)}
+    return per_image, mean_metrics(per_image), {fs.stem: t for fs, (_, t) in zip(sets, results)}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -801,18 +1049,49 @@ def report(per_image: dict[str, dict[str, float]], mean: dict[str, float], **fol
     }
 
 
+def parse_sources(tokens: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
+    """``["vis=DIR", "nir=DIR"]`` -> ({name: folder}, problems: tokens that are not NAME=DIR, names given twice)."""
+    sources: dict[str, Path] = {}
+    problems = []
+    for token in tokens:
+        name, sep, folder = token.partition("=")
+        if not sep or not name or not folder:
+            problems.append(f"--src {token!r} is not NAME=DIR")
+        elif name == "fused":
+            problems.append("--src fused=...: 'fused' names the fused folder (--fused), not a source")
+        elif name in sources:
+            problems.append(f"--src {name} is given twice")
+        else:
+            sources[name] = Path(folder)
+    return sources, problems
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusion.metrics", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ir", required=True, type=Path,
-                        help="infrared folder (medical: CT beside MRI; MRI beside PET/SPECT)")
-    parser.add_argument("--vis", required=True, type=Path,
-                        help="visible folder (medical: MRI beside CT; PET/SPECT beside MRI)")
+    parser.add_argument("--src", action="append", default=[], metavar="NAME=DIR",
+                        help="a source folder by modality name (repeat: --src vis=V --src nir=N --src lwir=T)")
+    parser.add_argument("--ir", type=Path,
+                        help="infrared folder, the same as --src ir=DIR (medical: CT beside MRI; MRI beside PET/SPECT)")
+    parser.add_argument("--vis", type=Path,
+                        help="visible folder, the same as --src vis=DIR (medical: MRI beside CT; PET/SPECT beside MRI)")
     parser.add_argument("--fused", required=True, type=Path, help="fused images, named by the source stems")
     parser.add_argument("--json", type=Path, help="also write per-image values and means here (atomically)")
+    parser.add_argument("--terms", action="store_true",
+                        help="also put each image's per-source terms (MI, SCD, VIF, Qabf, SSIM) into --json")
     parser.add_argument("--workers", type=int, default=1, help="threads for scoring (default 1)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
+    sources, problems = parse_sources(args.src)
+    for name in ("ir", "vis"):
+        if getattr(args, name) is not None:
+            if name in sources:
+                problems.append(f"--{name} and --src {name}=... name the same source")
+            sources[name] = getattr(args, name)
+    if len(sources) < 2 and not problems:
+        problems.append(f"at least two sources are needed (--src NAME=DIR, or --ir and --vis), got {len(sources)}")
+    if problems:
+        parser.error("; ".join(problems))
     if args.json is not None:  # checked before the scoring, not after it
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -821,14 +1100,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json.is_dir():
             parser.error(f"--json {args.json} is a folder; name a file")
     try:
-        per_image, mean = evaluate_folders(args.fused, args.ir, args.vis, workers=args.workers)
+        if not args.src and not args.terms:  # --ir/--vis alone: the two-source path, with its own messages
+            (per_image, mean), terms = evaluate_folders(args.fused, args.ir, args.vis, workers=args.workers), {}
+        else:
+            per_image, mean, terms = evaluate_source_folders(args.fused, sources, workers=args.workers,
+                                                             terms=args.terms)
     except DatasetError as err:
         parser.exit(2, f"error: {err}\n")
     print(format_table(per_image, mean))
     if args.json:
+        doc = report(per_image, mean, fused=str(args.fused), **{name: str(d) for name, d in sources.items()})
+        doc["sources"] = list(sources)
+        if args.terms:
+            doc["per_image_terms"] = terms
         try:
-            atomic_write_json(args.json, report(per_image, mean, fused=str(args.fused), ir=str(args.ir),
-                                                vis=str(args.vis)))
+            atomic_write_json(args.json, doc)
         except OSError as err:
             parser.exit(2, f"error: cannot write {args.json}: {err}\n")
         print(f"wrote {args.json}")
