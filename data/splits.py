@@ -27,6 +27,7 @@ result is deterministic for a seed.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -343,3 +344,131 @@ def adjacent_frames_split_apart(
             continue
         out.append((image_id, neighbour))
     return out
+
+
+# ------------------------------------------------------------------------------------- settling a dataset's split
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """How a reader settles its split: the dataset's own lists when it has them, else a split made here.
+
+    Attributes:
+        seed: seed of a split made here.
+        fractions: target (train, val, test) shares of a split made here.
+        block_size: frames per block where no scene is known (:func:`id_blocks`).
+        given_method: ``split_info["method"]`` for given lists (M3FD's reader says ``"meta-lists"``).
+        carve_val: when given lists have a train list but no val list, this share of train becomes val,
+            keeping scenes whole (LLVIP gives train and test only). None leaves val as given (empty).
+    """
+
+    seed: int = 0
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    block_size: int = DEFAULT_BLOCK_SIZE
+    given_method: str = "given-lists"
+    carve_val: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fractions", check_fractions(self.fractions))
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.carve_val is not None and not 0 < self.carve_val < 1:
+            raise ValueError(f"the val share carved from train must lie in (0, 1), got {self.carve_val}")
+
+
+def settle_split(
+    ids: Sequence[str],
+    rule: SplitRule,
+    *,
+    given: Mapping[str, Sequence[str]] | None = None,
+    given_sources: Sequence[str] = (),
+    scenario: Mapping[str, str] | None = None,
+    scene: Mapping[str, str] | None = None,
+    scene_group: Mapping[str, str] | None = None,
+) -> tuple[dict[str, list[str]], dict, dict[str, str], list[str]]:
+    """A dataset's split: (split -> ids, ``split_info``, id -> split group, notes worth a warning).
+
+    ``given`` lists (already restricted to ``ids``) are used as they are, with val carved from train when
+    ``rule.carve_val`` says so. Otherwise the ids are split here: whole scenes (``scene``; ``scene_group``
+    merges scenes that share frames) where the dataset names them, contiguous id blocks elsewhere, stratified
+    by ``scenario``. ``split_info["method"]``: ``rule.given_method``, ``"scenario-scenes"`` or ``"id-blocks"``.
+
+    Raises:
+        ValueError: too few groups to make every split with a positive share non-empty.
+    """
+    scenario, scene = dict(scenario or {}), dict(scene or {})
+    if given is not None:
+        splits = {name: list(given.get(name, [])) for name in SPLIT_NAMES}
+        info: dict[str, Any] = {"method": rule.given_method, "seed": None, "fractions": None,
+                                "sources": list(given_sources)}
+        notes: list[str] = []
+        if rule.carve_val is not None and splits["train"] and not splits["val"]:
+            splits["train"], splits["val"], carved, notes = carve_val(
+                splits["train"], rule, scene=scene, scene_group=scene_group)
+            info.update(seed=rule.seed, carved_val=carved)
+        info["unassigned"] = len(ids) - len(split_of(splits))
+        return splits, _with_achieved(info, splits), {i: scene[i] for i in ids if i in scene}, notes
+
+    if scene:
+        method = "scenario-scenes"
+        groups = scene_groups(ids, scene, merged=scene_group, block_size=rule.block_size, block_labels=scenario)
+    else:
+        method = "id-blocks"
+        groups = id_blocks(ids, block_size=rule.block_size, labels=scenario)
+    splits = split_ids(ids, groups, fractions=rule.fractions, seed=rule.seed, strata=scenario or None)
+    info = {
+        "method": method,
+        "seed": rule.seed,
+        "fractions": list(rule.fractions),
+        "block_size": rule.block_size,
+        "max_gap": DEFAULT_MAX_GAP,
+        "stratified_by": "scenario" if scenario else None,
+        "groups": len(set(groups.values())),
+        "ids_without_scene": sum(1 for i in ids if i not in scene),
+        "unassigned": 0,
+    }
+    return splits, _with_achieved(info, splits), groups, []
+
+
+def carve_val(
+    train: Sequence[str],
+    rule: SplitRule,
+    *,
+    scene: Mapping[str, str],
+    scene_group: Mapping[str, str] | None = None,
+) -> tuple[list[str], list[str], dict, list[str]]:
+    """Move ``rule.carve_val`` of the train ids to val, whole scenes (or id blocks where no scene is known)
+    at a time. Returns (train, val, what was done, notes).
+
+    With a single group there is no way to keep it whole: val is then the last frames of the sequence (one
+    contiguous run, so one cut), and the note and ``shares_scenes_with_train`` say that val and train share
+    those scenes, which flatters val scores and therefore the epoch picked on them.
+    """
+    share = float(rule.carve_val or 0)
+    groups = scene_groups(train, scene, merged=scene_group, block_size=rule.block_size)
+    info: dict[str, Any] = {"fraction": share, "from": "train"}
+    if len(set(groups.values())) >= 2:
+        sizes: dict[str, int] = defaultdict(int)
+        for image_id in train:
+            sizes[groups[image_id]] += 1
+        where = split_groups(sizes, fractions=(1 - share, share, 0), seed=rule.seed)
+        kept = sorted(i for i in train if where[groups[i]] == "train")
+        val = sorted(i for i in train if where[groups[i]] == "val")
+        info.update(method="whole-groups", groups=len(sizes), shares_scenes_with_train=[])
+        return kept, val, info, []
+    ordered = sorted(train, key=lambda i: (_sequence_key(i), i))
+    n_val = max(1, math.ceil(share * len(ordered))) if len(ordered) > 1 else 0
+    kept, val = sorted(ordered[: len(ordered) - n_val]), sorted(ordered[len(ordered) - n_val:])
+    shared = sorted({scene[i] for i in val if i in scene})
+    info.update(method="last-frames", groups=1, shares_scenes_with_train=shared)
+    where = f"scene {', '.join(shared)}" if shared else "one run of frames"
+    note = (f"train holds a single {'scene' if shared else 'block of frames'} ({where}): val is its last {n_val} "
+            f"frame(s) ({val[0]}..{val[-1]}), so val and train share it and val scores are optimistic"
+            if val else "train holds a single id: no val could be carved")
+    return kept, val, info, [note]
+
+
+def _with_achieved(info: dict, splits: Mapping[str, Sequence[str]]) -> dict:
+    total = sum(len(v) for v in splits.values()) or 1
+    info["achieved_fractions"] = {name: round(len(v) / total, 4) for name, v in splits.items()}
+    return info

@@ -1,11 +1,12 @@
 """Plain data types shared by the readers, the detection export and the pipeline."""
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-# M3FD's six classes in the fixed order every detector export uses (TarDAL, CVPR 2022, M3FD benchmark).
-CLASS_NAMES: tuple[str, ...] = ("People", "Car", "Bus", "Motorcycle", "Lamp", "Truck")
+from types import MappingProxyType
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,99 @@ class Annotation:
     boxes: tuple[Box, ...] = ()
 
 
-@dataclass(frozen=True)
+_TWO_BAND_COLOUR = "vis"
+
+
+@dataclass(frozen=True, init=False)
 class Pair:
-    """An infrared/visible pair (for medical sets, the two modalities in those roles) matched by file stem."""
+    """The co-registered images of one sample, by modality name (``{"ir": ..., "vis": ...}``, or with ``nir``,
+    ``depth``, ...), matched by file stem.
+
+    Build it as ``Pair(stem, {"ir": ir_path, "vis": vis_path}, colour="vis", meta={...})``. The two-band form
+    ``Pair(stem, ir_path, vis_path[, meta])`` is kept for callers written before modalities had names; it means
+    ``sources={"ir": ..., "vis": ...}``, colour ``"vis"``.
+
+    Attributes:
+        stem: the sample id.
+        sources: modality name -> image file, in the dataset's modality order.
+        colour: the modality whose chroma a fused image keeps (the visible camera), or None when no modality is
+            colour (e.g. two thermal bands).
+        meta: free-form facts about the sample (``scenario``, ``scene``); not part of equality.
+    """
 
     stem: str
-    ir: Path
-    vis: Path
-    meta: dict = field(default_factory=dict, compare=False)
+    sources: Mapping[str, Path]
+    colour: str | None
+    meta: dict = field(compare=False)
+
+    def __init__(self, stem: str, sources: Mapping[str, str | Path] | str | Path, vis: str | Path | None = None,
+                 meta: dict | None = None, *, colour: str | None | Any = ...):
+        if isinstance(sources, Mapping):
+            if vis is not None:
+                raise TypeError("Pair(stem, sources, ...): give the images either as a mapping or as (ir, vis), not both")
+            resolved = {str(name): Path(path) for name, path in sources.items()}
+            colour = (_TWO_BAND_COLOUR if _TWO_BAND_COLOUR in resolved else None) if colour is ... else colour
+        else:
+            if vis is None:
+                raise TypeError("Pair(stem, ir, vis): the two-band form needs both files")
+            resolved = {"ir": Path(sources), "vis": Path(vis)}
+            colour = _TWO_BAND_COLOUR if colour is ... else colour
+        if not resolved:
+            raise ValueError(f"Pair '{stem}' has no sources")
+        if colour is not None and colour not in resolved:
+            raise ValueError(f"Pair '{stem}': colour modality '{colour}' is not among its sources ({', '.join(resolved)})")
+        object.__setattr__(self, "stem", stem)
+        object.__setattr__(self, "sources", MappingProxyType(resolved))
+        object.__setattr__(self, "colour", colour)
+        object.__setattr__(self, "meta", dict(meta or {}))
+
+    @classmethod
+    def two_band(cls, stem: str, ir: str | Path, vis: str | Path, meta: dict | None = None) -> "Pair":
+        """An infrared/visible pair, the visible image in colour."""
+        return cls(stem, {"ir": ir, "vis": vis}, meta=meta, colour=_TWO_BAND_COLOUR)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.sources)
+
+    def source(self, modality: str) -> Path:
+        """The file of one modality; a KeyError naming the modalities this sample has."""
+        try:
+            return self.sources[modality]
+        except KeyError:
+            raise KeyError(f"sample '{self.stem}' has no '{modality}' image; it has: {', '.join(self.sources)}") from None
+
+    @property
+    def ir(self) -> Path:
+        """The ``ir`` image (two-band callers)."""
+        return self.source("ir")
+
+    @property
+    def vis(self) -> Path:
+        """The ``vis`` image (two-band callers)."""
+        return self.source("vis")
+
+    def __hash__(self) -> int:
+        return hash((self.stem, tuple(self.sources.items()), self.colour))
+
+    def __repr__(self) -> str:
+        files = ", ".join(f"{k}={str(v)!r}" for k, v in self.sources.items())
+        return f"Pair({self.stem!r}, {files}, colour={self.colour!r})"
+
+    def __reduce__(self):  # MappingProxyType does not pickle; the worker processes receive pairs
+        return (_rebuild_pair, (self.stem, dict(self.sources), self.meta, self.colour))
+
+
+def _rebuild_pair(stem: str, sources: dict, meta: dict, colour: str | None) -> Pair:
+    return Pair(stem, sources, meta=meta, colour=colour)
+
+
+def __getattr__(name: str) -> Any:
+    # The class list belongs to a dataset (``dataset.class_names``); this alias serves callers not yet moved.
+    if name == "CLASS_NAMES":
+        warnings.warn("data.types.CLASS_NAMES is deprecated: use dataset.class_names (M3FD's list is "
+                      "data.m3fd.M3FD_CLASSES)", DeprecationWarning, stacklevel=2)
+        from .m3fd import M3FD_CLASSES
+
+        return M3FD_CLASSES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

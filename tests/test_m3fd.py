@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from data.errors import DatasetError
-from data.m3fd import BOX_CLIP_TOLERANCE_PX, DatasetWarning, is_m3fd_root, load_m3fd, main
+from data.m3fd import BOX_CLIP_TOLERANCE_PX, M3FD_CLASSES, DatasetWarning, is_m3fd_root, load_m3fd, main
 from data.splits import labels_crossing_splits
-from data.types import CLASS_NAMES, Box
+from data.types import Box
 from tests.conftest import shared_path
 
 W, H = 40, 30
@@ -154,7 +154,7 @@ def test_annotation_problems_each_named(tmp_path):
     (root / "Annotation" / "00004.xml").write_text(voc([("Car", 2, 3, 10, 20)], size=(W * 2, H)))  # size mismatch
     message = problems_of(root)
     assert "5 problem(s)" in message
-    assert "00000.xml" in message and "unknown class 'person'" in message and ", ".join(CLASS_NAMES) in message
+    assert "00000.xml" in message and "unknown class 'person'" in message and ", ".join(M3FD_CLASSES) in message
     assert "00001.xml" in message and "min > max" in message
     assert "00002.xml" in message and "outside" in message
     assert "00003.xml" in message and "does not parse" in message
@@ -312,7 +312,7 @@ def test_summary_counts_and_cli(tmp_path, capsys):
     summary = load_quietly(root).summary()
     assert summary["images"] == 6 and summary["boxes"] == 11
     assert summary["splits"]["train"]["boxes"]["People"] == 4 and summary["splits"]["test"]["boxes"]["Lamp"] == 1
-    assert summary["scenarios"]["val"] == {"daytime": {"images": 1, "boxes": dict.fromkeys(CLASS_NAMES, 0) | {"People": 1, "Car": 1}, "total_boxes": 2}}
+    assert summary["scenarios"]["val"] == {"daytime": {"images": 1, "boxes": dict.fromkeys(M3FD_CLASSES, 0) | {"People": 1, "Car": 1}, "total_boxes": 2}}
     assert summary["leakage"]["ok"] and summary["leakage"]["scenes_checked"] == 3
     assert main(["--root", str(root), "--summary", "--json", str(tmp_path / "s.json")]) == 0
     printed = capsys.readouterr().out
