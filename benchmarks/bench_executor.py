@@ -17,9 +17,9 @@ import shutil
 import time
 from pathlib import Path
 
-from pipelines import m3fd
+from pipelines import engine
 from pipelines.executors import EXECUTORS, ExecutorConfig, Job
-from pipelines.m3fd import PipelineConfig, run_pipeline
+from pipelines.engine import PipelineConfig, run_pipeline
 
 # (label, executor, jobs): jobs at once for pool, worker processes for the local Dask cluster.
 CONFIGURATIONS = [("local", "local", 1), ("pool, 2 processes", "pool", 2), ("dask, 1 worker", "dask", 1),
@@ -49,14 +49,14 @@ def main() -> None:
     args = parser.parse_args()
 
     detector_stage: dict[str, float] = {}
-    plain = m3fd.run_detector_jobs
+    plain = engine.run_detector_jobs
 
     def timed(pending, executor, store):  # the detector stage alone: fusing and the report are the same for all
         started = time.perf_counter()
         plain(pending, executor, store)
         detector_stage["s"] = time.perf_counter() - started
 
-    m3fd.run_detector_jobs = timed
+    engine.run_detector_jobs = timed
     rows = []
     for label, name, jobs in CONFIGURATIONS:
         out = args.out / name / str(jobs)
@@ -70,7 +70,7 @@ def main() -> None:
         runs = sum(len(r["detection_runs"]) for r in results["candidates"])
         start_s, per_job_s = job_overhead(name, jobs, args.no_op_jobs)
         rows.append((label, wall, detector_stage["s"], runs, start_s, per_job_s, failed))
-    m3fd.run_detector_jobs = plain
+    engine.run_detector_jobs = plain
 
     print(f"\ntiny pipeline, candidates ir and vis, seeds {args.seeds}, {os.cpu_count()} CPUs "
           f"({args.no_op_jobs} no-op jobs per executor)")

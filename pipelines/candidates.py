@@ -152,3 +152,47 @@ def build_source(spec: CandidateSpec, *, device: str, pairs=None, sizes: Mapping
     if spec.fuser == "dae_fuse":
         args.setdefault("device", device)
     return create_fuser(spec.fuser, **args)
+
+
+@dataclass
+class CandidateRecord:
+    """What the stages produced for one candidate (``pipelines.engine.assemble_results`` reads it)."""
+
+    fuse: Any = None                                 # stages.fuse.FuseOutput
+    scores: Any = None                               # stages.score.Scores
+    detection_runs: dict[int, dict[str, Any]] = field(default_factory=dict)  # seed -> DetectionResult dict
+
+
+@dataclass
+class Candidate:
+    """One row of the table: its spec and what this run made of it."""
+
+    spec: CandidateSpec
+    error: str | None = None
+    record: CandidateRecord = field(default_factory=CandidateRecord)
+    fuser: Any = None                  # the built fuser (or pre-fused folder), kept from validation: built once
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def baseline(self) -> str | None:
+        return self.spec.fuser if self.spec.kind == "baseline" else None
+
+    @property
+    def checkpoint(self) -> Path | None:
+        path = self.spec.args.get("checkpoint")
+        return Path(path) if path else None
+
+    def source(self, cfg) -> Any:
+        """The candidate's fuser, built on first use and kept (validation has usually built it already)."""
+        if self.fuser is None:
+            from .config import torch_device
+
+            self.fuser = build_source(self.spec, device=torch_device(cfg.device))
+        return self.fuser

@@ -187,10 +187,10 @@ def learnable_root(tmp_path_factory) -> Path:
 
 
 def every_batch_a_step(detection_settings):
-    """``pipelines.m3fd.detection_settings`` with Ultralytics' nominal batch set to the batch, so every batch is an
+    """``pipelines.engine.detection_settings`` with Ultralytics' nominal batch set to the batch, so every batch is an
     optimiser step: the tiny preset's few batches then really move the weights (with the default nbs 64 a batch of 4
-    accumulates 16 batches per step). Patch it in: ``mp.setattr(m3fd, "detection_settings",
-    every_batch_a_step(m3fd.detection_settings))``."""
+    accumulates 16 batches per step). Patch it in: ``mp.setattr(engine, "detection_settings",
+    every_batch_a_step(engine.detection_settings))``."""
     def settings(cfg, preset):
         recipe = detection_settings(cfg, preset)
         recipe["extra_args"] = {**recipe["extra_args"], "nbs": recipe["batch"]}

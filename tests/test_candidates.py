@@ -15,7 +15,7 @@ from data.m3fd import load_m3fd
 from fusion.fusers import FuserSpecError, create_fuser, fuse_pair, fuser_names
 from fusion.prefused import PrefusedFolder, check_prefused_folder
 from pipelines.candidates import CandidateError, parse_fused, parse_fuser
-from pipelines.m3fd import OptionsError, PipelineConfig, build_candidates, run_pipeline
+from pipelines.engine import OptionsError, PipelineConfig, build_candidates, run_pipeline
 from pipelines.run_m3fd import parse_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -24,8 +24,8 @@ import pytest
 
 from data.m3fd import load_m3fd
 from detection.export import export_yolo_dataset
-from pipelines import executors, m3fd
-from pipelines.m3fd import PipelineConfig, run_pipeline
+from pipelines import engine, executors
+from pipelines.engine import PipelineConfig, run_pipeline
 from tests.conftest import every_batch_a_step
 from tests.test_pipeline_ranking import _md_table
 
@@ -131,7 +131,7 @@ def jobs_runs(tmp_path_factory, learnable_root):
     results = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(executors, "ProcessPoolExecutor", CountingPool)
-        mp.setattr(m3fd, "detection_settings", every_batch_a_step(m3fd.detection_settings))
+        mp.setattr(engine, "detection_settings", every_batch_a_step(engine.detection_settings))
         mp.setenv("OMP_WAIT_POLICY", "PASSIVE")  # read by the spawned workers' torch
         for jobs in (2, 1):
             cfg = PipelineConfig(out=base / f"jobs{jobs}", data=learnable_root, preset="tiny", baselines=[],

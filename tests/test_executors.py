@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import m3fd
+from pipelines import engine
 from pipelines.executors import EXECUTORS, ExecutorConfig, Job, default_executor
-from pipelines.m3fd import PipelineConfig, check_executor, run_pipeline
+from pipelines.engine import PipelineConfig, check_executor, run_pipeline
 from pipelines.run_m3fd import parse_args
 from tests.conftest import every_batch_a_step
 from tests.test_determinism import SCORES, _epochs
@@ -130,7 +130,7 @@ def local_and_dask_runs(tmp_path_factory, learnable_root):
     base = tmp_path_factory.mktemp("executors")
     results = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(m3fd, "detection_settings", every_batch_a_step(m3fd.detection_settings))
+        mp.setattr(engine, "detection_settings", every_batch_a_step(engine.detection_settings))
         mp.setenv("OMP_WAIT_POLICY", "PASSIVE")  # read by the workers' torch
         for executor in ("dask", "local"):
             cfg = PipelineConfig(out=base / executor, data=learnable_root, preset="tiny", baselines=[], jobs=2,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from data.io import clear_dir
-from pipelines.m3fd import PipelineConfig, run_pipeline
+from pipelines.engine import PipelineConfig, run_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -157,7 +157,7 @@ from pathlib import Path
 
 import data.io as io
 import pipelines.report as report
-from pipelines.m3fd import PipelineConfig, run_pipeline
+from pipelines.engine import PipelineConfig, run_pipeline
 
 out, data, moment = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 real = io.atomic_path

@@ -46,18 +46,18 @@ def _iou_xywh(a, b) -> float:
 _RUN_SCRIPT = """
 import json, sys
 from pathlib import Path
-from pipelines import m3fd
+from pipelines import engine
 
 cfg_kwargs, extra = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-plain = m3fd.detection_settings
+plain = engine.detection_settings
 
 def learning_settings(cfg, preset):  # the tiny preset's recipe with the arguments that make it learn
     settings = plain(cfg, preset)
     settings["extra_args"] = {**settings["extra_args"], **extra}
     return settings
 
-m3fd.detection_settings = learning_settings
-m3fd.run_pipeline(m3fd.PipelineConfig(**cfg_kwargs))
+engine.detection_settings = learning_settings
+engine.run_pipeline(engine.PipelineConfig(**cfg_kwargs))
 """
 
 

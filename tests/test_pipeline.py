@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-import pipelines.m3fd as m3fd
+import pipelines.engine as engine
 from data.types import CLASS_NAMES
 from fusion.train import train
-from pipelines.m3fd import PipelineConfig, run_pipeline, torch_device
+from pipelines.config import check_splits
+from pipelines.datasets import resolve_dataset
+from pipelines.engine import PipelineConfig, run_pipeline, torch_device
+from pipelines.stages import detect as detect_stage
 from pipelines.candidates import CandidateSpec
 from tests.conftest import tiny_config
 
@@ -92,7 +96,7 @@ def test_detectors_keep_their_best_epoch_on_val_and_are_scored_on_test(first_run
     exported = YoloDataset.load(cfg.out / "cache" / "yolo" / Path(ir["fused_dir"]).name)  # named by the fused key
     assert {role: sorted(p.stem for p in (exported.root / "images" / role).iterdir()) for role in exported.splits} \
         == {role: sorted(splits[role]) for role in ("train", "val", "test")}
-    per_image = json.loads((cfg.out / "state" / "ir" / "metrics.json").read_text())["output"]["per_image"]
+    per_image = json.loads((cfg.out / "state" / "ir" / "score.json").read_text())["output"]["per_image"]
     assert sorted(per_image) == sorted(splits["test"])  # fusion metrics on the scored images too
     md = (cfg.out / "results.md").read_text()
     assert "keep their best epoch on `val`" in md and "scored on `test`" in md and "optimistic" not in md
@@ -100,10 +104,10 @@ def test_detectors_keep_their_best_epoch_on_val_and_are_scored_on_test(first_run
 
 def test_splits_are_checked_before_any_work():
     counts = {"train": 5, "val": 2, "test": 0}
-    assert m3fd.check_splits(PipelineConfig(), {"train": 5, "val": 2, "test": 1}) == []
-    problems = m3fd.check_splits(PipelineConfig(), counts)
+    assert check_splits(PipelineConfig(), {"train": 5, "val": 2, "test": 1}) == []
+    problems = check_splits(PipelineConfig(), counts)
     assert len(problems) == 1 and "'test' (--eval-split) is empty" in problems[0] and "val 2" in problems[0]
-    problems = m3fd.check_splits(PipelineConfig(select_split="train", eval_split="train"), counts)
+    problems = check_splits(PipelineConfig(select_split="train", eval_split="train"), counts)
     assert len(problems) == 2 and all("is the training split" in p for p in problems)
 
 
@@ -142,7 +146,7 @@ def test_second_run_is_all_cache_hits(first_run, monkeypatch):
 
 def test_interrupted_run_resumes_without_redoing_finished_work(tmp_path, monkeypatch):
     cfg = PipelineConfig(out=tmp_path / "out", baselines=["ir", "vis"], preset="tiny", progress=False)
-    real_job = m3fd.detect_job
+    real_job = detect_stage.detect_job
     calls: list[str] = []
 
     def interrupted_after_one(job):
@@ -151,7 +155,7 @@ def test_interrupted_run_resumes_without_redoing_finished_work(tmp_path, monkeyp
         calls.append(job["candidate"])
         return real_job(job)
 
-    monkeypatch.setattr(m3fd, "detect_job", interrupted_after_one)
+    monkeypatch.setattr(detect_stage, "detect_job", interrupted_after_one)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(cfg)
     assert not (cfg.out / "results.json").exists()
@@ -162,7 +166,7 @@ def test_interrupted_run_resumes_without_redoing_finished_work(tmp_path, monkeyp
         rerun.append(job["candidate"])
         return real_job(job)
 
-    monkeypatch.setattr(m3fd, "detect_job", counting)
+    monkeypatch.setattr(detect_stage, "detect_job", counting)
     results = run_pipeline(cfg)
     names = {r["name"] for r in results["candidates"]}
     assert names == {"ir", "vis", "dae_fuse_tiny"}  # no --checkpoints: one DAE-Fuse was trained on the spot
@@ -220,18 +224,18 @@ def test_an_edited_source_image_is_fused_again(tmp_path, synthetic_root):
     import shutil
 
     from data.m3fd import load_m3fd
-    from pipelines.stages import StageStore
+    from data.store import KeyedStore
 
     root = tmp_path / "m3fd"
     shutil.copytree(synthetic_root, root)
     cfg = PipelineConfig(out=tmp_path / "out", data=root, preset="tiny", progress=False)
-    dataset, store = load_m3fd(root), StageStore(tmp_path / "out" / "state")
-    candidate = m3fd.Candidate(CandidateSpec(name="max", kind="baseline", fuser="max"))
-    first = m3fd.stage_fuse(cfg, candidate, dataset, store)
-    assert m3fd.stage_fuse(cfg, candidate, dataset, store).cached
+    dataset, store = load_m3fd(root), KeyedStore(tmp_path / "out" / "state")
+    candidate = engine.Candidate(CandidateSpec(name="max", kind="baseline", fuser="max"))
+    first = engine.stage_fuse(cfg, candidate, dataset, store)
+    assert engine.stage_fuse(cfg, candidate, dataset, store).cached
     edited = dataset.ir_path(dataset.splits["test"][0])
     cv2.imwrite(str(edited), np.zeros_like(cv2.imread(str(edited))))
-    again = m3fd.stage_fuse(cfg, candidate, dataset, store)
+    again = engine.stage_fuse(cfg, candidate, dataset, store)
     assert not again.cached and again.key != first.key
 
 
@@ -240,7 +244,7 @@ def test_checkpoints_with_clashing_names_get_distinct_rows(tmp_path):
     for path in paths:
         path.parent.mkdir(parents=True)
         path.write_bytes(b"junk")  # rejected on load, but still a row with its own folders
-    names = [c.name for c in m3fd.build_candidates(PipelineConfig(checkpoints=paths, baselines=["ir", "vis"]))]
+    names = [c.name for c in engine.build_candidates(PipelineConfig(checkpoints=paths, baselines=["ir", "vis"]))]
     assert len(names) == len(set(names)) == 5 and names[:2] == ["ir", "vis"]
 
 
@@ -258,21 +262,21 @@ def test_cli_refuses_bad_data_and_options_with_one_message_and_exit_2(tmp_path, 
 
 def test_synthetic_data_passed_with_data_stays_labelled_synthetic(tmp_path, synthetic_root):
     cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", progress=False)
-    _, info = m3fd.resolve_dataset(cfg, {})
+    _, info = resolve_dataset(cfg, None)
     assert info["synthetic"] is True
 
 
-def test_a_fused_folder_renamed_into_place_is_reused_without_its_stage_record(tmp_path, synthetic_root, monkeypatch):
+def test_a_fused_folder_is_reused_from_its_own_record_without_the_run_state(tmp_path, synthetic_root, monkeypatch):
     from data.m3fd import load_m3fd
-    from pipelines.stages import StageStore
+    from data.store import KeyedStore
 
     cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", progress=False)
-    dataset, store = load_m3fd(synthetic_root), StageStore(tmp_path / "out" / "state")
-    candidate = m3fd.Candidate(CandidateSpec(name="max", kind="baseline", fuser="max"))
-    first = m3fd.stage_fuse(cfg, candidate, dataset, store)
-    (tmp_path / "out" / "state" / "max" / "fuse.json").unlink()  # killed right after the folder's rename
+    dataset, store = load_m3fd(synthetic_root), KeyedStore(tmp_path / "out" / "state")
+    candidate = engine.Candidate(CandidateSpec(name="max", kind="baseline", fuser="max"))
+    first = engine.stage_fuse(cfg, candidate, dataset, store)
+    shutil.rmtree(tmp_path / "out" / "state", ignore_errors=True)  # the run's records lost: the folder's own is enough
     monkeypatch.setattr("fusion.fuse.fuse_folder", lambda *a, **k: pytest.fail("finished fusing was redone"))
-    again = m3fd.stage_fuse(cfg, candidate, dataset, store)
+    again = engine.stage_fuse(cfg, candidate, dataset, store)
     assert again.cached and again.key == first.key
     assert again.seconds_per_image == first.seconds_per_image
 

@@ -11,8 +11,8 @@ import pytest
 
 from data.types import CLASS_NAMES
 from detection.train import DetectionResult
-from pipelines import m3fd
-from pipelines.m3fd import PipelineConfig, run_pipeline
+from pipelines.stages import detect as detect_stage
+from pipelines.engine import PipelineConfig, run_pipeline
 from pipelines.report import FUSION_METRICS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_m3fd_root")
@@ -88,7 +88,7 @@ def stubbed_run(tmp_path_factory, two_scenario_root):
     cfg = PipelineConfig(out=out, data=two_scenario_root, preset="tiny", baselines=["mean", "max"], seeds=SEEDS,
                          progress=False, bootstrap_resamples=0)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(m3fd, "detect_job", stub_detect_job)
+        mp.setattr(detect_stage, "detect_job", stub_detect_job)
         results = run_pipeline(cfg)
     return cfg, results
 

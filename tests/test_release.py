@@ -51,7 +51,7 @@ def test_release_tool_keeps_the_generator_in_half_precision(tmp_path, synthetic_
 
 
 def test_every_preset_but_tiny_ranks_the_release():
-    from pipelines.m3fd import PipelineConfig, candidate_specs, load_pipeline_preset
+    from pipelines.engine import PipelineConfig, candidate_specs, load_pipeline_preset
 
     for preset in ("quick", "standard", "paper"):
         specs = candidate_specs(PipelineConfig(preset=preset), load_pipeline_preset(preset))
@@ -64,7 +64,7 @@ def test_every_preset_but_tiny_ranks_the_release():
 
 
 def test_the_pipeline_fuses_and_ranks_the_release(tmp_path, synthetic_root):
-    from pipelines.m3fd import PipelineConfig, run_pipeline
+    from pipelines.engine import PipelineConfig, run_pipeline
 
     cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", progress=False, baselines=[],
                          released_dae_fuse=True, train_dae_fuse=False, bootstrap_resamples=0)

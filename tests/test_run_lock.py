@@ -1,6 +1,7 @@
 """One run per --out at a time, nothing written by a refused run, and an exit status that tells failed candidates."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import pipelines.m3fd as m3fd
+import pipelines.engine as engine
 from data.lock import LOCK_NAME, FolderLocked, hold_folder_lock, raise_if_locked
 from pipelines.run_m3fd import main
 
@@ -94,7 +95,7 @@ def test_a_second_run_on_a_held_out_is_refused_with_exit_2_and_writes_nothing(ho
                                                                              monkeypatch):
     proc, out = holder
     before = snapshot(out)
-    monkeypatch.setattr(m3fd, "resolve_dataset", lambda *a: pytest.fail("checked the data before the lock"))
+    monkeypatch.setattr(engine, "resolve_dataset", lambda *a: pytest.fail("checked the data before the lock"))
     argv = ["--preset", "tiny", "--out", str(out), "--no-progress"]
     assert main(argv + (["--data", str(synthetic_root)] if data == "given" else [])) == 2
     err = capsys.readouterr().err
@@ -128,8 +129,8 @@ def test_exit_status_is_1_when_a_candidate_failed_and_0_when_none_did(holder, sy
     assert (out / "results.json").is_file() and (out / "results.md").is_file()  # the results are still written
 
     # The same rows without the broken one (and no DAE-Fuse trained here): the detectors are reused, nothing failed.
-    tiny = m3fd.load_pipeline_preset("tiny")
-    monkeypatch.setattr(m3fd, "load_pipeline_preset", lambda name: {**tiny, "train_dae_fuse": False})
+    tiny = engine.load_pipeline_preset("tiny")
+    monkeypatch.setattr(engine, "load_pipeline_preset", lambda name: dataclasses.replace(tiny, train_dae_fuse=False))
     assert main(argv) == 0
     assert "failed" not in capsys.readouterr().err
     raise_if_locked(out)  # released at the end of the run

@@ -185,7 +185,7 @@ def test_corruptions_are_deterministic_per_image_and_seed_and_spare_the_thermal_
 
 
 def test_a_tiny_robustness_run_scores_the_trained_detectors_on_corrupted_inputs(tmp_path, synthetic_root, monkeypatch):
-    from pipelines.m3fd import OptionsError, PipelineConfig, run_pipeline
+    from pipelines.engine import OptionsError, PipelineConfig, run_pipeline
 
     with pytest.raises(OptionsError, match="unknown corruption"):
         run_pipeline(PipelineConfig(out=tmp_path / "refused", data=synthetic_root, preset="tiny", corruptions=["hail"]))

@@ -13,37 +13,42 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from data.io import atomic_dir, read_ir, read_record, read_visible, write_image, write_record
+from data.io import read_ir, read_visible, write_image
 from data.provenance import content_key
+from data.store import KeyedStore
 from data.types import Pair
 
+if TYPE_CHECKING:
+    from pipelines.candidates import Candidate
+    from pipelines.config import PipelineConfig
+
 LOGGER = logging.getLogger(__name__)
-RECORD = ".corrupted.json"
 SINGLE_MODALITY = ("ir", "vis")
 
 
 def corrupted_pairs(cache_root: Path, dataset, ids: list[str], corruption: str, severity: int, seed: int,
-                    sources_key: str, force: bool = False) -> list[Pair]:
-    """The evaluation pairs with ``corruption`` applied, written once into a content-keyed folder (atomic);
-    ``force`` (``--force``) writes them again, the new folder replacing the old one whole."""
+                    sources_key: str, store: KeyedStore) -> tuple[list[Pair], str]:
+    """The evaluation pairs with ``corruption`` applied, written once into a content-keyed folder (atomic; under
+    ``--force`` written again once, the new folder replacing the old one whole). Returns (pairs, key)."""
     from data.corruptions import corrupt_pair
 
     key = content_key("corrupt", corruption, severity, seed, sources_key, ids)
     folder = cache_root / "corrupted" / key[:16]
-    if force or read_record(folder / RECORD, key) is None:
-        with atomic_dir(folder) as tmp:
-            (tmp / "ir").mkdir()
-            (tmp / "vis").mkdir()
-            for image_id in ids:
-                vis_y, vis_bgr = read_visible(dataset.vis_path(image_id))
-                vis = vis_bgr if vis_bgr is not None else vis_y.astype("uint8")
-                ir, vis = corrupt_pair(corruption, severity, read_ir(dataset.ir_path(image_id)), vis, image_id, seed)
-                write_image(tmp / "ir" / f"{image_id}.png", ir)
-                write_image(tmp / "vis" / f"{image_id}.png", vis)
-            write_record(tmp / RECORD, key, {"corruption": corruption, "severity": severity, "seed": seed,
-                                             "n_images": len(ids)})
+
+    def build(tmp: Path) -> dict[str, Any]:
+        (tmp / "ir").mkdir()
+        (tmp / "vis").mkdir()
+        for image_id in ids:
+            vis_y, vis_bgr = read_visible(dataset.vis_path(image_id))
+            vis = vis_bgr if vis_bgr is not None else vis_y.astype("uint8")
+            ir, vis = corrupt_pair(corruption, severity, read_ir(dataset.ir_path(image_id)), vis, image_id, seed)
+            write_image(tmp / "ir" / f"{image_id}.png", ir)
+            write_image(tmp / "vis" / f"{image_id}.png", vis)
+        return {"corruption": corruption, "severity": severity, "seed": seed, "n_images": len(ids)}
+
+    store.folder(folder, key, build)
     return [Pair(i, folder / "ir" / f"{i}.png", folder / "vis" / f"{i}.png") for i in ids], key
 
 
@@ -66,3 +71,93 @@ def robustness_intervals(clean: dict[str, list[Any]], corrupted: dict[str, list[
         out["reference"] = reference
         out["gains"] = {n: boot.gain(n, reference).to_dict() for n in corrupted if n != reference}
     return out
+
+
+def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, settings: dict, seeds: list[int],
+                     store: KeyedStore) -> dict[str, Any]:
+    """Every candidate's kept detectors scored on corrupted evaluation inputs, one cell per corruption and
+    severity, with intervals from one paired bootstrap per cell."""
+    if not cfg.corruptions:
+        return {}
+    from detection.bootstrap import image_matches
+    from detection.export import export_yolo_dataset
+
+    from .. import report
+    from ..progress import Progress
+    from .fuse import fuse_into_cache, source_fingerprint
+
+    ids = sorted(dataset.splits[cfg.eval_split])
+    sources_key = source_fingerprint(dataset, ids)
+    usable = [c for c in candidates if not c.error and c.kind != "folder"
+              and all(s in c.record.detection_runs for s in seeds)]
+    out: dict[str, Any] = {"corruptions": list(cfg.corruptions), "severities": list(cfg.severities),
+                           "seed": cfg.corruption_seed, "cells": {},
+                           "skipped": {c.name: "a pre-fused folder cannot fuse corrupted inputs"
+                                       for c in candidates if c.kind == "folder"}}
+    clean = {}
+    for cand in usable:
+        runs = [cand.record.detection_runs[s] for s in seeds]
+        if all(r.get("coco_gt") and r.get("deployed_predictions_path") for r in runs):
+            clean[cand.name] = [image_matches(Path(r["coco_gt"]), _predictions(r["deployed_predictions_path"]))
+                                for r in runs]
+    progress = Progress("robustness", len(cfg.corruptions) * len(cfg.severities))
+    for corruption in cfg.corruptions:
+        for severity in cfg.severities:
+            cell_name = f"{corruption}/{severity}"
+            progress.stage(progress.done + 1, cell_name, f"corrupting, fusing and scoring {len(usable)} candidates")
+            pairs, corrupt_key = corrupted_pairs(cfg.out / "cache", dataset, ids, corruption, severity,
+                                                 cfg.corruption_seed, sources_key, store)
+            scored: dict[str, list[dict[str, Any]]] = {}
+            for cand in usable:
+                try:
+                    fused = fuse_into_cache(cfg, cand, pairs,
+                                            content_key("fuse", cand.source(cfg).cache_key(), corrupt_key), store)
+                    yolo = export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in ids},
+                                               {i: dataset.annotation(i) for i in ids}, {"test": ids},
+                                               cfg.out / "cache" / "yolo" / fused.key[:16], eval_split="test",
+                                               class_names=dataset.class_names, force=cfg.force)
+                    scored[cand.name] = [score_seed(cfg, cand, yolo, fused, settings, seed, corruption, severity,
+                                                    store) for seed in seeds]
+                except Exception as err:  # noqa: BLE001 - one candidate's failure leaves the others' cells
+                    LOGGER.exception("robustness %s %s failed", cell_name, cand.name)
+                    out.setdefault("errors", {})[f"{cell_name}/{cand.name}"] = f"{type(err).__name__}: {err}"
+            cell: dict[str, Any] = {"candidates": {
+                name: {"map50_deployed": report.mean_std([r["deployed"]["map50"] for r in runs]),
+                       "map50": report.mean_std([r["field"]["map50"] for r in runs])} for name, runs in scored.items()}}
+            if cfg.bootstrap_resamples and scored:
+                corrupted = {name: [image_matches(Path(r["coco_gt"]), _predictions(r["deployed"]["predictions_path"]))
+                                    for r in runs] for name, runs in scored.items()}
+                image_ids = next(iter(corrupted.values()))[0].image_ids
+                cell["intervals"] = robustness_intervals(clean, corrupted, image_ids, cfg.bootstrap_resamples,
+                                                         cfg.bootstrap_seed)
+            out["cells"][cell_name] = cell
+            progress.finished()
+    return out
+
+
+def _predictions(path: str | None):
+    """A saved predictions file, or no detections when Ultralytics wrote none (it does not for zero boxes)."""
+    return Path(path) if path and Path(path).is_file() else []
+
+
+def score_seed(cfg: PipelineConfig, cand: Candidate, yolo, fused, settings: dict, seed: int, corruption: str,
+               severity: int, store: KeyedStore) -> dict[str, Any]:
+    """One detector seed's kept checkpoint scored on one corrupted cell (cached per cell and seed)."""
+    from detection.train import score_detector
+
+    from .detect import DETECT_SCORING
+
+    run = cand.record.detection_runs[seed]
+    key = content_key("robust", fused.key, yolo.key, run.get("key"), DETECT_SCORING)
+
+    def score() -> dict[str, Any]:
+        weights = Path(run["run_dir"]) / "weights" / "best.pt"
+        if not weights.is_file():
+            weights = weights.with_name("last.pt")
+        scores = score_detector(weights, yolo, cfg.out / "robustness" / cand.name / f"{corruption}_s{severity}" /
+                                f"seed{seed}", eval_split="test", imgsz=settings["imgsz"], batch=settings["batch"],
+                                device=cfg.device)
+        scores["coco_gt"] = str(yolo.coco_gt_path)
+        return scores
+
+    return store.cached(cand.name, f"robust_{corruption}_{severity}_seed{seed}", key, score)

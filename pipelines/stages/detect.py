@@ -1,0 +1,161 @@
+"""Stage ``detect``: the detector recipe every candidate gets, the YOLO dataset of a candidate's images, and one
+job per detector seed, run by an executor (``pipelines.executors``) and stored as each result arrives.
+
+``detect_job`` is module-level and fed plain data, so it runs in another process or on another machine.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from data.provenance import content_key, file_sha256
+from data.store import KeyedStore
+
+from ..executors import EXECUTORS, ExecutorConfig, Job
+from ..progress import Progress
+
+if TYPE_CHECKING:
+    from pipelines.candidates import Candidate
+    from pipelines.config import PipelineConfig
+
+LOGGER = logging.getLogger(__name__)
+
+# What a finished detector stage holds; a record of another scoring is scored again (its detector is not retrained).
+DETECT_SCORING = "field+deployed/1"
+
+
+def detection_settings(cfg: PipelineConfig, detection_preset: str) -> dict[str, Any]:
+    """The detector recipe every candidate gets: the preset's, with the command line's overrides.
+
+    Raises:
+        ValueError: the recipe cannot train (model not a yaml, missing weights, epochs < 1, ...), all problems listed.
+    """
+    from detection.presets import load_preset
+    from detection.train import check_recipe
+
+    recipe = load_preset(detection_preset).train_kwargs()
+    overrides = {"model": cfg.model, "epochs": cfg.epochs, "imgsz": cfg.imgsz, "batch": cfg.batch}
+    recipe.update({k: v for k, v in overrides.items() if v is not None})
+    recipe["weights"] = str(Path(cfg.weights).resolve()) if cfg.weights else None
+    problems = check_recipe(recipe["model"], recipe["weights"], recipe["epochs"], recipe["imgsz"], recipe["batch"],
+                            recipe["extra_args"])
+    if problems:  # before the dataset is read or anything is fused: every candidate would fail the same way
+        raise ValueError("detector recipe: " + "; ".join(problems))
+    recipe["weights_sha256"] = file_sha256(cfg.weights) if cfg.weights else None  # the cache follows the bytes
+    return recipe
+
+
+def detector_splits(cfg: PipelineConfig, dataset) -> tuple[dict[str, list[str]], str]:
+    """The detector dataset's splits by Ultralytics role, and the role that is scored.
+
+    'train' fits the weights, 'val' is validated every epoch and picks best.pt, 'test' scores best.pt: selecting
+    the epoch on the scored images would flatter every candidate, the noisier ones most. Only when the user
+    names the same split for both (``--eval-split val``) is 'val' scored, and the report says so.
+    """
+    roles = {"train": sorted(dataset.splits[cfg.train_split]), "val": sorted(dataset.splits[cfg.select_split])}
+    if cfg.eval_split == cfg.select_split:
+        return roles, "val"
+    roles["test"] = sorted(dataset.splits[cfg.eval_split])
+    return roles, "test"
+
+
+def clear_tb_events(folder: Path) -> None:
+    """Remove the TensorBoard event files directly in ``folder`` (``--force``: a retrained model's curves would
+    otherwise be drawn over the old ones at the same steps). Sub-runs (``summary/``) are left alone."""
+    for events in Path(folder).glob("events.out.tfevents.*"):
+        events.unlink(missing_ok=True)
+
+
+def queue_detector_jobs(cfg: PipelineConfig, candidate: Candidate, dataset, *, settings: dict[str, Any],
+                        seeds: list[int], scenarios: dict[str, list[str]], store: KeyedStore) -> list[dict[str, Any]]:
+    """Export the candidate's fused images as a YOLO dataset and return the jobs of its seeds not yet finished
+    (finished ones go straight into ``candidate.record.detection_runs``)."""
+    from detection.export import export_yolo_dataset
+
+    fused = candidate.record.fuse
+    roles, eval_role = detector_splits(cfg, dataset)
+    used = [i for ids in roles.values() for i in ids]
+    yolo = export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in used},
+                               {i: dataset.annotation(i) for i in used}, roles,
+                               cfg.out / "cache" / "yolo" / fused.key[:16], eval_split=eval_role,
+                               class_names=dataset.class_names, force=cfg.force)
+    annotations = dataset.annotations(cfg.eval_split)
+    scenario_boxes = {s: sum(len(annotations[i].boxes) for i in ids) for s, ids in scenarios.items()}
+    candidate.record.detection_runs = {}
+    if cfg.force:  # every seed trains again: its curves replace the old ones instead of doubling them
+        clear_tb_events(cfg.out / "tb" / candidate.name)
+    jobs = []
+    for seed in seeds:
+        key = content_key("detect", fused.key, yolo.key, settings, seed, roles, eval_role, cfg.device, scenarios,
+                          DETECT_SCORING)
+        stored = store.get(candidate.name, f"detect_seed{seed}", key)
+        if stored:
+            LOGGER.info("%s: detector seed %d reused (%s)", candidate.name, seed, stored.get("run_dir"))
+            candidate.record.detection_runs[seed] = stored
+            continue
+        jobs.append({"candidate": candidate.name, "seed": seed, "recipe": settings, "dataset": str(yolo.root),
+                     "coco_gt": str(yolo.coco_gt_path), "device": cfg.device, "eval_split": eval_role,
+                     "run_dir": str(cfg.out / "runs" / candidate.name), "tb_dir": str(cfg.out / "tb" / candidate.name),
+                     "scenario_ids": scenarios, "scenario_boxes": scenario_boxes, "key": key, "force": cfg.force})
+    return jobs
+
+
+def detect_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One detector run on an exported dataset, plus mAP@50 per scenario from its saved predictions."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from detection.coco_eval import coco_map
+    from detection.export import YoloDataset, coco_image_id
+    from detection.train import train_and_evaluate
+
+    recipe = dict(job["recipe"])
+    recipe.pop("weights_sha256")
+    writer = SummaryWriter(job["tb_dir"])
+    try:
+        result = train_and_evaluate(
+            YoloDataset.load(Path(job["dataset"])), **recipe, seed=job["seed"], device=job["device"],
+            out_dir=Path(job["run_dir"]), name=f"seed{job['seed']}", tb_writer=writer,
+            tb_prefix=f"detect/{job['candidate']}/seed{job['seed']}", eval_split=job["eval_split"],
+            force=job.get("force", False))
+    finally:
+        writer.close()
+    out = result.to_dict()
+    out["coco_gt"] = job["coco_gt"]  # the bootstrap re-matches the saved predictions against it
+    out["scenarios"] = {}
+    predictions = Path(result.predictions_path)
+    deployed = Path(result.deployed_predictions_path)
+    for scenario, ids in job["scenario_ids"].items():
+        # Ultralytics writes no predictions.json for a detector that predicted nothing: score no detections.
+        image_ids = [coco_image_id(i) for i in ids]
+        field = coco_map(Path(job["coco_gt"]), predictions if predictions.is_file() else [], image_ids=image_ids)
+        one_class = coco_map(Path(job["coco_gt"]), deployed if deployed.is_file() else [], image_ids=image_ids)
+        out["scenarios"][scenario] = {"map50": field.map50, "map50_deployed": one_class.map50, "n_images": len(ids),
+                                      "n_boxes": job["scenario_boxes"][scenario]}
+    return out
+
+
+def run_detector_jobs(pending: list[tuple[Candidate, dict[str, Any]]], executor: ExecutorConfig,
+                      store: KeyedStore) -> None:
+    """Run the queued detector jobs on ``executor``; each result is stored as it arrives (a killed run resumes
+    from the finished ones), and a failed job fails its candidate while the others go on."""
+    if not pending:
+        return
+    if executor.name == "pool" and len(pending) == 1:  # a spawned process would cost an interpreter and torch
+        executor = replace(executor, name="local")
+    progress = Progress("detector", len(pending))
+    with EXECUTORS.get(executor.name)(executor) as runner:
+        progress.stage(0, f"{len(pending)} run(s)", f"training and evaluating on {runner.describe()}")
+        for outcome in runner.run([Job(detect_job, job) for _, job in pending]):
+            cand, job = pending[outcome.index]
+            progress.finished()
+            if outcome.error is not None:
+                err = outcome.error
+                LOGGER.error("detector run %s seed %s failed: %s", cand.name, job["seed"], err)
+                cand.error = f"detector (seed {job['seed']}): {type(err).__name__}: {err}"
+                progress.stage(progress.done, cand.name, f"seed {job['seed']} failed")
+                continue
+            store.put(cand.name, f"detect_seed{job['seed']}", job["key"], outcome.result)
+            cand.record.detection_runs[job["seed"]] = outcome.result
+            progress.stage(progress.done, cand.name, f"seed {job['seed']} done")

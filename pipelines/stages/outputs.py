@@ -1,0 +1,92 @@
+"""Stage ``outputs``: results.json/csv/md, the plots, the side-by-side grid of fused scenes and TensorBoard.
+
+Every file is written atomically; the tables and plots themselves are ``pipelines.report``'s.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from data.io import atomic_write_json, atomic_write_text, read_image, read_ir, read_visible
+
+from .. import report
+
+if TYPE_CHECKING:
+    from pipelines.candidates import Candidate
+    from pipelines.config import PipelineConfig
+
+GRID_SCENES = 4  # scenes shown in the side-by-side grid of fused images
+
+
+def write_outputs(cfg: PipelineConfig, results: dict, candidates: list[Candidate], dataset, eval_ids) -> None:
+    records = results["candidates"]
+    # matplotlib's font cache goes into the run, not the user's home (Ultralytics' setup does the same when it ran).
+    os.environ.setdefault("MPLCONFIGDIR", str(cfg.out / ".matplotlib"))
+    atomic_write_json(cfg.out / "results.json", results)
+    report.write_csv(cfg.out / "results.csv", records, cfg.protocol, results.get("bootstrap"))
+    atomic_write_text(cfg.out / "results.md", report.render_markdown(results))
+    report.plot_metric_vs_map(cfg.out / "plots" / "map50_vs_fusion_metrics.png", records, cfg.protocol)
+    report.plot_gains(cfg.out / "plots" / "gains.png", results.get("bootstrap"))
+    if (results.get("robustness") or {}).get("cells"):
+        clean = {r["name"]: (r.get("detection") or {}).get("map50_deployed", {}).get("mean") for r in records
+                 if (r.get("detection") or {}).get("map50_deployed")}
+        report.plot_robustness(cfg.out / "plots" / "robustness.png", results["robustness"], clean)
+    scenes = pick_grid_scenes(dataset, eval_ids)
+    grid = {}
+    for r in records:
+        if r.get("fused_dir"):
+            grid[r["name"]] = [read_image(Path(r["fused_dir"]) / f"{i}.png") for i in scenes]
+    if grid:
+        sources = {"IR (source)": [read_ir(dataset.ir_path(i)) for i in scenes],
+                   "visible (source)": [read_visible_bgr(dataset.vis_path(i)) for i in scenes]}
+        report.write_scene_grid(cfg.out / "plots" / "fused_scenes.png", {**sources, **grid})
+    write_tensorboard(cfg.out / "tb", results, grid, scenes)
+
+
+def pick_grid_scenes(dataset, eval_ids: list[str]) -> list[str]:
+    """A few evaluation images, one per scenario first (night, daytime, ...), so the grid shows variety."""
+    chosen: list[str] = []
+    by_scenario: dict[str, list[str]] = {}
+    for i in eval_ids:
+        by_scenario.setdefault(dataset.scenario_of(i) or "", []).append(i)
+    for ids in by_scenario.values():
+        chosen.append(ids[len(ids) // 2])
+    chosen += [i for i in eval_ids if i not in chosen]
+    return chosen[:GRID_SCENES]
+
+
+def read_visible_bgr(path: Path) -> np.ndarray:
+    y, bgr = read_visible(path)
+    return bgr if bgr is not None else y.astype(np.uint8)
+
+
+def write_tensorboard(tb_root: Path, results: dict, grid: dict[str, list[np.ndarray]], scenes: list[str]) -> None:
+    """Per candidate, a TensorBoard run ``<name>/summary`` with fused sample images and the hparams view (the
+    detector curves are in ``<name>``, written by the runs). It is rewritten, not appended to, on every run, so a
+    rerun does not show each candidate twice."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for r in results["candidates"]:
+        summary_dir = tb_root / r["name"] / "summary"
+        shutil.rmtree(summary_dir, ignore_errors=True)
+        writer = SummaryWriter(str(summary_dir))
+        try:
+            for scene, image in zip(scenes, grid.get(r["name"], [])):
+                rgb = image[..., ::-1] if image.ndim == 3 else image
+                writer.add_image(f"fused/{scene}", np.ascontiguousarray(rgb),
+                                 dataformats="HWC" if image.ndim == 3 else "HW")
+            det = r.get("detection") or {}
+            metrics = {"hparam/mAP50": (det.get("map50") or {}).get("mean", math.nan),
+                       "hparam/mAP50_deployed": (det.get("map50_deployed") or {}).get("mean", math.nan),
+                       "hparam/mAP50-95": (det.get("map50_95") or {}).get("mean", math.nan),
+                       "hparam/gain_vs_best_single": r["gain_map50"] if r.get("gain_map50") is not None else math.nan}
+            metrics.update({f"hparam/{m}": v for m, v in (r.get("fusion") or {}).items()})
+            writer.add_hparams({"candidate": r["name"], "kind": r["kind"], "failed": bool(r.get("error"))},
+                               metrics, run_name=".")
+        finally:
+            writer.close()
