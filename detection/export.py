@@ -2,7 +2,7 @@
 
 Layout written under ``out_dir`` (built in a temporary sibling folder and renamed into place)::
 
-    data.yaml                    absolute paths; names 0..5 = People, Car, Bus, Motorcycle, Lamp, Truck
+    data.yaml                    absolute paths; names = the dataset's classes (class_names), index order
     images/<split>/<id><ext>     hard links to the source images (symlink, else copy, where linking fails)
     labels/<split>/<id>.txt      "class cx cy w h", normalised to 0..1; empty file for an image without objects
     annotations/<split>.json     COCO ground truth for every split (pycocotools)
@@ -19,6 +19,9 @@ The export is reused when ``manifest.json`` carries the same content key (ids, s
 each source image's path, size and modification time), so re-running costs a ``stat`` per image, and an
 interrupted export (no manifest, or a temporary folder) is never taken for a finished one. Otherwise every
 input is validated first (each image decoded once by ``data.probe.probe_images``).
+
+Early fusion (:func:`export_stacked`) writes the same layout with one N-channel TIFF per sample instead of a
+link, each modality a channel, and ``channels: N`` in ``data.yaml`` (how Ultralytics trains on N channels).
 """
 from __future__ import annotations
 
@@ -28,18 +31,19 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import yaml
 from data.errors import DatasetError
-from data.io import IMAGE_EXTENSIONS, atomic_dir, read_record, write_record
+from data.io import IMAGE_EXTENSIONS, atomic_dir, gray_reference, read_8bit, read_record, write_record
 from data.m3fd import check_annotation
 from data.probe import probe_images
-from data.types import CLASS_NAMES, Annotation
+from data.types import Annotation
 
 LOGGER = logging.getLogger(__name__)
 
@@ -58,10 +62,13 @@ class YoloDataset:
         yaml_path: the Ultralytics dataset yaml (absolute paths).
         split_counts: split name -> number of images, in the order given.
         eval_split: the split evaluated by default; :attr:`coco_gt_path` is its COCO ground truth.
-        class_names: class index -> name, as the export was given them (M3FD's ``data.types.CLASS_NAMES``).
+        class_names: class index -> name, as the export was given them (the dataset's class list).
         box_counts: split name -> class name -> number of boxes (every class listed, zeros included).
         key: the content key the export was built from.
         warnings: harmless problems that were fixed (boxes clipped into the image, duplicate boxes dropped).
+        channels: what each image channel holds, in the order Ultralytics' loader returns them, for an early-fusion
+            export (:func:`export_stacked`, e.g. ``("ir", "vis.B", "vis.G", "vis.R")``); empty for an export of
+            ordinary images (:func:`export_yolo_dataset`).
     """
 
     root: Path
@@ -72,6 +79,7 @@ class YoloDataset:
     box_counts: dict[str, dict[str, int]]
     key: str
     warnings: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -90,7 +98,7 @@ class YoloDataset:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(root=str(self.root), yaml_path=str(self.yaml_path), class_names=list(self.class_names),
-                   warnings=list(self.warnings))
+                   warnings=list(self.warnings), channels=list(self.channels))
         return out
 
     @classmethod
@@ -102,6 +110,15 @@ class YoloDataset:
             raise FileNotFoundError(f"no complete YOLO dataset export at {root} "
                                     f"(missing or unreadable {MANIFEST_NAME})")
         return _dataset_from_manifest(root, manifest)
+
+
+def default_class_names() -> tuple[str, ...]:
+    """M3FD's classes: the class list of callers that pass none (a dataset's reader owns its list)."""
+    try:
+        from data.m3fd import M3FD_CLASSES
+    except ImportError:  # a tree where the list is still data.types' global
+        from data.types import CLASS_NAMES as M3FD_CLASSES
+    return tuple(M3FD_CLASSES)
 
 
 def coco_image_id(stem: str) -> int | str:
@@ -140,7 +157,7 @@ class _Checked:
 
 
 def _check_image(image_id: str, path: Path, size: tuple[int, int] | str, ann: Annotation,
-                 problems: list[str], class_names: Sequence[str] = CLASS_NAMES) -> _Checked | None:
+                 problems: list[str], class_names: Sequence[str]) -> _Checked | None:
     """Validate one image/annotation pair; appends to ``problems`` and returns None when it cannot be used.
 
     ``size`` is the image's (width, height) from ``data.probe.probe_images``, or its decoding error.
@@ -179,7 +196,7 @@ def _validate(
     annotations: Mapping[str, Annotation],
     splits: Mapping[str, Sequence[str]],
     eval_split: str,
-    class_names: Sequence[str] = CLASS_NAMES,
+    class_names: Sequence[str],
 ) -> tuple[dict[str, _Checked], list[str]]:
     """Check everything and return (checked images by id, warnings); raises one DatasetError listing all problems."""
     problems: list[str] = []
@@ -241,29 +258,37 @@ def _validate(
     return checked, warnings
 
 
-def _input_key(images: Mapping[str, Path], annotations: Mapping[str, Annotation],
+def _input_key(images: Mapping[str, Path | Mapping[str, Path]], annotations: Mapping[str, Annotation],
                splits: Mapping[str, Sequence[str]], eval_split: str, out_dir: Path,
-               class_names: Sequence[str] = CLASS_NAMES) -> str | None:
+               class_names: Sequence[str], layout: Mapping[str, Any] | None = None) -> str | None:
     """Hash of everything the export depends on, computed without decoding images; None if an image is missing.
 
-    Images count by resolved path, size and modification time (a rewritten file gets a new key).
+    Images count by resolved path, size and modification time (a rewritten file gets a new key). An id of a
+    stacked export maps to one file per modality (each counted, in the channel order); ``layout`` (its channel
+    order and format) joins the header then, so an ordinary export's key is what it always was.
     """
     digest = hashlib.sha256()
     # out_dir is part of the key because the yaml holds absolute paths: a moved export is rebuilt, not reused.
     header = {"version": EXPORT_FORMAT_VERSION, "classes": list(class_names), "eval_split": eval_split,
               "root": str(out_dir), "splits": {k: list(v) for k, v in splits.items()},
               "ids": [sorted(images, key=str), sorted(annotations, key=str)]}
+    if layout is not None:
+        header["layout"] = dict(layout)
     digest.update(json.dumps(header, sort_keys=True).encode())
     for id_ in sorted(set(images) & set(annotations), key=str):
-        try:
-            path = Path(images[id_]).resolve(strict=True)
-            stat = path.stat()
-        except OSError:
-            return None
+        sources = images[id_]
+        files = list(sources.values()) if isinstance(sources, Mapping) else [sources]
+        stamps = []
+        for file in files:
+            try:
+                path = Path(file).resolve(strict=True)
+                stat = path.stat()
+            except OSError:
+                return None
+            stamps += [str(path), stat.st_size, stat.st_mtime_ns]
         ann = annotations[id_]
         boxes = [[b.name, b.xmin, b.ymin, b.xmax, b.ymax] for b in ann.boxes]
-        digest.update(json.dumps([id_, str(path), stat.st_size, stat.st_mtime_ns, ann.image_id, ann.width,
-                                  ann.height, boxes]).encode())
+        digest.update(json.dumps([id_, *stamps, ann.image_id, ann.width, ann.height, boxes]).encode())
     return digest.hexdigest()
 
 
@@ -285,7 +310,7 @@ def _label_text(item: _Checked) -> str:
 
 
 def _coco_json(split: str, ids: Sequence[str], checked: Mapping[str, _Checked],
-               class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
+               class_names: Sequence[str]) -> dict[str, Any]:
     images, annotations = [], []
     for id_ in ids:
         item = checked[id_]
@@ -314,6 +339,7 @@ def _dataset_from_manifest(root: Path, manifest: Mapping[str, Any]) -> YoloDatas
         split_counts={k: len(v) for k, v in manifest["splits"].items()},
         eval_split=manifest["eval_split"], class_names=tuple(manifest["class_names"]),
         box_counts=manifest["box_counts"], key=manifest["key"], warnings=tuple(manifest["warnings"]),
+        channels=tuple(manifest.get("channels", ())),
     )
 
 
@@ -324,21 +350,22 @@ def export_yolo_dataset(
     out_dir: str | Path,
     *,
     eval_split: str = "val",
-    class_names: Sequence[str] = CLASS_NAMES,
+    class_names: Sequence[str] | None = None,
     force: bool = False,
 ) -> YoloDataset:
     """Write (or reuse) an Ultralytics dataset for the given images, annotations and splits.
 
     Args:
         images: image id -> image file (fused or single-modality; any format OpenCV reads, 1 or 3 channels).
-        annotations: image id -> VOC annotation (1-based inclusive boxes; class names from ``CLASS_NAMES``).
+        annotations: image id -> VOC annotation (1-based inclusive boxes; class names from ``class_names``).
         splits: split name -> image ids, e.g. ``{"train": [...], "val": [...]}``. Training needs ``train`` and
             ``val``; other names (``test``) are exported too.
         out_dir: the dataset folder. It is replaced atomically when its content key differs.
         eval_split: the split :attr:`YoloDataset.coco_gt_path` refers to.
         force: rebuild even when a finished export of the same inputs is there (it is replaced atomically).
-        class_names: the dataset's classes in label-index order (the loader's ``class_names``; M3FD's by
-            default). They travel on in the manifest, ``YoloDataset.class_names`` and the detector's result.
+        class_names: the dataset's classes in label-index order (the reader's ``class_names``; None: M3FD's,
+            for callers that do not pass them yet). They travel on in the manifest, ``YoloDataset.class_names``
+            and the detector's result.
 
     Raises:
         DatasetError: before anything is written, listing every problem: an image missing or unreadable, an id
@@ -347,7 +374,7 @@ def export_yolo_dataset(
             unknown class name, ...
     """
     out_dir = Path(out_dir).resolve()
-    class_names = tuple(class_names)
+    class_names = tuple(class_names) if class_names is not None else default_class_names()
     key = _input_key(images, annotations, splits, eval_split, out_dir, class_names)
     existing = _read_manifest(out_dir, key) if key is not None and not force else None
     if existing is not None:
@@ -356,6 +383,19 @@ def export_yolo_dataset(
     for line in warnings:
         LOGGER.warning("YOLO export: %s", line)
 
+    return _write_export(out_dir, splits, checked, warnings, key, eval_split, class_names,
+                         lambda item, target: link_file(item.image, target))
+
+
+def _write_export(out_dir: Path, splits: Mapping[str, Sequence[str]], checked: Mapping[str, _Checked],
+                  warnings: Sequence[str], key: str | None, eval_split: str, class_names: Sequence[str],
+                  place_image: Callable[[_Checked, Path], None], *, channels: Sequence[str] = (),
+                  ) -> YoloDataset:
+    """Write the layout of the module docstring into a temporary folder renamed onto ``out_dir``.
+
+    ``place_image(item, target)`` puts the image of ``item`` at ``target`` (``images/<split>/<id><suffix of
+    item.image>``); ``channels`` (a stacked export's channel names) go into the yaml and the manifest.
+    """
     box_counts = {
         split: {name: int(sum((checked[i].classes == c).sum() for i in ids)) for c, name in enumerate(class_names)}
         for split, ids in splits.items()
@@ -366,18 +406,214 @@ def export_yolo_dataset(
             (tmp / "labels" / split).mkdir(parents=True)
             for id_ in ids:
                 item = checked[id_]
-                link_file(item.image, tmp / "images" / split / f"{id_}{item.image.suffix.lower()}")
+                place_image(item, tmp / "images" / split / f"{id_}{item.image.suffix.lower()}")
                 (tmp / "labels" / split / f"{id_}.txt").write_text(_label_text(item))
             (tmp / "annotations").mkdir(exist_ok=True)
             (tmp / "annotations" / f"{split}.json").write_text(json.dumps(_coco_json(split, ids, checked, class_names)))
-        data_yaml = {"path": str(out_dir), **{split: str(out_dir / "images" / split) for split in splits},
-                     "names": dict(enumerate(class_names))}
+        data_yaml: dict[str, Any] = {"path": str(out_dir),
+                                     **{split: str(out_dir / "images" / split) for split in splits},
+                                     "names": dict(enumerate(class_names))}
         for role in ("train", "val"):  # Ultralytics' dataset check needs both keys; a scoring-only export
             data_yaml.setdefault(role, str(out_dir / "images" / eval_split))  # (robustness) trains on neither
+        if channels:
+            # Ultralytics builds the first convolution for this many channels and, for any count but 1 and 3,
+            # reads images with IMREAD_UNCHANGED (a multi-page TIFF's pages become the channels).
+            data_yaml["channels"] = len(channels)
+            data_yaml["channel_names"] = list(channels)  # not read by Ultralytics; for people and tools
         (tmp / YAML_NAME).write_text(yaml.safe_dump(data_yaml, sort_keys=False))
         manifest = {"key": key, "format_version": EXPORT_FORMAT_VERSION, "eval_split": eval_split,
                     "class_names": list(class_names), "splits": {k: list(v) for k, v in splits.items()},
-                    "box_counts": box_counts, "warnings": warnings}
+                    "box_counts": box_counts, "warnings": list(warnings)}
+        if channels:
+            manifest["channels"] = list(channels)
         # Written last: a folder without it is never taken for a finished export.
         write_record(tmp / MANIFEST_NAME, key, manifest)
     return _dataset_from_manifest(out_dir, manifest)
+
+
+# Bump when the stacked images' content or file format changes (joins a stacked export's key).
+STACK_FORMAT_VERSION = 1
+STACK_SUFFIX = ".tif"
+# Channel suffixes of a colour modality kept whole, in OpenCV's (and so Ultralytics' loader's) order.
+_COLOUR_CHANNELS = ("B", "G", "R")
+
+
+def stacked_channels(modalities: Sequence[str], colour: str | None) -> tuple[str, ...]:
+    """Channel names of an early-fusion image, in file and loader order: one per modality, three (``<name>.B``,
+    ``.G``, ``.R``) for the ``colour`` modality. E.g. ``("ir", "vis.B", "vis.G", "vis.R")``."""
+    return tuple(channel for m in modalities
+                 for channel in ([f"{m}.{c}" for c in _COLOUR_CHANNELS] if m == colour else [m]))
+
+
+def stack_planes(sources: Mapping[str, Path], modalities: Sequence[str], colour: str | None) -> np.ndarray:
+    """The early-fusion image of one sample: uint8 (H, W, N), channels as :func:`stacked_channels` names them.
+
+    Each file is read as 8-bit (``data.io.read_8bit``: 16-bit keeps its upper byte, alpha is dropped). A colour
+    file of a modality other than ``colour`` becomes its BT.601 luma rounded (``data.io.gray_reference``, what
+    the image fusions' rules read); a grey file of the ``colour`` modality fills its three channels, so every
+    image of the dataset has the same channel count.
+    """
+    planes = []
+    for modality in modalities:
+        image = read_8bit(sources[modality])
+        if modality == colour:
+            planes.extend(cv2.split(image) if image.ndim == 3 else [image] * 3)
+        else:
+            planes.append(image if image.ndim == 2 else gray_reference(image).astype(np.uint8))
+    return np.dstack(planes)
+
+
+def write_stacked(path: Path, stack: np.ndarray) -> None:
+    """Write an (H, W, N) uint8 stack as the TIFF Ultralytics' loader reads back as the same (H, W, N) array.
+
+    Ultralytics (``utils.patches.imread``) reads 3-channel datasets with ``IMREAD_COLOR``, which keeps only the
+    first page of a multi-page TIFF, so 3 channels go into one 3-channel page (OpenCV writes it as RGB and reads
+    it back as the BGR array it was given). Every other count is read with ``IMREAD_UNCHANGED``, which stacks
+    the pages of a multi-page grey TIFF as channels: one page per channel, no colour conversion to get wrong.
+    TIFF keeps every value (lossless).
+    """
+    if stack.shape[2] == 3:
+        written = cv2.imwrite(str(path), stack)
+    else:
+        written = cv2.imwritemulti(str(path), [np.ascontiguousarray(stack[..., i]) for i in range(stack.shape[2])])
+    if not written:
+        raise OSError(f"OpenCV could not write {path}")
+
+
+def _check_stack_sources(sources_by_id: Mapping[str, Mapping[str, Path]], ids: Sequence[str],
+                         modalities: Sequence[str], checked: Mapping[str, _Checked]) -> list[str]:
+    """Every modality of every id present, readable and as large as the first modality's image (registered).
+
+    The first modality's sizes come from ``checked`` (``_validate`` decoded those images); an id it left out
+    (its annotation had a problem) has its first image probed here, so a size mismatch is reported with it.
+    """
+    problems: list[str] = []
+    to_probe: dict[Path, tuple[str, str]] = {}
+    for id_ in ids:
+        sources = sources_by_id.get(id_)
+        if sources is None:
+            continue  # reported by _validate (an annotation without an image)
+        missing = [m for m in modalities if m not in sources]
+        if missing:
+            problems.append(f"{id_}: no {', '.join(missing)} image (the stack has {', '.join(modalities)})")
+        for modality in modalities:
+            if modality not in sources or (modality == modalities[0] and id_ in checked):
+                continue
+            path = Path(sources[modality])
+            if modality == modalities[0]:
+                if path.is_file():
+                    to_probe[path] = (id_, modality)  # its own problems are _validate's to report
+            elif not path.is_file():
+                problems.append(f"{id_}: {modality} image file not found: {path}")
+            elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+                problems.append(f"{id_}: unsupported {modality} image extension '{path.suffix}' ({path})")
+            else:
+                to_probe[path] = (id_, modality)
+    sizes: dict[tuple[str, str], tuple[int, int] | str] = {
+        to_probe[path]: size for path, size in probe_images(list(to_probe)).items()}
+    for (id_, modality), size in sizes.items():
+        if modality == modalities[0]:
+            continue
+        if isinstance(size, str):
+            problems.append(f"{id_}: unreadable {modality} image {sources_by_id[id_][modality]}: {size}")
+            continue
+        reference = ((checked[id_].width, checked[id_].height) if id_ in checked
+                     else sizes.get((id_, modalities[0])))
+        if isinstance(reference, tuple) and size != reference:
+            problems.append(f"{id_}: {modality} image is {size[0]}x{size[1]}, {modalities[0]} is "
+                            f"{reference[0]}x{reference[1]} (stacked modalities must be registered)")
+    return problems
+
+
+def export_stacked(
+    ids_by_split: Mapping[str, Sequence[str]],
+    sources_by_id: Mapping[str, Mapping[str, Path]],
+    annotations: Mapping[str, Annotation],
+    class_names: Sequence[str],
+    out_dir: str | Path,
+    *,
+    colour: str | None,
+    modalities: Sequence[str] | None = None,
+    eval_split: str = "val",
+    force: bool = False,
+) -> YoloDataset:
+    """Write (or reuse) an early-fusion dataset: each sample's modalities stacked as one N-channel image.
+
+    The layout, labels, COCO ground truth, manifest, reuse and atomic replacement are those of
+    :func:`export_yolo_dataset`; only the images differ: ``images/<split>/<id>.tif`` holds the stack
+    (:func:`write_stacked`), and ``data.yaml`` says ``channels: N`` (Ultralytics then builds the detector's first
+    convolution for N channels and reads the images unchanged) and ``channel_names``. The channel order is
+    ``modalities`` in order, a ``colour`` modality as B, G, R (:func:`stacked_channels`); it is recorded in
+    the manifest and in :attr:`YoloDataset.channels`. :func:`detection.train.train_and_evaluate` trains on the
+    result as on any export.
+
+    Colour: ``colour`` names the modality kept as its three colour channels (the dataset's colour modality,
+    e.g. ``"vis"``); pass it. The image-fusion candidates keep the visible chroma around their fused luma, so a
+    stack with the visible as luma only would give the detector less than every fused image gives it, and early
+    fusion must not lose for that. It costs only the first convolution's width (ir + colour visible: 4 channels).
+    ``colour=None`` stacks every modality as one channel (luma), e.g. to measure what the chroma is worth.
+
+    Ultralytics' augmentations on N channels (8.4): mosaic, affine, flips and letterbox apply to every channel
+    alike; its HSV jitter applies only to 3-channel images (treating them as BGR) and is skipped otherwise, like
+    Albumentations. So a 3-channel stack (three one-channel modalities) gets colour jitter that mixes modalities;
+    prefer 2 or >= 4 channels.
+
+    Args:
+        ids_by_split: split name -> ids, as ``splits`` of :func:`export_yolo_dataset`.
+        sources_by_id: id -> {modality: image file}; every modality of the stack for every id, all the same
+            size (registered pairs). Extra modalities are ignored.
+        annotations: id -> VOC annotation (boxes in the first modality's pixels, which every modality shares).
+        class_names: the dataset's classes in label-index order.
+        out_dir: the dataset folder (replaced atomically when its content key differs).
+        colour: the modality kept in colour (see above), or None.
+        modalities: the stack's modalities in channel order; default the order of the first id's mapping.
+        eval_split, force: as for :func:`export_yolo_dataset`.
+
+    Raises:
+        ValueError: fewer than two modalities, or ``colour`` not among them.
+        DatasetError: before anything is written, listing every problem: those of :func:`export_yolo_dataset`
+            and a modality missing, unreadable or of another size than the first.
+    """
+    out_dir = Path(out_dir).resolve()
+    class_names = tuple(class_names)
+    if modalities is None:
+        first = next(iter(sources_by_id.values()), {})
+        modalities = tuple(first)
+    modalities = tuple(modalities)
+    if len(modalities) < 2 or len(set(modalities)) < len(modalities):
+        raise ValueError(f"export_stacked needs two or more distinct modalities, got {list(modalities)} "
+                         "(one modality is an ordinary export: export_yolo_dataset)")
+    if colour is not None and colour not in modalities:
+        raise ValueError(f"colour modality '{colour}' is not one of the stack's modalities {list(modalities)}")
+    channels = stacked_channels(modalities, colour)
+    layout = {"stack_version": STACK_FORMAT_VERSION, "channels": list(channels), "suffix": STACK_SUFFIX}
+    sources = {id_: {m: Path(mapping[m]) for m in modalities if m in mapping}  # in channel order
+               for id_, mapping in sources_by_id.items()}
+    key = _input_key(sources, annotations, ids_by_split, eval_split, out_dir, class_names, layout)
+    existing = _read_manifest(out_dir, key) if key is not None and not force else None
+    if existing is not None:
+        return _dataset_from_manifest(out_dir, existing)
+
+    # The first modality stands for the sample in the shared checks (ids, boxes, its size); the others are
+    # checked against it, and every problem of both is reported together.
+    reference = {id_: mapping[modalities[0]] for id_, mapping in sources.items() if modalities[0] in mapping}
+    problems: list[str] = []
+    try:
+        checked, warnings = _validate(reference, annotations, ids_by_split, eval_split, class_names)
+    except DatasetError as err:
+        checked, warnings, problems = {}, [], list(err.problems)
+    ids = list(dict.fromkeys(i for split_ids in ids_by_split.values() for i in split_ids))
+    problems += _check_stack_sources(sources, ids, modalities, checked)
+    if problems:
+        raise DatasetError("YOLO dataset export (stacked)", problems)
+    for line in warnings:
+        LOGGER.warning("YOLO export: %s", line)
+    LOGGER.info("early-fusion export %s: channels %s", out_dir, ", ".join(channels))
+
+    stacked = {id_: replace(item, image=Path(f"{id_}{STACK_SUFFIX}")) for id_, item in checked.items()}
+
+    def place(item: _Checked, target: Path) -> None:
+        write_stacked(target, stack_planes(sources[target.stem], modalities, colour))
+
+    return _write_export(out_dir, ids_by_split, stacked, warnings, key, eval_split, class_names, place,
+                         channels=channels)
