@@ -3,7 +3,10 @@
 ``train_and_evaluate`` trains from a model yaml (from scratch unless ``weights=`` names a local ``.pt``), then
 validates the best checkpoint on the evaluation split with ``save_json=True`` and rescoring its
 ``predictions.json`` with pycocotools against the export's COCO ground truth. Both scores go into the
-:class:`DetectionResult`, with per-class AP@50 for all six M3FD classes (``None`` for a class the split lacks).
+:class:`DetectionResult`, with per-class AP@50 for every class of the dataset (``None`` for a class the split
+lacks). The class names are the export's (``YoloDataset.class_names``, which its caller took from the dataset).
+An early-fusion export (``detection.export.export_stacked``) trains the same way: its ``data.yaml`` says
+``channels: N`` and Ultralytics builds the first convolution for it.
 
 Everything is written under ``out_dir``: the run in ``out_dir/<name>`` (Ultralytics ``project``/``name``),
 its evaluation in ``out_dir/<name>/eval_<split>``, and Ultralytics' config (settings, font) in

@@ -16,6 +16,7 @@ third-party loggers, Platform sync     ``settings.update(sync=False, clearml=Fal
 runs/datasets/weights in the cwd       settings dirs pointed into ``config_dir``; callers always pass ``project=``
 1 torch thread on a 2-core machine     ``ultralytics.utils.torch_utils.NUM_THREADS`` patched (see ``threads``)
 OpenMP spin-waiting on shared cores    ``OMP_WAIT_POLICY=PASSIVE`` when torch is not loaded yet
+"faster-coco-eval not found" warnings  filtered from Ultralytics' logger while that package is absent
 =====================================  =====================================================================
 
 The process-wide part (environment variables, the settings file) is fixed by the first call; later calls
@@ -25,6 +26,7 @@ project imports ``ultralytics`` or unpickles a ``.pt`` checkpoint (which imports
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import sys
@@ -51,6 +53,31 @@ _OFFLINE_SETTINGS = {
     "vscode_msg": False,
     "openvino_msg": False,
 }
+
+
+# Ultralytics' logger (ultralytics.utils.LOGGING_NAME).
+_ULTRALYTICS_LOGGER = "ultralytics"
+
+
+class QuietMissingFasterCocoEval(logging.Filter):
+    """Drops Ultralytics' log lines about the absent ``faster-coco-eval`` package.
+
+    ``val(save_json=True)`` on a custom dataset tries an extra COCO evaluation with faster-coco-eval and, without
+    it, logs three lines (the heading, "requirement not found, AutoUpdate disabled", "unable to run"): twice per
+    detector here (field and deployed protocols). The project scores ``predictions.json`` with pycocotools
+    instead (``detection.coco_eval``), so nothing is lost; with the package installed nothing is filtered.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "faster-coco-eval" not in message and "faster_coco_eval" not in message
+
+
+def _quiet_missing_faster_coco_eval() -> None:
+    logger = logging.getLogger(_ULTRALYTICS_LOGGER)
+    if importlib.util.find_spec("faster_coco_eval") is None and not any(
+            isinstance(f, QuietMissingFasterCocoEval) for f in logger.filters):
+        logger.addFilter(QuietMissingFasterCocoEval())
 
 
 def default_threads() -> int:
@@ -134,4 +161,5 @@ def setup_offline(config_dir: str | Path, *, threads: int | None = None) -> Modu
     if any(settings.get(key) != value for key, value in wanted.items()):
         settings.update(wanted)
     torch_utils.NUM_THREADS = threads or default_threads()
+    _quiet_missing_faster_coco_eval()
     return ultralytics

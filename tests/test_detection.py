@@ -20,15 +20,17 @@ import pytest
 import yaml
 
 from data.errors import DatasetError
-from data.types import CLASS_NAMES, Annotation, Box
+from data.types import Annotation, Box
 from detection import export as export_module
 from detection.coco_eval import coco_map
-from detection.export import YoloDataset, coco_image_id, export_yolo_dataset, voc_to_coco, voc_to_yolo
+from detection.export import (YoloDataset, coco_image_id, default_class_names, export_yolo_dataset, voc_to_coco,
+                              voc_to_yolo)
 from detection.presets import PRESETS_PATH, load_preset, preset_names
 from detection.train import TensorBoardMirror, train_and_evaluate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COLOURS = {"People": (0, 0, 255), "Car": (0, 255, 0), "Lamp": (255, 0, 0)}  # BGR
+CLASS_NAMES = default_class_names()  # M3FD's: what an export given no class list uses
 
 
 def make_synthetic(folder: Path, n: int, *, size: int = 96, seed: int = 0) -> tuple[dict, dict]:
@@ -657,6 +659,48 @@ def test_tiny_run_mirrors_metrics_to_tensorboard(tiny_run):
         assert f"detect/a/{tag}" in tags
     assert [e.step for e in events.Scalars("detect/a/mAP50")] == list(range(1, tiny_run.epochs + 1))
     assert [e.step for e in events.Scalars("detect/a/best/mAP50")] == [tiny_run.epochs]
+
+
+def test_missing_faster_coco_eval_is_not_reported_to_users(tmp_path):
+    """Ultralytics' own COCO evaluation step (``DetectionValidator.coco_evaluate``, run by ``val(save_json=True)``)
+    without faster-coco-eval logs nothing after ``setup_offline``; other Ultralytics messages still pass."""
+    import importlib.util
+    import logging
+
+    if importlib.util.find_spec("faster_coco_eval") is not None:
+        pytest.skip("faster-coco-eval is installed here, so Ultralytics really evaluates with it")
+    from detection.ultralytics_env import QuietMissingFasterCocoEval, setup_offline
+
+    setup_offline(tmp_path / ".ultralytics")
+    setup_offline(tmp_path / ".ultralytics")
+    from ultralytics.models.yolo.detect.val import DetectionValidator
+    from ultralytics.utils import LOGGER
+
+    quiet = [f for f in LOGGER.filters if isinstance(f, QuietMissingFasterCocoEval)]
+    assert len(quiet) == 1  # once, however often setup_offline is called
+
+    def messages() -> list[str]:
+        seen: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda record: seen.append(record.getMessage())
+        LOGGER.addHandler(handler)
+        try:
+            validator = DetectionValidator(args={"save_json": True})
+            validator.jdict = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}]
+            validator.gdict = {"images": [{"id": 1}], "annotations": [], "categories": [{"id": 1}]}
+            assert validator.coco_evaluate({}, validator.jdict, validator.gdict) == {}
+            LOGGER.warning("another warning")
+        finally:
+            LOGGER.removeHandler(handler)
+        return seen
+
+    shown = messages()
+    assert len(shown) == 1 and shown[0].endswith("another warning")
+    LOGGER.removeFilter(quiet[0])  # what users saw before: the step does log about faster-coco-eval
+    try:
+        assert sum("faster-coco-eval" in m for m in messages()) >= 2
+    finally:
+        LOGGER.addFilter(quiet[0])
 
 
 def test_epochs_completed_counts_an_epoch_trained_again_after_a_kill_once(tmp_path):
