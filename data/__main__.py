@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from .datasets import DatasetSpecError, add_dataset_arguments, dataset_from_args, dataset_names, format_summary
-from .errors import DatasetError
+from .errors import DatasetError, DatasetWarning
 from .io import atomic_write_json
 
 
@@ -41,12 +42,17 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m data") -> 
     given = {"seed": args.seed, "fractions": tuple(args.fractions) if args.fractions else None,
              "block_size": args.block_size, "validate": False if args.no_validate else None}
     try:
-        dataset = dataset_from_args(args, **{k: v for k, v in given.items() if v is not None})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DatasetWarning)
+            dataset = dataset_from_args(args, **{k: v for k, v in given.items() if v is not None})
     except DatasetError as err:
         print(err, file=sys.stderr)
         return 2
     except ValueError as err:  # unknown reader or option, --fractions or --block-size out of range
-        parser.exit(2, f"error: {err}\n")
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
     summary = dataset.summary()
     print(format_summary(summary) if args.summary else repr(dataset))
     try:

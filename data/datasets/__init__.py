@@ -34,7 +34,9 @@ DEFAULT_DATASET = "m3fd"
 # name -> "module:function"; imported only when that dataset is loaded.
 BUILTIN: dict[str, str] = {
     "m3fd": "data.m3fd:load_m3fd",
+    "llvip": "data.datasets.llvip:load_llvip",
     "synthetic": "data.datasets.synthetic:load_synthetic",
+    "folder": "data.datasets.folder:load_folder",
 }
 DATASETS: Registry[str] = Registry("dataset")
 for _name, _target in BUILTIN.items():

@@ -44,7 +44,8 @@ class Found:
     Attributes:
         name: the reader's registry name.
         root: the dataset folder (named in the error).
-        folders: modality -> its folder, in the dataset's modality order (names the modalities).
+        folders: modality -> its folder (or folders, e.g. LLVIP's ``infrared/train`` and ``infrared/test``), in
+            the dataset's modality order (names the modalities).
         colour: the colour modality, or None.
         label_folder: where the label files are; None for a dataset without labels (every id unlabelled).
         label_format: ``"voc"`` or ``"yolo"``.
@@ -61,7 +62,7 @@ class Found:
 
     name: str
     root: Path
-    folders: dict[str, Path]
+    folders: dict[str, Path | tuple[Path, ...]]
     colour: str | None
     label_folder: Path | None
     label_format: str = "voc"
@@ -76,6 +77,22 @@ class Found:
     split_details: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+def images_in(folders: Path | Sequence[Path], problems: list[str]) -> dict[str, Path]:
+    """Image files by stem across one or several folders; a stem twice (in one folder or in two) is a problem."""
+    found: dict[str, Path] = {}
+    for folder in [folders] if isinstance(folders, Path) else folders:
+        for stem, path in images_by_stem(folder, problems).items():
+            if stem in found:
+                problems.append(f"two images share the stem '{stem}': {found[stem]} and {path}")
+                continue
+            found[stem] = path
+    return found
+
+
+def _named(folders: Path | Sequence[Path]) -> str:
+    return " or ".join(f"{f}/" for f in ([folders] if isinstance(folders, Path) else folders))
 
 
 def label_files(folder: Path, suffix: str, problems: list[str]) -> dict[str, Path]:
@@ -127,7 +144,7 @@ def build_dataset(found: Found, rule: SplitRule = SplitRule(), *, validate: bool
     if found.label_format not in LABEL_FORMATS.values():
         raise ValueError(f"label_format must be one of {', '.join(LABEL_FORMATS.values())}, got {found.label_format!r}")
     root, problems = found.root, list(found.problems)
-    images = {modality: images_by_stem(folder, problems) for modality, folder in found.folders.items()}
+    images = {modality: images_in(folders, problems) for modality, folders in found.folders.items()}
     suffix = {v: k for k, v in LABEL_FORMATS.items()}[found.label_format]
     labels = label_files(found.label_folder, suffix, problems) if found.label_folder is not None else {}
     ids, labelled = _complete_samples(found, images, labels, suffix, problems)
@@ -189,9 +206,9 @@ def _complete_samples(found: Found, images: dict[str, dict[str, Path]], labels: 
                       problems: list[str]) -> tuple[list[str], list[str]]:
     """(ids with every modality, those of them with a label file or counted as background); every gap named."""
     root = found.root
-    sides = [(folder, images[m], "an image") for m, folder in found.folders.items()]
+    sides = [(_named(folders), images[m], "an image") for m, folders in found.folders.items()]
     if found.label_folder is not None:
-        sides.append((found.label_folder, labels, f"a {suffix} file" if suffix != ".xml" else "an .xml file"))
+        sides.append((_named(found.label_folder), labels, f"a {suffix} file" if suffix != ".xml" else "an .xml file"))
     everything = set(labels).union(*(set(files) for files in images.values()))
     for image_id in sorted(everything):
         present = [files[image_id] for _, files, _ in sides if image_id in files]
@@ -200,7 +217,7 @@ def _complete_samples(found: Found, images: dict[str, dict[str, Path]], labels: 
                 continue
             if files is labels and found.missing_labels != "error" and all(image_id in f for f in images.values()):
                 continue
-            problems.append(f"missing {kind} for '{image_id}' in {folder}/ (found {', '.join(map(str, present))})")
+            problems.append(f"missing {kind} for '{image_id}' in {folder} (found {', '.join(map(str, present))})")
     ids = sorted(set.intersection(*(set(files) for files in images.values())) if images else set())
     if found.label_folder is None:
         labelled = []
@@ -209,8 +226,7 @@ def _complete_samples(found: Found, images: dict[str, dict[str, Path]], labels: 
     else:
         labelled = [i for i in ids if i in labels]
     if not ids and not problems:
-        names = "/".join([*(f.name for f in found.folders.values()),
-                          *([found.label_folder.name] if found.label_folder is not None else [])])
+        names = "/".join([*found.folders, *(["label"] if found.label_folder is not None else [])])
         problems.append(f"no complete {names} samples in {root}")
     return ids, labelled
 
