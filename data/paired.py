@@ -77,7 +77,7 @@ def match_pairs(ir_dir: str | Path, vis_dir: str | Path) -> tuple[list[Pair], li
     stems = sorted(set(ir_files) & set(vis_files))
     if not stems and not problems:
         problems.append(f"no image pairs found in {ir_dir} and {vis_dir}")
-    return [Pair(stem, ir_files[stem], vis_files[stem]) for stem in stems], problems
+    return [Pair(stem, {"ir": ir_files[stem], "vis": vis_files[stem]}) for stem in stems], problems
 
 
 def find_pairs(ir_dir: str | Path, vis_dir: str | Path, *, check_images: bool = True) -> list[Pair]:
@@ -96,8 +96,9 @@ def find_pairs(ir_dir: str | Path, vis_dir: str | Path, *, check_images: bool = 
 
 
 def check_pair_images(pairs: Sequence[Pair]) -> list[str]:
-    """Decode every image of every pair; return one problem line per unreadable file or size mismatch."""
-    return check_image_groups([(pair.stem, (pair.ir, pair.vis)) for pair in pairs])[0]
+    """Decode every image of every pair (all its sources); return one problem line per unreadable file or size
+    mismatch."""
+    return check_image_groups([(pair.stem, tuple(pair.sources.values())) for pair in pairs])[0]
 
 
 def check_image_groups(groups: Sequence[tuple[str, Sequence[Path]]]

@@ -8,13 +8,16 @@ import pytest
 
 from data.splits import (
     SPLIT_NAMES,
+    SplitRule,
     adjacent_frames_split_apart,
+    carve_val,
     check_fractions,
     frame_number,
     id_blocks,
     labels_crossing_splits,
     parse_scenario_json,
     scene_groups,
+    settle_split,
     split_groups,
     split_ids,
     split_of,
@@ -176,3 +179,43 @@ def test_adjacent_frames_ignore_scene_boundaries():
     assert adjacent_frames_split_apart(splits, scenes) == [("00003", "00004"), ("00004", "00005")]
     assert labels_crossing_splits(splits, scenes) == {"b": ["val", "test"]}
     assert frame_number("00042") == 42 and frame_number("img1") is None
+
+
+# ------------------------------------------------------------------------------------- settling a dataset's split
+
+
+def test_split_rule_checks_its_values():
+    assert SplitRule(fractions=(8, 1, 1)).fractions == pytest.approx((0.8, 0.1, 0.1))
+    for bad in ({"block_size": 0}, {"carve_val": 1.0}, {"carve_val": 0}, {"fractions": (1, -1, 1)}):
+        with pytest.raises(ValueError):
+            SplitRule(**bad)
+
+
+def test_settle_split_uses_given_lists_and_carves_val_only_when_asked():
+    ids = [f"{s:02d}{f:04d}" for s in range(1, 7) for f in range(5)]
+    scene = {i: i[:2] for i in ids}
+    given = {"train": ids[:25], "test": ids[25:]}
+    splits, info, groups, notes = settle_split(ids, SplitRule(given_method="folders"), given=given, scene=scene)
+    assert splits == {"train": ids[:25], "val": [], "test": ids[25:]} and info["method"] == "folders" and not notes
+    splits, info, _, notes = settle_split(ids, SplitRule(carve_val=0.2, seed=3), given=given, scene=scene)
+    assert splits["test"] == ids[25:] and len(splits["val"]) == 5 and not notes
+    assert sorted(splits["train"] + splits["val"]) == ids[:25] and info["carved_val"]["method"] == "whole-groups"
+    assert labels_crossing_splits(splits, scene) == {}
+    assert info["achieved_fractions"]["test"] == round(5 / 30, 4)
+
+
+def test_settle_split_without_lists_keeps_scenes_whole_and_is_seeded():
+    ids = [f"{i:05d}" for i in range(60)]
+    scene = {i: f"s{int(i) // 6}" for i in ids}
+    a = settle_split(ids, SplitRule(seed=1), scene=scene)
+    assert a[1]["method"] == "scenario-scenes" and all(a[0].values()) and labels_crossing_splits(a[0], scene) == {}
+    assert settle_split(ids, SplitRule(seed=1), scene=scene)[0] == a[0]
+    assert settle_split(ids, SplitRule(seed=1, block_size=6))[1]["method"] == "id-blocks"
+
+
+def test_carve_val_from_a_single_scene_takes_its_last_frames_and_says_so():
+    train = [f"01{f:04d}" for f in range(1, 21)]
+    kept, val, info, notes = carve_val(train, SplitRule(carve_val=0.15), scene={i: "01" for i in train})
+    assert val == train[-3:] and kept == train[:-3]
+    assert info["method"] == "last-frames" and info["shares_scenes_with_train"] == ["01"]
+    assert len(notes) == 1 and "val and train share it" in notes[0]
