@@ -5,7 +5,6 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 
@@ -42,6 +41,18 @@ class Annotation:
 
 
 _TWO_BAND_COLOUR = "vis"
+
+
+class Sources(dict):
+    """modality name -> image file of one sample; read-only so that a Pair stays hashable and shareable."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a sample's sources are read-only; build a new Pair")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only  # type: ignore[assignment]
+
+    def __reduce__(self):  # pickle and deepcopy rebuild it whole instead of item by item
+        return (Sources, (dict(self),))
 
 
 @dataclass(frozen=True, init=False)
@@ -83,7 +94,7 @@ class Pair:
         if colour is not None and colour not in resolved:
             raise ValueError(f"Pair '{stem}': colour modality '{colour}' is not among its sources ({', '.join(resolved)})")
         object.__setattr__(self, "stem", stem)
-        object.__setattr__(self, "sources", MappingProxyType(resolved))
+        object.__setattr__(self, "sources", Sources(resolved))
         object.__setattr__(self, "colour", colour)
         object.__setattr__(self, "meta", dict(meta or {}))
 
@@ -119,13 +130,6 @@ class Pair:
     def __repr__(self) -> str:
         files = ", ".join(f"{k}={str(v)!r}" for k, v in self.sources.items())
         return f"Pair({self.stem!r}, {files}, colour={self.colour!r})"
-
-    def __reduce__(self):  # MappingProxyType does not pickle; the worker processes receive pairs
-        return (_rebuild_pair, (self.stem, dict(self.sources), self.meta, self.colour))
-
-
-def _rebuild_pair(stem: str, sources: dict, meta: dict, colour: str | None) -> Pair:
-    return Pair(stem, sources, meta=meta, colour=colour)
 
 
 def __getattr__(name: str) -> Any:
