@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .datasets import DatasetSpecError, add_dataset_arguments, dataset_from_args, dataset_names, format_summary
+from .datasets import add_dataset_arguments, dataset_from_args, dataset_names, format_summary
 from .errors import DatasetError, DatasetWarning
 from .io import atomic_write_json
 
