@@ -66,6 +66,13 @@ class CandidateSpec:
                 else v for k, v in self.args.items()}, "folder": str(self.folder) if self.folder else None,
                 "origin": self.origin}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CandidateSpec:
+        """The spec ``to_dict`` wrote (e.g. shipped to a worker); paths come back as paths."""
+        args = {k: Path(v) if k == "checkpoint" and v is not None else v for k, v in data["args"].items()}
+        return cls(name=data["name"], kind=data["kind"], fuser=data["fuser"], args=args,
+                   folder=Path(data["folder"]) if data.get("folder") else None)
+
 
 def check_name(name: str, what: str) -> None:
     if not _NAME.match(name):

@@ -38,7 +38,7 @@ from .candidates import (
 )
 from .config import OptionsError, PipelineConfig, PipelinePreset, check_options, load_pipeline_preset, torch_device
 from .datasets import dataset_root, prepare_out, resolve_dataset
-from .executors import ExecutorConfig, default_executor
+from .executors import ExecutorConfig, RunExecutor, default_executor
 from .progress import Progress
 from .stages.detect import clear_tb_events, detection_settings, queue_detector_jobs, run_detector_jobs
 from .stages.fuse import source_fingerprint, stage_fuse, used_ids
@@ -206,13 +206,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         if not generated:
             held.enter_context(hold_folder_lock(cfg.out))
         prepare_out(cfg, dataset)
-        executor = ExecutorConfig(name=cfg.executor or default_executor(jobs), jobs=jobs, scheduler=cfg.scheduler,
-                                  gpus_per_job=cfg.gpus_per_job)
+        executor = held.enter_context(RunExecutor(ExecutorConfig(
+            name=cfg.executor or default_executor(jobs), jobs=jobs, scheduler=cfg.scheduler,
+            gpus_per_job=cfg.gpus_per_job)))
         return compare_candidates(cfg, preset, seeds=seeds, executor=executor, settings=settings, dataset=dataset,
                                   data_info=data_info, candidates=candidates, started=started)
 
 
-def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: list[int], executor: ExecutorConfig,
+def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: list[int], executor: RunExecutor,
                        settings: dict[str, Any], dataset, data_info: dict[str, Any], candidates: list[Candidate],
                        started: float) -> dict[str, Any]:
     """Steps 2-4 of ``run_pipeline`` on its checked inputs, with ``--out`` locked: fuse, score and export every
@@ -238,7 +239,7 @@ def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: li
                 checkpoint = train_fusion_here(cfg, preset.fusion_train, dataset, store)
                 cand.spec = replace(cand.spec, fuser="dae_fuse", args={"checkpoint": checkpoint})
             progress.stage(k, cand.name, "fusing")
-            fused = stage_fuse(cfg, cand, dataset, store)
+            fused = stage_fuse(cfg, cand, dataset, store, executor)
             cand.record.fuse = fused
             progress.stage(k, cand.name, "fusion and temporal metrics")
             cand.record.scores = stage_score(cfg, cand, dataset, fused, store)
@@ -255,7 +256,7 @@ def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: li
     run_detector_jobs(pending_jobs, executor, store)
 
     # 3b. Robustness: the trained detectors scored again on corrupted evaluation inputs (no retraining).
-    robustness = stage_robustness(cfg, candidates, dataset, settings, seeds, store)
+    robustness = stage_robustness(cfg, candidates, dataset, settings, seeds, store, executor)
 
     # 4. Assemble, rank, write.
     eval_annotations = dataset.annotations(cfg.eval_split)

@@ -83,6 +83,42 @@ def default_executor(jobs: int) -> str:
     return "local" if jobs <= 1 else "pool"
 
 
+class RunExecutor:
+    """The one executor of a pipeline run, shared by its stages (fusing shards, detector runs, robustness cells),
+    started on first use so a run whose work is all cached starts no cluster, and closed when the run ends.
+
+    ``distributed``: the jobs may run on other machines (Dask), so splitting work into tasks pays; on one machine
+    the stages keep fusing in this process, where the fuser is already loaded and the cores already busy.
+    """
+
+    def __init__(self, config: ExecutorConfig):
+        self.config = config
+        self._executor: Executor | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.config.name == "dask"
+
+    def __enter__(self) -> RunExecutor:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._executor is not None:
+            self._executor.__exit__(*exc_info)
+            self._executor = None
+
+    def describe(self) -> str:
+        return EXECUTORS.get(self.config.name)(self.config).describe()
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
+        if self.config.name == "pool" and len(jobs) == 1:  # a spawned process would cost an interpreter and torch
+            yield from LocalExecutor(self.config).run(jobs)
+            return
+        if self._executor is None:
+            self._executor = EXECUTORS.get(self.config.name)(self.config).__enter__()
+        yield from self._executor.run(jobs)
+
+
 @EXECUTORS.register("local")
 class LocalExecutor:
     """One job at a time in this process, in the order given."""

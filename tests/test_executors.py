@@ -14,7 +14,8 @@ import pytest
 
 from pipelines import engine
 from pipelines.executors import EXECUTORS, ExecutorConfig, Job, default_executor
-from pipelines.engine import PipelineConfig, check_executor, run_pipeline
+from pipelines.config import check_executor
+from pipelines.engine import PipelineConfig, run_pipeline
 from pipelines.run_m3fd import parse_args
 from tests.conftest import every_batch_a_step
 from tests.test_determinism import SCORES, _epochs
@@ -165,6 +166,13 @@ def test_dask_cluster_gives_the_same_detector_records_as_a_local_run(local_and_d
                     saved = json.loads(p_r.read_text())
                     assert saved == json.loads(p_l.read_text()), (name, path)
                     compared_boxes += len(saved)
+        # Fused on the cluster in shards (one task per shard, moved into place here): the same images, byte for byte.
+        fused_r, fused_l = Path(remote["fused_dir"]), Path(local["fused_dir"])
+        assert fused_r.is_relative_to(dask_cfg.out) and fused_r.name == fused_l.name
+        images = sorted(p.name for p in fused_l.glob("*.png"))
+        assert images and sorted(p.name for p in fused_r.glob("*.png")) == images
+        assert all((fused_r / n).read_bytes() == (fused_l / n).read_bytes() for n in images)
+        assert not list(fused_r.glob("shard-*"))  # every shard folder emptied and removed
         # Stored as it arrived, so a rerun resumes from it like a local run's.
         assert (dask_cfg.out / "state" / name / "detect_seed0.json").is_file()
     assert compared_boxes > 0  # predictions were compared, not two absent files

@@ -6,14 +6,13 @@ job per detector seed, run by an executor (``pipelines.executors``) and stored a
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from data.provenance import content_key, file_sha256
 from data.store import KeyedStore
 
-from ..executors import EXECUTORS, ExecutorConfig, Job
+from ..executors import Job, RunExecutor
 from ..progress import Progress
 
 if TYPE_CHECKING:
@@ -136,26 +135,23 @@ def detect_job(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_detector_jobs(pending: list[tuple[Candidate, dict[str, Any]]], executor: ExecutorConfig,
+def run_detector_jobs(pending: list[tuple[Candidate, dict[str, Any]]], executor: RunExecutor,
                       store: KeyedStore) -> None:
-    """Run the queued detector jobs on ``executor``; each result is stored as it arrives (a killed run resumes
-    from the finished ones), and a failed job fails its candidate while the others go on."""
+    """Run the queued detector jobs on the run's executor; each result is stored as it arrives (a killed run
+    resumes from the finished ones), and a failed job fails its candidate while the others go on."""
     if not pending:
         return
-    if executor.name == "pool" and len(pending) == 1:  # a spawned process would cost an interpreter and torch
-        executor = replace(executor, name="local")
     progress = Progress("detector", len(pending))
-    with EXECUTORS.get(executor.name)(executor) as runner:
-        progress.stage(0, f"{len(pending)} run(s)", f"training and evaluating on {runner.describe()}")
-        for outcome in runner.run([Job(detect_job, job) for _, job in pending]):
-            cand, job = pending[outcome.index]
-            progress.finished()
-            if outcome.error is not None:
-                err = outcome.error
-                LOGGER.error("detector run %s seed %s failed: %s", cand.name, job["seed"], err)
-                cand.error = f"detector (seed {job['seed']}): {type(err).__name__}: {err}"
-                progress.stage(progress.done, cand.name, f"seed {job['seed']} failed")
-                continue
-            store.put(cand.name, f"detect_seed{job['seed']}", job["key"], outcome.result)
-            cand.record.detection_runs[job["seed"]] = outcome.result
-            progress.stage(progress.done, cand.name, f"seed {job['seed']} done")
+    progress.stage(0, f"{len(pending)} run(s)", f"training and evaluating on {executor.describe()}")
+    for outcome in executor.run([Job(detect_job, job) for _, job in pending]):
+        cand, job = pending[outcome.index]
+        progress.finished()
+        if outcome.error is not None:
+            err = outcome.error
+            LOGGER.error("detector run %s seed %s failed: %s", cand.name, job["seed"], err)
+            cand.error = f"detector (seed {job['seed']}): {type(err).__name__}: {err}"
+            progress.stage(progress.done, cand.name, f"seed {job['seed']} failed")
+            continue
+        store.put(cand.name, f"detect_seed{job['seed']}", job["key"], outcome.result)
+        cand.record.detection_runs[job["seed"]] = outcome.result
+        progress.stage(progress.done, cand.name, f"seed {job['seed']} done")

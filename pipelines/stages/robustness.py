@@ -22,6 +22,7 @@ from data.types import Pair
 
 if TYPE_CHECKING:
     from pipelines.candidates import Candidate
+    from pipelines.executors import RunExecutor
     from pipelines.config import PipelineConfig
 
 LOGGER = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def robustness_intervals(clean: dict[str, list[Any]], corrupted: dict[str, list[
 
 
 def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, settings: dict, seeds: list[int],
-                     store: KeyedStore) -> dict[str, Any]:
+                     store: KeyedStore, executor: RunExecutor | None = None) -> dict[str, Any]:
     """Every candidate's kept detectors scored on corrupted evaluation inputs, one cell per corruption and
     severity, with intervals from one paired bootstrap per cell."""
     if not cfg.corruptions:
@@ -111,7 +112,8 @@ def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, 
             for cand in usable:
                 try:
                     fused = fuse_into_cache(cfg, cand, pairs,
-                                            content_key("fuse", cand.source(cfg).cache_key(), corrupt_key), store)
+                                            content_key("fuse", cand.source(cfg).cache_key(), corrupt_key), store,
+                                            executor)
                     yolo = export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in ids},
                                                {i: dataset.annotation(i) for i in ids}, {"test": ids},
                                                cfg.out / "cache" / "yolo" / fused.key[:16], eval_split="test",
