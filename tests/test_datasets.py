@@ -293,7 +293,9 @@ def test_folder_yolo_problems_are_all_named(tmp_path):
     assert "00001.txt: line 1 '0 0.5 0.5 0.1': expected 'class cx cy w h'" in message
     assert "00002.txt: line 1: width and height must be positive" in message
     assert "00003.txt: object #1 'car'" in message and "outside the 40x30 image" in message
-    (root / "classes.txt").unlink()
+    shutil.move(root / "classes.txt", root / "labels" / "classes.txt")  # where labelImg writes it
+    assert problems_of("folder", root) == message  # the same problems, and classes.txt is no sample's labels
+    (root / "labels" / "classes.txt").unlink()
     assert "YOLO labels" in problems_of("folder", root) and "need a class list" in problems_of("folder", root)
 
 

@@ -32,6 +32,8 @@ from .labels import BOX_CLIP_TOLERANCE_PX, LABEL_FORMATS, check_annotation, read
 
 # How many offenders a warning lists before it only counts the rest.
 MAX_LISTED = 20
+# Files in a label folder that are no sample's labels: labelImg's YOLO mode writes the class list there.
+NOT_LABELS = frozenset({"classes.txt"})
 # What an id without a label file is: a problem, an unlabelled sample (in no split; fusion may still use it),
 # or a background image with no objects (YOLO's convention for a missing .txt).
 MISSING_LABEL_POLICIES: tuple[str, ...] = ("error", "unlabelled", "background")
@@ -97,10 +99,11 @@ def _named(folders: Path | Sequence[Path]) -> str:
 
 def label_files(folder: Path, suffix: str, problems: list[str]) -> dict[str, Path]:
     """Label files of ``folder`` with ``suffix`` (any case) by stem; a stem twice (``a.xml``, ``a.XML``) is a
-    problem. Hidden files are skipped."""
+    problem. Hidden files and :data:`NOT_LABELS` are skipped."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() != suffix:
+        if (path.name.startswith(".") or not path.is_file() or path.suffix.lower() != suffix
+                or path.name in NOT_LABELS):
             continue
         if path.stem in found:  # which one holds the truth is not ours to guess
             problems.append(f"two annotation files for '{path.stem}': {found[path.stem]} and {path}")

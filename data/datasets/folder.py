@@ -7,8 +7,9 @@ Layout (every name but the modality folders' can be changed with an option)::
                                  thermal/, ...); the images of one id share its file stem and its size
     ROOT/labels/<id>.xml         Pascal VOC (1-based, inclusive pixel boxes), or
     ROOT/labels/<id>.txt         YOLO: "class cx cy w h" per line, normalised to 0..1
-    ROOT/classes.txt             class names, one per line, in label-index order (required for YOLO; for VOC
-                                 the names found, sorted, when absent)
+    ROOT/classes.txt             class names, one per line, in label-index order (required for YOLO, here or
+                                 as labels/classes.txt where labelImg writes it; for VOC the names found,
+                                 sorted, when absent)
     ROOT/splits/{train,val,test}.txt   optional: one id per line; without them a split is made here (seeded,
                                  whole scenes or id blocks); with train but no val, val is carved from train
     ROOT/scenes.csv              optional: "id,scene[,scenario]" rows; a scene never crosses splits and
@@ -31,7 +32,7 @@ from ..errors import DatasetError
 from ..io import IMAGE_EXTENSIONS
 from ..splits import DEFAULT_BLOCK_SIZE, DEFAULT_FRACTIONS, SPLIT_NAMES, SplitRule
 from .base import CheckedDataset
-from .checks import Found, build_dataset, read_split_lists
+from .checks import NOT_LABELS, Found, build_dataset, read_split_lists
 from .labels import LABEL_FORMATS, read_class_list
 
 NAME = "folder"
@@ -97,11 +98,13 @@ def load_folder(
     if not label_dir.is_dir():
         problems.append(f"no label folder {label_dir}/ (name another with labels=NAME)")
     else:
-        formats = {LABEL_FORMATS[p.suffix.lower()] for p in label_dir.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in LABEL_FORMATS}
+        formats = {LABEL_FORMATS[p.suffix.lower()] for p in label_dir.iterdir() if p.is_file()
+                   and not p.name.startswith(".") and p.suffix.lower() in LABEL_FORMATS and p.name not in NOT_LABELS}
         if len(formats) > 1:
             problems.append(f"{label_dir}/ holds both VOC .xml and YOLO .txt labels: keep one format")
         label_format = formats.pop() if len(formats) == 1 else "voc"
+    if classes == "classes.txt" and not (root / classes).is_file() and (label_dir / classes).is_file():
+        classes = f"{labels}/{classes}"
     class_names = _classes(classes, root, problems)
     if problems:  # the layout itself is wrong: the shared checks would only repeat it
         raise DatasetError(str(root), problems)
