@@ -48,20 +48,10 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def wbf(boxes: np.ndarray, scores: np.ndarray, weights: np.ndarray, iou: float, *, n_models: int,
-        total_weight: float) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted boxes fusion of one class's boxes of one image.
-
-    Args:
-        boxes: (N, 4) xyxy from every modality; scores: (N,) their confidences; weights: (N,) their modality's
-            weight; iou: a box joins a cluster when its IoU with the cluster's fused box is above this;
-        n_models, total_weight: how many modalities are merged and the sum of their weights, whether or not
-            each found anything here (``T`` of the module docstring is both when every weight is 1).
-
-    Returns:
-        (fused xyxy (M, 4), fused scores (M,)), clusters in the order they were started (by falling score).
-    """
-    weighted = scores * weights
+def _wbf_one_class(boxes: np.ndarray, weighted: np.ndarray, iou: float, n_models: int, total_weight: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted boxes fusion of one class's boxes (N, 4) xyxy with their weighted scores (N,): (fused boxes,
+    fused scores), clusters in the order they were started (by falling score)."""
     order = np.argsort(-weighted, kind="stable")  # ties: the modality given first, then its own order
     members: list[list[int]] = []
     fused = np.empty((0, 4))
@@ -80,20 +70,46 @@ def wbf(boxes: np.ndarray, scores: np.ndarray, weights: np.ndarray, iou: float, 
     return fused, fused_scores
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, weights: np.ndarray, iou: float, *, n_models: int,
-        total_weight: float) -> tuple[np.ndarray, np.ndarray]:
-    """NMS of one class's boxes of one image (same arguments as :func:`wbf`); each score is multiplied by its
-    modality's weight (1 by default: unchanged) and the kept boxes are returned as they were."""
+def wbf(boxes: np.ndarray, scores: np.ndarray, weights: np.ndarray, categories: np.ndarray, iou: float, *,
+        n_models: int, total_weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted boxes fusion of one image's boxes, class by class.
+
+    Args:
+        boxes: (N, 4) xyxy from every modality; scores: (N,) their confidences; weights: (N,) their modality's
+            weight; categories: (N,) their category ids; iou: a box joins a cluster of its class when its IoU
+            with the cluster's fused box is above this;
+        n_models, total_weight: how many modalities are merged and the sum of their weights, whether or not
+            each found anything here (``T`` of the module docstring is both when every weight is 1).
+
+    Returns:
+        (fused xyxy (M, 4), fused scores (M,), their category ids (M,)).
+    """
+    weighted = scores * weights
+    out_boxes, out_scores, out_categories = [np.empty((0, 4))], [np.empty(0)], [np.empty(0, np.int64)]
+    for category in dict.fromkeys(categories.tolist()):  # classes in the order first met
+        mine = categories == category
+        fused, fused_scores = _wbf_one_class(boxes[mine], weighted[mine], iou, n_models, total_weight)
+        out_boxes.append(fused)
+        out_scores.append(fused_scores)
+        out_categories.append(np.full(len(fused), category, np.int64))
+    return np.concatenate(out_boxes), np.concatenate(out_scores), np.concatenate(out_categories)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, weights: np.ndarray, categories: np.ndarray, iou: float, *,
+        n_models: int, total_weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class NMS of one image's boxes (``torchvision.ops.batched_nms``; same arguments as :func:`wbf`): each
+    score is multiplied by its modality's weight (1 by default: unchanged), the kept boxes are returned as
+    they were."""
     import torch
     from torchvision.ops import batched_nms
 
     weighted = scores * weights
     keep = batched_nms(torch.as_tensor(boxes, dtype=torch.float64), torch.as_tensor(weighted, dtype=torch.float64),
-                       torch.zeros(len(boxes), dtype=torch.int64), iou).numpy()
-    return boxes[keep], weighted[keep]
+                       torch.as_tensor(categories, dtype=torch.int64), iou).numpy()
+    return boxes[keep], weighted[keep], categories[keep]
 
 
-MERGERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {"wbf": wbf, "nms": nms}
+MERGERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]] = {"wbf": wbf, "nms": nms}
 
 
 def merge_predictions(
@@ -132,30 +148,26 @@ def merge_predictions(
         raise ValueError(f"weights must be positive and name given modalities; got {dict(weights or {})}")
     total_weight = sum(weight_of[m] for m in predictions_by_modality)
 
-    # image id -> category id -> (xyxy boxes, scores, weights), gathered in the modalities' order
-    grouped: dict[Any, dict[int, list[tuple[list[float], float, float]]]] = {}
+    # image id -> rows (x0, y0, x1, y1, score, weight, category id), gathered in the modalities' order
+    grouped: dict[Any, list[tuple[float, ...]]] = {}
     for modality, predictions in predictions_by_modality.items():
-        for p in predictions:
-            x, y, w, h = (float(v) for v in p["bbox"])
-            grouped.setdefault(p["image_id"], {}).setdefault(int(p["category_id"]), []).append(
-                ([x, y, x + w, y + h], float(p["score"]), weight_of[modality]))
+        for q in predictions:
+            x, y, w, h = (float(v) for v in q["bbox"])
+            grouped.setdefault(q["image_id"], []).append(
+                (x, y, x + w, y + h, float(q["score"]), weight_of[modality], int(q["category_id"])))
 
     merge = MERGERS[method]
     merged: list[dict[str, Any]] = []
-    for image_id, by_category in grouped.items():
-        rows = []
-        for category_id, entries in by_category.items():
-            boxes = np.array([e[0] for e in entries], dtype=np.float64).reshape(-1, 4)
-            scores = np.array([e[1] for e in entries], dtype=np.float64)
-            box_weights = np.array([e[2] for e in entries], dtype=np.float64)
-            fused, fused_scores = merge(boxes, scores, box_weights, iou, n_models=len(predictions_by_modality),
-                                        total_weight=total_weight)
-            rows += [(float(s), category_id, [float(v) for v in b]) for b, s in zip(fused, fused_scores)]
-        rows.sort(key=lambda r: -r[0])  # stable: equal scores keep the category and cluster order
-        for score, category_id, (x0, y0, x1, y1) in rows[:max_det]:
-            merged.append({"image_id": image_id, "category_id": category_id,
+    for image_id, rows in grouped.items():
+        table = np.array(rows, dtype=np.float64)
+        boxes, scores, categories = merge(table[:, :4], table[:, 4], table[:, 5], table[:, 6].astype(np.int64), iou,
+                                          n_models=len(predictions_by_modality), total_weight=total_weight)
+        order = np.argsort(-scores, kind="stable")[:max_det]  # equal scores keep the merger's order
+        for k in order:
+            x0, y0, x1, y1 = (float(v) for v in boxes[k])
+            merged.append({"image_id": image_id, "category_id": int(categories[k]),
                            "bbox": [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)],
-                           "score": round(score, 5)})
+                           "score": round(float(scores[k]), 5)})
     return merged
 
 
