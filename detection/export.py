@@ -554,9 +554,10 @@ def export_stacked(
     ``colour=None`` stacks every modality as one channel (luma), e.g. to measure what the chroma is worth.
 
     Ultralytics' augmentations on N channels (8.4): mosaic, affine, flips and letterbox apply to every channel
-    alike; its HSV jitter applies only to 3-channel images (treating them as BGR) and is skipped otherwise, like
-    Albumentations. So a 3-channel stack (three one-channel modalities) gets colour jitter that mixes modalities;
-    prefer 2 or >= 4 channels.
+    alike; its HSV jitter and Albumentations apply only to 1- or 3-channel images (treating 3 as BGR colour)
+    and are skipped otherwise. So :func:`detection.train.train_and_evaluate` trains a 3-channel stack (three
+    one-channel modalities) without HSV jitter, like every other stack; Albumentations' rare colour steps
+    (``ToGray``, ``CLAHE``, p = 0.01 each) still treat it as colour.
 
     Args:
         ids_by_split: split name -> ids, as ``splits`` of :func:`export_yolo_dataset`.

@@ -51,6 +51,10 @@ OWNED_ARGS = frozenset({
     "data", "model", "project", "name", "exist_ok", "resume", "pretrained", "epochs", "imgsz", "batch", "seed",
     "device", "workers", "save_json", "deterministic", "split", "mode", "task",
 })
+# Early fusion with exactly 3 channels (three one-channel modalities): Ultralytics' HSV jitter runs on 3-channel
+# images only, reading them as BGR colour, so it would mix the modalities; it skips every other channel count,
+# so these stacks skip it too and every early-fusion detector is trained alike.
+STACK_OF_THREE_ARGS = {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0}
 # Ultralytics' metric keys -> the names mirrored to TensorBoard.
 _METRIC_TAGS = {
     "metrics/precision(B)": "precision",
@@ -269,7 +273,8 @@ def train_and_evaluate(
             receives per-epoch metrics under ``tb_prefix`` (see :class:`TensorBoardMirror`).
         workers: dataloader workers (0: load in the main process, no worker RNG).
         extra_args: further Ultralytics train() arguments (e.g. a preset's ``optimizer``, ``lr0``, ``time``).
-            ``amp`` defaults to False: on a GPU Ultralytics' AMP check would download yolo26n.pt.
+            ``amp`` defaults to False: on a GPU Ultralytics' AMP check would download yolo26n.pt. An early-fusion
+            dataset of 3 channels trains without HSV jitter (:data:`STACK_OF_THREE_ARGS`).
         eval_split: the split scored at the end.
         threads: torch CPU threads (default :func:`detection.ultralytics_env.default_threads`).
         force: train from scratch even when a finished or interrupted run of the same key is there (the old
@@ -282,6 +287,8 @@ def train_and_evaluate(
     extra_args = dict(extra_args or {})
     weights = Path(weights).resolve() if weights is not None else None
     _check_arguments(dataset, model, weights, epochs, imgsz, batch, extra_args, eval_split)
+    if len(dataset.channels) == 3:
+        extra_args.update(STACK_OF_THREE_ARGS)
     threads = threads or default_threads()
     out_dir = Path(out_dir).resolve()
     run_dir = out_dir / name

@@ -192,3 +192,31 @@ def test_one_epoch_on_four_channel_images_trains_and_scores_offline(tmp_path):
     assert Path(result["predictions_path"]).parent.is_dir()
     assert netlog.read_text() == "" and list(home.rglob("*")) == [] and list(cwd.rglob("*")) == []
     assert "faster-coco-eval" not in output and "faster_coco_eval" not in output  # detection.ultralytics_env
+
+
+class _Stop(Exception):
+    """Raised by a stand-in for Ultralytics' training once it has seen its arguments."""
+
+
+@pytest.mark.parametrize("nir, colour, jitter", [(True, None, False), (False, "vis", True)])
+def test_only_a_three_channel_stack_trains_without_colour_jitter(tmp_path, monkeypatch, nir, colour, jitter):
+    """Ultralytics' HSV jitter reads a 3-channel image as BGR colour (it skips every other channel count), so
+    a stack of three one-channel modalities is trained without it; a 4-channel stack keeps the recipe as given
+    (Ultralytics skips it there itself)."""
+    from detection import train as train_module
+
+    sources, annotations = make_sources(tmp_path / "src", 4, nir=nir)
+    ds = export_stacked(SPLITS, sources, annotations, CLASSES, tmp_path / "yolo", colour=colour)
+    seen = {}
+
+    def fit(model, train_args, mirror):
+        seen.update(train_args)
+        raise _Stop
+
+    monkeypatch.setattr(train_module, "_fit", fit)
+    with pytest.raises(_Stop):
+        train_module.train_and_evaluate(ds, epochs=1, imgsz=64, batch=2, out_dir=tmp_path / "runs",
+                                        extra_args={"hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4})
+    assert len(ds.channels) == (3 if not jitter else 4)
+    expected = {"hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4} if jitter else {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0}
+    assert {k: seen[k] for k in expected} == expected
