@@ -15,6 +15,17 @@ is the wall time; ``--overlap`` measures the pipelined throughput instead. ``fus
 (the model, transfers and colour restoration); ``model fps`` times ``fuse_luma_batch`` alone on one held batch
 (the figure comparable with bench_fuse.py). One untimed warm-up batch precedes each DAE-Fuse row. Prints figures,
 asserts nothing.
+
+Temporal consistency (issue 23), a second mode::
+
+    .venv/bin/python benchmarks/bench_video.py temporal --frames 120 --json OUT.json \
+        --candidate release=fusion/weights/dae_fuse_release.pt --candidate max [--stabilise release]
+
+decodes the first ``--frames`` frames of each evaluation clip (M3SVD ``0117_1605``, ``0117_1620``: the clips that are
+not the temporal fine-tuning's training clip; TNO Nato camp, all 32) to lossless PNG folders in a temporary folder,
+fuses them with each candidate through ``fusion.video.fuse_video`` (what ``python -m fusion.fuse --video`` runs) and
+scores flicker, temporal correlation, BiSWE and MS2R (DIS flow) while streaming. ``--stabilise LABEL`` adds
+``LABEL+stabilised``: that candidate wrapped in ``fusion.video.StabilisedFuser``.
 """
 from __future__ import annotations
 
@@ -28,6 +39,7 @@ import cv2
 import numpy as np
 import torch
 
+from data.shared import SHARED_DATA
 from fusion.checkpoint import ARCHITECTURE
 from fusion.dae_fuse import create_model
 from fusion.fuse import load_fuser_checkpoint
@@ -103,7 +115,84 @@ def measure(fuser, label: str, device: str, size: str, videos: tuple[Path, Path]
     return Row(size, label, device, config.batch_size, report.frames, report.seconds, model_fps)
 
 
+VIDEO_ROOT = SHARED_DATA / "video"
+EVAL_CLIPS: dict[str, tuple[str, str]] = {
+    "0117_1605": ("m3svd/0117_1605_infrared.mp4", "m3svd/0117_1605_visible.mp4"),
+    "0117_1620": ("m3svd/0117_1620_infrared.mp4", "m3svd/0117_1620_visible.mp4"),
+    "nato_camp": ("tno_nato_camp/ir", "tno_nato_camp/vis"),
+}
+
+
+def frame_folder(source: Path, out: Path, frames: int) -> Path:
+    """The first ``frames`` frames of a video as lossless PNGs in ``out`` (a folder source is used as it is)."""
+    if source.is_dir():
+        return source
+    out.mkdir(parents=True, exist_ok=True)
+    capture = cv2.VideoCapture(str(source))
+    for index in range(frames):
+        ok, frame = capture.read()
+        if not ok:
+            break
+        cv2.imwrite(str(out / f"{index:06d}.png"), frame)
+    capture.release()
+    return out
+
+
+def temporal_main(argv: list[str]) -> None:
+    """The ``temporal`` mode of the module docstring."""
+    import json
+    import platform
+
+    from data.io import atomic_write_json
+    from data.provenance import package_versions
+    from fusion.video import StabilisedFuser, StabiliserConfig
+
+    parser = argparse.ArgumentParser(prog="bench_video.py temporal")
+    parser.add_argument("--frames", type=int, default=120, help="first frames of each M3SVD clip")
+    parser.add_argument("--clips", nargs="+", default=list(EVAL_CLIPS), choices=list(EVAL_CLIPS))
+    parser.add_argument("--candidate", action="append", required=True,
+                        help="LABEL=CHECKPOINT.pt (DAE-Fuse) or a registered fuser name")
+    parser.add_argument("--stabilise", action="append", default=[], help="a candidate's LABEL to also stabilise")
+    parser.add_argument("--stabilise-weight", type=float, default=StabiliserConfig().weight)
+    parser.add_argument("--stabilise-clamp", type=float, default=None, help="StabiliserConfig.clamp (grey levels)")
+    parser.add_argument("--flow", default="dis")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    fusers = {}
+    for spec in args.candidate:
+        label, _, path = spec.partition("=")
+        fusers[label] = load_fuser_checkpoint(path) if path else create_fuser(label)
+    for label in args.stabilise:
+        fusers[f"{label}+stabilised"] = (fusers[label], StabiliserConfig(weight=args.stabilise_weight,
+                                                                             clamp=args.stabilise_clamp))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_video_temporal_") as tmp:
+        for clip in args.clips:
+            ir, vis = (frame_folder(VIDEO_ROOT / rel, Path(tmp) / clip / kind, args.frames)
+                       for rel, kind in zip(EVAL_CLIPS[clip], ("ir", "vis")))
+            for label, fuser in fusers.items():
+                if isinstance(fuser, tuple):
+                    fuser = StabilisedFuser(*fuser)
+                report = fuse_video(fuser, ir, vis, Path(tmp) / clip / f"fused_{label}",
+                                    VideoConfig(temporal=True, flow=args.flow, folder_fps=30.0))
+                rows.append({"clip": clip, "candidate": label, "frames": report.frames, **report.temporal,
+                             "fuse_ms_per_frame": 1000 * report.seconds["fuse"] / report.frames})
+                print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        atomic_write_json(args.json, {"command": "benchmarks/bench_video.py temporal " + " ".join(argv),
+                                      "flow": args.flow, "frames": args.frames, "threads": args.threads,
+                                      "machine": platform.processor() or platform.machine(),
+                                      "versions": package_versions(), "rows": rows})
+
+
 def main() -> None:
+    import sys
+
+    if sys.argv[1:2] == ["temporal"]:
+        temporal_main(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", help="a DAE-Fuse checkpoint (default: an untrained dae_fuse_s)")
     parser.add_argument("--variant", default="dae_fuse_s", help="variant built when no --checkpoint is given")

@@ -375,6 +375,113 @@ ir_input = gray_reference
 visible_input = visible_from_bgr
 
 
+# --------------------------------------------------------------------------------------------------------------
+# A streaming fuser that carries state: motion-compensated recursive filtering of any fuser's output
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StabiliserConfig:
+    """How ``StabilisedFuser`` blends each fused frame with the previous output warped by the sources' motion.
+
+    Args:
+        weight: share of the warped previous output in the new one where the motion is trusted (0: off; 0.5: the
+            noise of a still region falls to 1/3 of its variance in the steady state, (1 - w) / (1 + w); ours).
+        flow: optical flow estimator (``fusion.flow.FLOW_ESTIMATORS``; ``dis_fast``: ~4 flows per frame at a few
+            ms each at 640x480, where ``dis`` costs ~45 ms a flow).
+        consistency_px: forward-backward threshold of each source's flow (VF-Bench's 1 px, ``fusion.flow``).
+        agree_px: the two sources' flows must agree within this (px).
+        source_residual: a pixel where a source is not reproduced by warping its previous frame within this many
+            grey levels changed for real (a person, smoke, a light): it gets the new fused value alone.
+        clamp: None, or the most (grey levels) by which an output pixel may change from the previous output beyond
+            the larger change of the two sources at that pixel: a fused video that never changes more than its
+            sources do cannot shimmer where they are still (``flicker``'s definition, ``fusion.temporal``).
+    """
+
+    weight: float = 0.5
+    flow: str = "dis_fast"
+    consistency_px: float = 1.0
+    agree_px: float = 1.0
+    source_residual: float = 12.0
+    clamp: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = [] if 0 <= self.weight < 1 else [f"weight must be in [0, 1), got {self.weight}"]
+        if self.clamp is not None and not self.clamp >= 0:
+            problems.append(f"clamp must be >= 0 or None, got {self.clamp}")
+        if problems:
+            raise ValueError("invalid StabiliserConfig: " + "; ".join(problems))
+
+
+class StabilisedFuser:
+    """Any fuser, made temporally consistent by a state carried between frames (a video fuser, not an image one).
+
+    Frame t's output is ``F_t + w * m * (warp(O_{t-1}) - F_t)``: ``F_t`` the wrapped fuser's output, ``O_{t-1}``
+    the previous output, warped along the mean of the infrared and visible flows ``t -> t-1`` (the sources'
+    motion, never the fused video's own), ``m`` 1 where both sources' flows pass the forward-backward check, agree
+    with each other and reproduce each source (``StabiliserConfig``), else 0. With ``clamp`` c the result is then
+    kept within ``max(|dA|, |dB|) + c`` of ``O_{t-1}`` at each pixel (dA, dB: the sources' changes there), so the
+    output follows the fuser wherever a source moves and holds still where neither does. The first frame, and
+    every still image, is the wrapped fuser's output exactly: still-image quality is the wrapped fuser's. Frames
+    must arrive in time order (``reset()`` before another stream).
+    """
+
+    def __init__(self, inner: Fuser, config: StabiliserConfig = StabiliserConfig()):
+        from .flow import resolve_flow
+
+        self.inner, self.config = inner, config
+        self.name = f"{getattr(inner, 'name', 'fuser')}+stabilised"
+        self.keeps_visible_chroma = bool(getattr(inner, "keeps_visible_chroma", True))
+        self._flow = resolve_flow(config.flow)
+        self._previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def cache_key(self) -> str:
+        inner_key = self.inner.cache_key() if callable(getattr(self.inner, "cache_key", None)) else self.name
+        return f"{inner_key}+stabilised:{self.config}"
+
+    def reset(self) -> None:
+        self._previous = None
+
+    def fuse_luma(self, ir: np.ndarray, vis_y: np.ndarray) -> np.ndarray:
+        return self._stabilise(np.asarray(self.inner.fuse_luma(ir, vis_y), np.float32), ir, vis_y)
+
+    def fuse_luma_batch(self, irs: Sequence[np.ndarray], vis_ys: Sequence[np.ndarray]) -> list[np.ndarray]:
+        batched = getattr(self.inner, "fuse_luma_batch", None)
+        fused = (batched(irs, vis_ys) if batched is not None
+                 else [self.inner.fuse_luma(a, b) for a, b in zip(irs, vis_ys)])
+        return [self._stabilise(np.asarray(f, np.float32), a, b) for f, a, b in zip(fused, irs, vis_ys)]
+
+    def motion_mask(self, now: Sequence[np.ndarray], before: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(flow t -> t-1 (H, W, 2), trusted mask (H, W) bool) from the sources at t and t-1 (uint8 grey each)."""
+        from .flow import _sample, consistent
+
+        c = self.config
+        flows, mask = [], None
+        for a, b in zip(now, before):
+            back, fwd = self._flow(a, b), self._flow(b, a)
+            warped, _ = _sample(b.astype(np.float32), back)
+            ok = consistent(back, fwd, c.consistency_px) & (np.abs(a.astype(np.float32) - warped) < c.source_residual)
+            mask = ok if mask is None else mask & ok
+            flows.append(back)
+        mask &= np.linalg.norm(flows[0] - flows[1], axis=2) < c.agree_px
+        return (flows[0] + flows[1]) / 2, mask
+
+    def _stabilise(self, fused: np.ndarray, ir: np.ndarray, vis_y: np.ndarray) -> np.ndarray:
+        from .flow import _sample
+
+        sources = tuple(np.clip(np.round(x), 0, 255).astype(np.uint8) for x in (ir, vis_y))
+        out = fused
+        if self._previous is not None and self._previous[0].shape == fused.shape:
+            flow, mask = self.motion_mask(sources, self._previous[1:])
+            warped, _ = _sample(self._previous[0], flow)
+            out = fused + np.float32(self.config.weight) * mask * (warped - fused)
+            if self.config.clamp is not None:
+                change = np.maximum(*(np.abs(a.astype(np.float32) - b) for a, b in zip(sources, self._previous[1:])))
+                limit = change + np.float32(self.config.clamp)
+                out = self._previous[0] + np.clip(out - self._previous[0], -limit, limit)
+        self._previous = (out, *sources)
+        return out
+
+
 @dataclass
 class _Batch:
     irs: list[np.ndarray] = field(default_factory=list)
@@ -543,6 +650,17 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--flow", default=None, metavar="NAME|package.module:factory",
                        help="with --temporal, also VF-Bench's BiSWE and MS2R on this optical flow (dis, dis_fast, "
                             "farneback, or a local flow model's factory); off by default: six flows per frame step")
+    group.add_argument("--stabilise", type=float, default=None, metavar="WEIGHT",
+                       help="carry state between frames: blend each fused frame with the previous output warped by "
+                            "the sources' motion (StabilisedFuser; 0.5 is the measured setting, "
+                            "benchmarks/results/video_temporal.md)")
+    group.add_argument("--sudden-change", type=Path, default=None, metavar="DIR",
+                       help="also report quality and temporal error around the change of visibility of these "
+                            "streams (fusion.sudden_change) into DIR/sudden_change.{png,md,json}, against 'max'")
+    group.add_argument("--change-frame", type=int, default=None,
+                       help="with --sudden-change: the frame where visibility changes (default: detected)")
+    group.add_argument("--sudden-frames", type=int, default=None,
+                       help="with --sudden-change: report only the first N frames (default all)")
 
 
 def run_video(fuser: Fuser, args: argparse.Namespace) -> int:
@@ -551,9 +669,23 @@ def run_video(fuser: Fuser, args: argparse.Namespace) -> int:
         config = VideoConfig(batch_size=args.batch_size, fps_tolerance=args.fps_tolerance,
                              count_tolerance=args.count_tolerance, folder_fps=args.fps, temporal=args.temporal,
                              flow=args.flow)
+        if getattr(args, "stabilise", None) is not None:
+            fuser = StabilisedFuser(fuser, StabiliserConfig(weight=args.stabilise))
         report = fuse_video(fuser, args.ir, args.vis, args.out, config)
+        print(report.summary())
+        if getattr(args, "sudden_change", None) is not None:
+            from .fusers import create_fuser
+            from .sudden_change import ChangeSequence, sudden_change_report
+
+            if isinstance(fuser, StabilisedFuser):
+                fuser.reset()
+            label = getattr(fuser, "name", "fuser")
+            result = sudden_change_report(
+                [ChangeSequence(Path(args.ir).stem, args.ir, args.vis, frames=args.sudden_frames,
+                                change_frame=args.change_frame)],
+                {label: fuser, "max": create_fuser("max")}, args.sudden_change)
+            print(f"sudden change: {result.plot}, {result.table}")
     except (ValueError, OSError) as err:  # DatasetError and VideoStreamError are ValueErrors
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(report.summary())
     return 0

@@ -22,6 +22,8 @@ from fusion.temporal import (
 )
 from fusion.train import train
 from fusion.video import (
+    StabilisedFuser,
+    StabiliserConfig,
     VideoConfig,
     VideoStreamError,
     fuse_video,
@@ -309,6 +311,70 @@ def test_cli_video_mode(clips, tmp_path, capsys, checkpoint):
                  "--vis", str(tmp_path / "empty"), "--out", str(tmp_path / "o.mp4")]) == 2
     err = capsys.readouterr().err
     assert "2 problem(s)" in err and "missing.mp4" in err and "empty" in err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The stabilised streaming fuser
+# --------------------------------------------------------------------------------------------------------------
+
+class Shimmering:
+    """The mean of the sources plus fresh noise on every call: a fuser that flickers where the sources are still."""
+
+    name, keeps_visible_chroma = "shimmer", True
+
+    def __init__(self, amplitude: float = 3.0):
+        self.rng, self.amplitude = np.random.default_rng(0), amplitude
+
+    def fuse_luma(self, ir, vis_y):
+        noise = self.rng.uniform(-self.amplitude, self.amplitude, ir.shape).astype(np.float32)
+        return np.clip((ir + vis_y) / 2 + noise, 0, 255)
+
+
+def test_stabiliser_first_frame_is_the_fuser_and_still_noise_falls():
+    ir, vis = (frames_[0].astype(np.float32) for frames_ in static_sources(1))
+    raw, stable = Shimmering(), StabilisedFuser(Shimmering(), StabiliserConfig(weight=0.5))
+    first = stable.fuse_luma(ir, vis)
+    assert np.array_equal(first, raw.fuse_luma(ir, vis))  # same noise stream: the first frame is the fuser's
+    outputs = [raw.fuse_luma(ir, vis) for _ in range(8)], [stable.fuse_luma(ir, vis) for _ in range(8)]
+    spread = [np.std(np.diff(np.stack(o), axis=0)) for o in outputs]
+    assert spread[1] < 0.75 * spread[0]  # recursive blending of a still scene: less frame-to-frame change
+
+
+def test_stabiliser_clamp_removes_flicker_and_follows_motion():
+    """A still visible scene and an infrared blob moving 3 px a frame: the clamped output stops shimmering where
+    both are still and still moves with the blob."""
+    rng = np.random.default_rng(3)
+    still = rng.uniform(40, 200, (H, W)).astype(np.float32)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    irs = [np.round(np.clip(30 + 200 * np.exp(-((xx - 10 - 3 * i) ** 2 + (yy - H / 2) ** 2) / 60), 0, 255))
+           for i in range(8)]
+    vis_y = [np.round(still)] * 8
+    stable = StabilisedFuser(Shimmering(), StabiliserConfig(weight=0.5, clamp=0.0))
+    fused = [stable.fuse_luma(a, b) for a, b in zip(irs, vis_y)]
+    shimmer = Shimmering()
+    raw = [shimmer.fuse_luma(a, b) for a, b in zip(irs, vis_y)]
+    metrics = [evaluate_temporal(f, irs, vis_y) for f in (raw, fused)]
+    assert metrics[0]["flicker"] > 1.0 and metrics[1]["flicker"] < 0.05
+    moving = np.abs(irs[-1] - irs[0]) > 20  # where the blob was or came: the output follows it there
+    assert np.abs(fused[-1] - fused[0])[moving].mean() > 0.5 * np.abs(irs[-1] - irs[0])[moving].mean() / 2
+    mean = create_fuser("mean")
+    stable = StabilisedFuser(mean, StabiliserConfig(weight=0.5, clamp=0.0))
+    stable.fuse_luma(irs[0], vis_y[0])
+    stable.reset()  # a new stream: its first frame is the fuser's own again, nothing carried over
+    assert np.array_equal(stable.fuse_luma(irs[7], vis_y[7]), mean.fuse_luma(irs[7], vis_y[7]))
+    with pytest.raises(ValueError, match="weight must be in"):
+        StabiliserConfig(weight=1.0)
+
+
+def test_cli_stabilise_and_sudden_change(clips, tmp_path, capsys):
+    out = tmp_path / "stable"
+    assert main(["--video", "--baseline", "mean", "--ir", str(clips["ir_dir"]), "--vis", str(clips["vis_dir"]),
+                 "--out", str(out), "--stabilise", "0.5", "--temporal", "--sudden-change", str(tmp_path / "sc"),
+                 "--change-frame", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "flicker" in printed and "sudden change" in printed and len(list(out.iterdir())) == FRAMES
+    assert (tmp_path / "sc" / "sudden_change.png").is_file()
+    assert "| 3 (given) |" in (tmp_path / "sc" / "sudden_change.md").read_text()
 
 
 # --------------------------------------------------------------------------------------------------------------
