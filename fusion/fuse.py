@@ -1,26 +1,36 @@
 """Fusion inference: the DAE-Fuse checkpoint fuser and folder fusion for any registered fuser.
 
-Command line (a thin wrapper over ``fuse_folder``)::
+Command line (a thin wrapper over ``fuse_folder``); sources by modality name, or the two-band flags::
 
+    python -m fusion.fuse --baseline max --src vis=DIR --src nir=DIR --src lwir=DIR --out DIR
     python -m fusion.fuse --checkpoint runs/dae_fuse/best.pt --ir DIR --vis DIR --out DIR [--device cuda]
-    python -m fusion.fuse --baseline max --ir DIR --vis DIR --out DIR
-    python -m fusion.fuse --fuser my_pkg.wrap:make_fuser weights=w.pth --ir DIR --vis DIR --out DIR
+    python -m fusion.fuse --fuser my_pkg.wrap:make_fuser weights=w.pth --ir DIR --vis DIR --out DIR --device cuda
+    python -m fusion.fuse --fuser dae_fuse checkpoint=best.pt "roles={ir: lwir}" --src lwir=DIR --src vis=DIR ...
     python -m fusion.fuse --video --ir IR.mp4 --vis VIS.mp4 --out FUSED.mp4 [--checkpoint X | --baseline max]
         (IR/VIS: video files or frame folders; OUT: .mp4, .avi, .mkv or a folder; see fusion.video)
 
-Outputs are 8-bit PNGs named by the source stem (``fusion.fusers.output_path``), grey or, for colour visible
-(or PET/SPECT) images, with the visible chroma restored (``fusion.fusers.fuse_pair``). Values are clipped to
-0..255, never stretched. Every file is written atomically.
+``--ir DIR`` is ``--src ir=DIR`` and ``--vis DIR`` is ``--src vis=DIR``. ``--colour NAME`` says which source is the
+colour camera (default ``vis`` when there is one). ``--device`` reaches every fuser's factory (``fusion.fusers``).
+Every problem with the sources (a missing folder, an image without partners, an unreadable image, sizes that
+differ within a sample, a set of modalities the fuser does not take) is one error naming every offender, before
+anything is fused; a fuser whose factory fails is one line naming it. Both exit with status 2.
+
+Outputs are 8-bit PNGs named by the source stem (``fusion.fusers.output_path``), grey or, for a colour source,
+with its chroma restored (``fusion.fusers.fuse_images``). Values are clipped to 0..255, never stretched. Every
+file is written atomically.
 
 Library side (what the pipeline calls):
 
-* ``CheckpointFuser(checkpoint, device)``: the Fuser protocol for a trained DAE-Fuse, registered as "dae_fuse"
-  (``create_fuser("dae_fuse", checkpoint=path)``). It builds the generator only, never the discriminators.
+* ``CheckpointFuser(checkpoint, device, roles=None)``: the Fuser protocol for a trained DAE-Fuse, registered as
+  "dae_fuse" (``create_fuser("dae_fuse", checkpoint=path)``). It builds the generator only, never the
+  discriminators. Its two roles are declared by name, ``ir`` and ``vis``; ``roles={"ir": "lwir"}`` fuses data
+  whose modalities are named otherwise; any other set of modalities is refused with one ``FuserInputError``.
 * ``load_fuser_checkpoint(path, device)``: the same, with one clear ``CheckpointError`` for a missing file, a file
   that is not a checkpoint (or holds anything but tensors and plain data), a checkpoint of another architecture,
   or one saved before any fusion epoch; use it to validate checkpoints up front. The format itself (read, write,
   validate) is ``fusion.checkpoint``'s, shared with the trainer.
-* ``fuse_folder(fuser, pairs, out_dir)``: fuse a list of pairs to PNGs, with per-image timings.
+* ``fuse_folder(fuser, pairs, out_dir)``: fuse a list of samples (``data.types.Pair`` or
+  ``fusion.fusers.SourceSet``: sources by name) to PNGs, with per-image timings.
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ import hashlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,7 +48,7 @@ import torch
 
 from data.errors import DatasetError
 from data.io import record_key, remove_stale_temps, write_image, write_record
-from data.paired import find_pairs
+from data.paired import check_image_groups, find_pairs
 from data.provenance import content_key
 from data.types import Pair
 
@@ -53,16 +63,24 @@ from .checkpoint import (  # noqa: F401  (re-exported: the names callers have im
 )
 from .dae_fuse import ARCHITECTURE
 from .fusers import (
+    DEFAULT_COLOUR,
     FUSERS,
+    INPUT_DOMAIN,
     Fuser,
+    FuserInputError,
     FuserSpecError,
+    SourceSet,
     create_fuser,
     fuse_pair,
     fuser_names,
+    modality_set_problem,
     output_path,
     parse_fuser_args,
+    source_problems,
+    sources_of,
 )
 from .inference import for_inference
+from .metrics import match_source_folders, parse_sources
 
 LOGGER = logging.getLogger(__name__)
 
@@ -75,7 +93,13 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class CheckpointFuser:
-    """A trained DAE-Fuse as a ``Fuser``: ``fuse_luma(ir, vis_y)`` on 0..255 float32 arrays of any size.
+    """A trained DAE-Fuse as a ``Fuser``: ``fuse(images)`` with the two roles ``ir`` and ``vis`` (or the modality
+    names ``roles`` maps them to), float32 arrays on 0..255 of any size; ``fuse_luma(ir, vis_y)`` is the same by
+    position.
+
+    Which modalities it takes is declared here, by name (``ROLES``, ``modalities``, ``check_sources``); the model
+    is called in one place, ``fuse_tensors`` (roles in ``ROLES`` order), so a model with more inputs changes
+    ``ROLES`` and that method only.
 
     One forward pass per pair at full resolution (the model pads to its size multiple and crops back), by
     ``inference_model`` (``fusion.inference``: the same outputs as ``model`` up to float rounding, less memory
@@ -89,8 +113,20 @@ class CheckpointFuser:
 
     name = "dae_fuse"
     keeps_visible_chroma = True
+    # The model's inputs by role, in the order its forward takes them.
+    ROLES: ClassVar[tuple[str, ...]] = ("ir", "vis")
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu", allow_unfused: bool = False):
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", allow_unfused: bool = False,
+                 roles: Mapping[str, str] | None = None):
+        unknown = sorted(set(roles or {}) - set(self.ROLES))
+        if unknown:
+            raise FuserSpecError(f"dae_fuse roles: {', '.join(unknown)} is no role of this model; its roles are "
+                                 f"{', '.join(self.ROLES)} (e.g. roles={{ir: lwir}})")
+        # role -> modality name of the data; unmapped roles keep their own name
+        self.roles: dict[str, str] = {role: str((roles or {}).get(role, role)) for role in self.ROLES}
+        if len(set(self.roles.values())) != len(self.roles):
+            raise FuserSpecError(f"dae_fuse roles {self.roles}: two roles are mapped to one modality")
+        self.modalities: tuple[str, ...] = tuple(self.roles.values())
         self.checkpoint = Path(checkpoint)
         data, state = read_generator_checkpoint(self.checkpoint, allow_unfused)
         self.device = torch.device(device)
@@ -101,10 +137,27 @@ class CheckpointFuser:
         self._key = f"{self.name}:{content_key(hashlib.sha256(data).hexdigest(), self.inference_config())}"
 
     def inference_config(self) -> dict[str, Any]:
-        return {"architecture": ARCHITECTURE, "model_config": self.model.cfg.to_dict(), "precision": self.precision}
+        return {"architecture": ARCHITECTURE, "model_config": self.model.cfg.to_dict(), "precision": self.precision,
+                "inputs": INPUT_DOMAIN}
 
     def cache_key(self) -> str:
-        return self._key
+        return self._key  # the role names are not in it: they choose inputs, the images follow the same weights
+
+    def check_sources(self, names: Sequence[str]) -> list[str]:
+        """The one clear refusal of a set of modalities other than this model's roles."""
+        if set(names) == set(self.modalities):
+            return []
+        mapped = ", ".join(f"{role}={name}" for role, name in self.roles.items() if role != name)
+        return [modality_set_problem(self.name, self.modalities, names)
+                + ("" if not mapped else f"; roles mapped: {mapped}")
+                + "; map its roles to your modality names with roles={ir: NAME, vis: NAME}"]
+
+    def fuse(self, images: Mapping[str, np.ndarray]) -> np.ndarray:
+        """{modality name: float32 (H, W) on 0..255} with exactly this model's modalities -> fused luma on 0..255."""
+        problems = self.check_sources(list(images))
+        if problems:
+            raise FuserInputError(problems[0])
+        return self.fuse_luma(*(images[self.roles[role]] for role in self.ROLES))
 
     @torch.inference_mode()
     def fuse_tensors(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
@@ -158,7 +211,8 @@ def load_fuser_checkpoint(path: str | Path, device: str = "cpu", allow_unfused: 
 def fuse_folder(
     fuser: Fuser, pairs: Sequence[Pair], out_dir: str | Path, *, progress: bool = True, skip_existing: bool = False
 ) -> dict[str, Any]:
-    """Fuse every pair to ``out_dir/<stem>.png``.
+    """Fuse every sample (sources by name: ``data.types.Pair``, ``fusion.fusers.SourceSet``) to
+    ``out_dir/<stem>.png``.
 
     Returns ``{"per_image": {stem: seconds}, "total_seconds": float, "written": [stems], "skipped": [stems]}``.
     ``skip_existing=True`` (resuming an interrupted folder) leaves outputs that already exist; since every output
@@ -167,15 +221,26 @@ def fuse_folder(
     fuser's). Nothing else is skipped: a pair that fails to read or fuse raises.
 
     Raises:
+        FuserInputError: the fuser does not take some sample's set of modalities (every distinct set named), before
+            anything is written.
         ValueError: ``out_dir`` is a folder of source images, or holds another fuser's images under
             ``skip_existing``.
     """
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    sources = {p.parent.resolve() for pair in pairs for p in (pair.ir, pair.vis)}
+    sources = {p.parent.resolve() for pair in pairs for p in sources_of(pair).values()}
     if out_dir.resolve() in sources:
         raise ValueError(f"output folder {out_dir} holds source images: fusing into it would overwrite them")
+    if not hasattr(fuser, "image_for"):  # a pre-fused folder takes any sample it has an image for
+        refused = {}
+        for pair in pairs:
+            names = tuple(sources_of(pair))
+            if names not in refused:
+                refused[names] = source_problems(fuser, names)
+        lines = [line for problems in refused.values() for line in problems]
+        if lines:
+            raise FuserInputError(f"fuser {getattr(fuser, 'name', fuser)}: " + "; ".join(dict.fromkeys(lines)))
     marker, key = out_dir / FUSER_MARKER, fuser.cache_key()
     if skip_existing and marker.is_file():
         previous = record_key(marker)
@@ -202,20 +267,63 @@ def fuse_folder(
     return {"per_image": per_image, "total_seconds": time.perf_counter() - t0, "written": written, "skipped": skipped}
 
 
+def find_source_sets(source_dirs: Mapping[str, str | Path], colour: str | None) -> list[SourceSet]:
+    """The samples of N source folders by modality name, matched by stem and checked (every image decodes, one size
+    per sample), or one ``DatasetError`` naming every offender."""
+    where = " + ".join(f"{name}={folder}" for name, folder in source_dirs.items())
+    matched, problems = match_source_folders(source_dirs)
+    problems.extend(check_image_groups([(stem, tuple(files.values())) for stem, files in matched.items()])[0])
+    if problems:
+        raise DatasetError(f"sources {where}", problems)
+    return [SourceSet(stem, files, colour) for stem, files in matched.items()]
+
+
+def _source_arguments(args: argparse.Namespace) -> tuple[dict[str, Path], str | None, list[str]]:
+    """({name: folder} from --src, --ir and --vis; the colour modality; every problem with them)."""
+    sources, problems = parse_sources(args.src)
+    for name in ("ir", "vis"):
+        folder = getattr(args, name)
+        if folder is not None:
+            if name in sources:
+                problems.append(f"--{name} and --src {name}=... both name the {name} source")
+            sources[name] = folder
+    if not sources and not problems:
+        problems.append("no sources: give --src NAME=DIR (repeatable), or --ir DIR and --vis DIR")
+    colour = args.colour if args.colour is not None else (DEFAULT_COLOUR if DEFAULT_COLOUR in sources else None)
+    if colour is not None and sources and colour not in sources:
+        problems.append(f"--colour {colour} is not among the sources ({', '.join(sources)})")
+    return sources, colour, problems
+
+
+def _build_fuser(args: argparse.Namespace) -> Fuser:
+    """The fuser the options name, its factory given ``--device``."""
+    if args.checkpoint:
+        return load_fuser_checkpoint(args.checkpoint, args.device, args.allow_unfused)
+    if args.fuser:
+        return create_fuser(args.fuser[0], device=args.device, **parse_fuser_args(args.fuser[1:]))
+    return create_fuser(args.baseline, device=args.device)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fusion.fuse", description="Fuse a folder of image pairs.")
+    parser = argparse.ArgumentParser(prog="python -m fusion.fuse", description="Fuse a folder of image sets.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a DAE-Fuse training checkpoint (last.pt / best.pt)")
     source.add_argument("--baseline", choices=BASELINE_NAMES, help="a simple fuser instead of a model")
     source.add_argument("--fuser", nargs="+", metavar=("NAME|package.module:factory", "key=value"),
                         help="any fuser: a registered name (" + ", ".join(fuser_names()) + ") or a plug-in "
                              "factory, with its key=value arguments")
-    parser.add_argument("--ir", required=True, type=Path,
-                        help="infrared folder (medical: CT beside MRI; MRI beside colour PET/SPECT)")
-    parser.add_argument("--vis", required=True, type=Path,
-                        help="visible folder, whose colour is kept (medical: MRI beside CT; PET/SPECT beside MRI)")
+    parser.add_argument("--src", action="append", default=[], metavar="NAME=DIR",
+                        help="a source folder by modality name (repeat: --src vis=V --src nir=N --src lwir=T)")
+    parser.add_argument("--ir", type=Path,
+                        help="infrared folder, the same as --src ir=DIR (medical: CT beside MRI; MRI beside colour "
+                             "PET/SPECT)")
+    parser.add_argument("--vis", type=Path,
+                        help="visible folder, the same as --src vis=DIR (medical: MRI beside CT; PET/SPECT beside MRI)")
+    parser.add_argument("--colour", metavar="NAME",
+                        help="the colour source, whose chroma the fused image keeps (default: vis, when given)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (PNG per source stem)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (checkpoint only)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda or cuda:N, given to the fuser's factory (default cpu)")
     parser.add_argument("--allow-unfused", action="store_true",
                         help="accept a checkpoint saved before any fusion epoch (its fusion rules are untrained)")
     parser.add_argument("--skip-existing", action="store_true", help="keep outputs already in --out (resume)")
@@ -227,27 +335,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_video_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    source_dirs, colour, problems = _source_arguments(args)
+    if args.video and set(source_dirs) != {"ir", "vis"}:
+        problems.append(f"--video fuses two streams, ir and vis; got {', '.join(source_dirs) or 'none'}")
+    if problems:
+        parser.error("; ".join(problems))
+    if args.video:  # the streams are checked by fusion.video
+        args.ir, args.vis = source_dirs["ir"], source_dirs["vis"]
     try:
-        pairs = None if args.video else find_pairs(args.ir, args.vis)  # video: checked by fusion.video
-        if args.checkpoint:
-            fuser = load_fuser_checkpoint(args.checkpoint, args.device, args.allow_unfused)
-        elif args.fuser:
-            fuser = create_fuser(args.fuser[0], **parse_fuser_args(args.fuser[1:]))
+        if args.video:
+            pairs = None
+        elif set(source_dirs) == {"ir", "vis"} and colour == DEFAULT_COLOUR:
+            pairs = find_pairs(source_dirs["ir"], source_dirs["vis"])  # the two-band reader, with its messages
         else:
-            fuser = create_fuser(args.baseline)
-    except (DatasetError, CheckpointError, FuserSpecError) as err:
+            pairs = find_source_sets(source_dirs, colour)
+    except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        fuser = _build_fuser(args)
+    except (CheckpointError, FuserSpecError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - a plug-in's factory may raise anything: one line naming it
+        spec = args.fuser[0] if args.fuser else args.baseline
+        print(f"error: fuser {spec} failed to build: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     if args.video:
         return run_video(fuser, args)
     try:
         report = fuse_folder(fuser, pairs, args.out, progress=not args.no_progress, skip_existing=args.skip_existing)
-    except (ValueError, OSError) as err:  # --out is a source folder, another fuser's folder, or not writable
+    except (ValueError, OSError) as err:  # a set the fuser refuses, --out a source folder or another fuser's, ...
         print(f"error: {err}", file=sys.stderr)
         return 2
     n = len(report["written"])
     mean = report["total_seconds"] / n if n else 0.0
-    print(f"{n} fused, {len(report['skipped'])} kept, into {args.out} ({mean:.3f} s per pair)")
+    print(f"{n} fused, {len(report['skipped'])} kept, into {args.out} ({mean:.3f} s per sample)")
     return 0
 
 

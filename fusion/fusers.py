@@ -1,10 +1,27 @@
-"""The interface every fuser implements (simple baselines, DAE-Fuse, plug-ins alike) and the fuser registry.
+"""The interface every fuser implements (simple rules, DAE-Fuse, plug-ins alike) and the fuser registry.
 
-A fuser maps an infrared image and the visible luma to a fused luma. Colour is handled once, here, for all
-fusers: the field's standard is to fuse the luminance (Y of YCbCr) and keep the visible image's chroma
-(Cb, Cr), see ``data.io.restore_colour``.
+A fuser maps a sample's images, by modality name, to one fused luma::
 
-Where fusers come from, all through ``create_fuser(name, **kwargs)``:
+    fuse(images: Mapping[str, np.ndarray]) -> np.ndarray     # e.g. {"ir": ..., "vis": ...} or {"vis", "nir", "lwir"}
+
+**Value domain** of what a fuser receives (``fuse_images`` guarantees it on every path through this module):
+each image is float32 (H, W), all of one size, holding **whole numbers 0..255**: a grey source as stored (8 bits;
+a 16-bit file keeps its upper byte), a colour source as its BT.601 luma (Y of YCbCr) **rounded half to even**, as
+an 8-bit network was trained on and as the metrics read images (``data.io.read_gray_reference``). The fuser returns
+float32 (H, W) on the same 0..255 scale; values outside are clipped, never stretched, and the result is rounded
+to 8 bits when saved.
+
+Colour is handled once, here, for all fusers: the field's standard is to fuse the luminance and keep the colour
+image's chroma (Cb, Cr), see ``data.io.restore_colour``. Which modality is colour comes from the caller (the
+dataset's ``Pair.colour``; ``DEFAULT_COLOUR`` = "vis" otherwise); a fuser says only whether it wants colour kept
+(``keeps_visible_chroma``, True for every real fusion) and, for a single-modality passthrough, which modality it
+passes (``single_modality``): the colour modality's passthrough gives its image back unchanged, any other is grey.
+
+Which modalities a fuser takes: ``modalities`` (the exact set, in the fuser's role order, or None for any set)
+and, optionally, ``check_sources(names) -> list[str]`` with one line per reason a set is refused. A set it refuses
+is one clear ``FuserInputError`` before anything is read or fused.
+
+Where fusers come from, all through ``create_fuser(name, device=..., **kwargs)``:
 
 * the registry ``FUSERS``: the simple rules (``fusion.baselines``), ``dae_fuse`` (``fusion.fuse``), and every
   entry point of the group ``fusebench.fusers`` that an installed package declares, e.g. in its pyproject.toml::
@@ -13,12 +30,22 @@ Where fusers come from, all through ``create_fuser(name, **kwargs)``:
       cddfuse = "cddfuse_wrapper:make_fuser"
 
 * a ``package.module:factory`` path, so a user wraps any network without packaging it. A new learned method is
-  one file with a factory returning a ``Fuser``; nothing here is edited.
+  one file with a factory returning a fuser; nothing here is edited. The module is imported by its dotted name,
+  so it must be importable from the process that fuses: installed, or in a folder on ``PYTHONPATH`` (the current
+  directory is on it for ``python -m fusion.fuse`` and ``python -m pipelines...`` started there).
 
-A plug-in's fuser needs only ``fuse_luma``; ``name`` and ``keeps_visible_chroma`` (True) default, and without
-its own ``cache_key`` one is derived from the factory, its arguments, the bytes of the factory's source file and
-the size and modification time of every argument that names a file, so a changed wrapper or weights file is fused
-again.
+**What a factory receives**: its ``key=value`` arguments as keywords (values read as YAML scalars: numbers,
+booleans, strings, ``{a: b}`` mappings), plus ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, from ``--device``)
+when its signature has a ``device`` parameter or ``**kwargs``; a factory without either is not given it. What a
+factory raises reaches ``create_fuser``'s caller unchanged; ``python -m fusion.fuse`` and the pipeline report it
+as one line naming the fuser (exit status 2), never a traceback.
+
+A plug-in's fuser needs only ``fuse`` (or the older ``fuse_luma(ir, vis_y)``, adapted to the set {ir, vis}:
+``LumaPairAdapter``); ``name``, ``modalities`` (None) and ``keeps_visible_chroma`` (True) default, and without
+its own ``cache_key`` one is derived from the factory, its arguments, the device it was given, the bytes of the
+factory's source file, the size and modification time of every argument that names a file, and of every file
+under an argument that names a folder (``repo=DIR``; hidden entries and ``__pycache__`` left out), so a changed
+wrapper, weights file or repository is fused again.
 """
 from __future__ import annotations
 
@@ -26,40 +53,48 @@ import hashlib
 import importlib
 import importlib.metadata
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from data.io import read_ir, read_visible, restore_colour
-from data.provenance import content_key, file_fingerprint
-from data.types import Pair
-
+from data.provenance import content_key, file_fingerprint, files_fingerprint
 from data.registry import Registry
+
+# The modality whose chroma is kept when the caller does not say (two-band data: the visible camera).
+DEFAULT_COLOUR = "vis"
+# The two-band set, in the order of the older ``fuse_luma(ir, vis_y)`` interface.
+TWO_BAND: tuple[str, str] = ("ir", "vis")
+# Names the value domain above in cache keys: images fused from unrounded visible lumas (before the domain was
+# fixed) differ by a level here and there, so they are never passed off as today's.
+INPUT_DOMAIN = "y8"
 
 
 @runtime_checkable
 class Fuser(Protocol):
-    """Pair in, fused luma out.
+    """Images by modality name in, fused luma out (the module docstring gives the value domain).
 
-    ``fuse_luma(ir, vis_y)`` takes float32 (H, W) arrays on the 0..255 scale (the infrared image and the visible
-    luma) and returns a float32 (H, W) fused luma on the same scale; values outside 0..255 are clipped by the
-    caller, never stretched. ``cache_key`` identifies the fuser's output for caching: two fusers with the same key
-    must produce the same images. ``keeps_visible_chroma``: whether a colour visible image's Cb/Cr are restored
-    around the fused luma (every real fusion); False for a single-modality infrared passthrough, which must not
-    borrow anything from the visible image.
+    ``fuse(images)`` takes {modality name: float32 (H, W) whole numbers 0..255}, one size, and returns a float32
+    (H, W) fused luma on the same scale. ``modalities``: the exact set the fuser takes, in its role order, or None
+    for any set (``check_sources`` may refine that). ``cache_key`` identifies the fuser's output for caching: two
+    fusers with the same key must produce the same images. ``keeps_visible_chroma``: whether the colour modality's
+    Cb/Cr are restored around the fused luma (every real fusion).
     """
 
     name: str
+    modalities: tuple[str, ...] | None
     keeps_visible_chroma: bool
 
-    def fuse_luma(self, ir: np.ndarray, vis_y: np.ndarray) -> np.ndarray: ...
+    def fuse(self, images: Mapping[str, np.ndarray]) -> np.ndarray: ...
 
     def cache_key(self) -> str: ...
 
 
-# name -> factory(**kwargs) -> Fuser. Baselines take no arguments; checkpoint fusers take ``checkpoint=``.
+# name -> factory(**kwargs) -> Fuser. The rules take no arguments; DAE-Fuse takes ``checkpoint=``.
 FUSERS: Registry = Registry("fuser")
 ENTRY_POINT_GROUP = "fusebench.fusers"
 
@@ -76,6 +111,197 @@ class UnknownFuserError(FuserSpecError, KeyError):
         return str(self.args[0])
 
 
+class FuserInputError(ValueError):
+    """A fuser was given images it cannot fuse: another set of modalities than it takes, or images that differ in
+    size or are not grey (H, W) arrays. The message names every offender."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sources of a sample
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SourceSet:
+    """One sample's source files by modality name, for callers that hold no ``data.types.Pair`` (which carries the
+    same three things)."""
+
+    stem: str
+    sources: Mapping[str, Path]
+    colour: str | None = DEFAULT_COLOUR
+
+
+def sources_of(pair: Any) -> dict[str, Path]:
+    """{modality name: file} of a sample: its ``sources``, or (ir, vis) for a pair from before sources had names."""
+    sources = getattr(pair, "sources", None)
+    if sources is None:
+        return {"ir": Path(pair.ir), "vis": Path(pair.vis)}
+    return {str(name): Path(path) for name, path in sources.items()}
+
+
+def colour_of(pair: Any, default: str | None = DEFAULT_COLOUR) -> str | None:
+    """The sample's colour modality (``Pair.colour``), else ``default``."""
+    return getattr(pair, "colour", default)
+
+
+def source_problems(fuser: Any, names: Sequence[str]) -> list[str]:
+    """Why ``fuser`` cannot fuse the modality set ``names`` (empty: it can): its own ``check_sources`` when it has
+    one, else its ``modalities`` (None: any non-empty set)."""
+    names = list(names)
+    own = getattr(fuser, "check_sources", None)
+    if callable(own):
+        return list(own(names))
+    wanted = TWO_BAND if _two_band_only(fuser) else getattr(fuser, "modalities", None)
+    if not names:
+        return ["no source images"]
+    if wanted is not None and set(names) != set(wanted):
+        return [modality_set_problem(getattr(fuser, "name", "fuser"), wanted, names)]
+    return []
+
+
+def _two_band_only(fuser: Any) -> bool:
+    """A fuser object of the older interface used directly (not built by ``create_fuser``): ``fuse_luma`` only."""
+    return not callable(getattr(fuser, "fuse", None)) and callable(getattr(fuser, "fuse_luma", None))
+
+
+def modality_set_problem(name: str, wanted: Sequence[str], names: Sequence[str]) -> str:
+    """One line: fuser ``name`` takes exactly ``wanted``; what ``names`` lacks and what it has too many of."""
+    missing = [m for m in wanted if m not in names]
+    extra = [m for m in names if m not in wanted]
+    detail = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                         f"not taken: {', '.join(extra)}" if extra else "") if part)
+    return f"fuser {name} fuses exactly {{{', '.join(wanted)}}}, got {{{', '.join(names)}}} ({detail})"
+
+
+def check_fuser_sources(fuser: Any, names: Sequence[str]) -> None:
+    """``source_problems`` as one ``FuserInputError``, before anything is read or fused."""
+    problems = source_problems(fuser, names)
+    if problems:
+        raise FuserInputError(f"fuser {getattr(fuser, 'name', fuser)} cannot fuse {{{', '.join(names)}}}: "
+                              + "; ".join(problems))
+
+
+def prepare_images(images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The images as a fuser receives them: float32 (H, W), whole numbers (floats rounded half to even), one size.
+
+    Raises:
+        FuserInputError: naming every image that is not 2-D and, when sizes differ, every image with its size.
+    """
+    prepared, problems = {}, []
+    for name, image in images.items():
+        array = np.asarray(image)
+        if array.ndim != 2:
+            problems.append(f"{name} is not a grey (H, W) image: shape {array.shape}")
+        elif np.issubdtype(array.dtype, np.integer):
+            prepared[name] = array.astype(np.float32)
+        else:
+            # Rounded in its own precision before narrowing, as the metrics round (float64 255.4999 is 255).
+            prepared[name] = np.round(array).astype(np.float32, copy=False)
+    if len({a.shape for a in prepared.values()}) > 1:
+        problems.append("images differ in size: " + ", ".join(f"{n} {a.shape[1]}x{a.shape[0]}"
+                                                              for n, a in prepared.items()))
+    if problems:
+        raise FuserInputError("; ".join(problems))
+    return prepared
+
+
+def read_sources(sources: Mapping[str, str | Path], colour: str | None = DEFAULT_COLOUR
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Read a sample's files as fusers receive them: ({name: image}, the colour modality's BGR image or None).
+
+    The colour modality is read as its luma (and its BGR image when its channels differ, ``data.io.read_visible``);
+    every other modality as its rounded luma, uint8 (``data.io.read_ir``: a grey file as stored). ``fuse_images``
+    rounds the colour luma to the value domain.
+    """
+    images: dict[str, np.ndarray] = {}
+    colour_bgr = None
+    for name, path in sources.items():
+        if name == colour:
+            images[name], colour_bgr = read_visible(path)
+        else:
+            images[name] = read_ir(path)
+    return images, colour_bgr
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fusing: the one place a fuser is called
+# --------------------------------------------------------------------------------------------------------------
+
+def fuse_images(fuser: Any, images: Mapping[str, np.ndarray], colour_bgr: np.ndarray | None = None,
+                colour: str | None = DEFAULT_COLOUR) -> np.ndarray:
+    """Fuse a sample's images (already read) and return the uint8 image to save.
+
+    Args:
+        fuser: any fuser (``Fuser``).
+        images: {modality name: grey (H, W) image on 0..255}; floats are rounded (the value domain).
+        colour_bgr: the colour modality's BGR image, or None when it is grey or there is none.
+        colour: which modality ``colour_bgr`` belongs to.
+
+    Returns grey (H, W), or BGR (H, W, 3) with the colour modality's chroma around the fused luma. The colour
+    modality's own passthrough returns ``colour_bgr`` unchanged; every other passthrough is grey.
+
+    Raises:
+        FuserInputError: the fuser does not take this set of modalities, the images differ in size, or the fuser
+            returned an image of another size.
+    """
+    check_fuser_sources(fuser, list(images))
+    prepared = prepare_images(images)
+    if colour_bgr is not None:
+        if colour not in prepared:
+            raise FuserInputError(f"a colour image is given for '{colour}', which is not among the sources "
+                                  f"({', '.join(prepared)})")
+        if colour_bgr.shape[:2] != prepared[colour].shape:
+            raise FuserInputError(f"the colour image of '{colour}' is {colour_bgr.shape[1]}x{colour_bgr.shape[0]}, "
+                                  f"its luma {prepared[colour].shape[1]}x{prepared[colour].shape[0]}")
+    single = getattr(fuser, "single_modality", None)
+    if single is not None and single == colour and colour_bgr is not None:
+        return colour_bgr.copy()  # the colour camera's own image, not a re-rounded copy of it
+    if _two_band_only(fuser):
+        fused = fuser.fuse_luma(prepared["ir"], prepared["vis"])
+    else:
+        fused = fuser.fuse(MappingProxyType(prepared))
+    fused = np.asarray(fused, dtype=np.float32)
+    shape = next(iter(prepared.values())).shape
+    if fused.shape != shape:
+        raise FuserInputError(f"fuser {getattr(fuser, 'name', fuser)} returned an image of shape {fused.shape} for "
+                              f"inputs of {shape}")
+    keep = bool(getattr(fuser, "keeps_visible_chroma", True)) and single in (None, colour)
+    return restore_colour(fused, colour_bgr if keep else None)
+
+
+def fuse_pair(fuser: Any, pair: Any, colour: str | None = DEFAULT_COLOUR) -> np.ndarray:
+    """Read a sample from disk and fuse it; returns the uint8 image to save.
+
+    ``pair``: a ``data.types.Pair`` or ``SourceSet`` (sources by name; its ``colour`` wins over ``colour``), or a
+    pair of the older (ir, vis) form. The modality set is checked before any file is read. A source of
+    already-fused images (``fusion.prefused.PrefusedFolder``) gives its own image for the pair instead.
+    """
+    image_for = getattr(fuser, "image_for", None)
+    if image_for is not None:
+        return image_for(pair)
+    sources = sources_of(pair)
+    check_fuser_sources(fuser, list(sources))
+    colour = colour_of(pair, colour)
+    images, colour_bgr = read_sources(sources, colour)
+    return fuse_images(fuser, images, colour_bgr, colour)
+
+
+def fuse_arrays(fuser: Any, ir: np.ndarray, vis_y: np.ndarray, vis_bgr: np.ndarray | None) -> np.ndarray:
+    """The two-band form of ``fuse_images``: ``fuse_images(fuser, {"ir": ir, "vis": vis_y}, vis_bgr, "vis")``.
+
+    Kept for callers by position (the video path); new code calls ``fuse_images`` with images by name.
+    """
+    return fuse_images(fuser, {"ir": ir, "vis": vis_y}, vis_bgr, "vis")
+
+
+def output_path(out_dir: Path, stem: str) -> Path:
+    """Where a fused image for ``stem`` is written: always an 8-bit PNG named by the source stem."""
+    return Path(out_dir) / f"{stem}.png"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building fusers: registry, entry points, factory paths
+# --------------------------------------------------------------------------------------------------------------
+
 def _register_builtin_and_installed() -> None:
     """Fill the registry: the simple rules, DAE-Fuse, and the installed packages' entry points (once each)."""
     from . import baselines  # noqa: F401  (importing it registers the simple fusers)
@@ -87,19 +313,38 @@ def _register_builtin_and_installed() -> None:
             FUSERS.register(entry.name)(_EntryPointFactory(entry))
 
 
+def accepts_device(factory: Callable[..., Any]) -> bool:
+    """Whether ``factory`` takes a ``device`` keyword: a parameter of that name, or ``**kwargs``."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin or extension callable without a signature
+        return False
+    return any(p.name == "device" and p.kind is not p.POSITIONAL_ONLY or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def factory_arguments(factory: Callable[..., Any], kwargs: Mapping[str, Any], device: str | None) -> dict[str, Any]:
+    """What ``factory`` is called with: ``kwargs``, plus ``device`` when one is given, the factory takes it and the
+    arguments do not already name one."""
+    call = dict(kwargs)
+    if device is not None and "device" not in call and accepts_device(factory):
+        call["device"] = device
+    return call
+
+
 class _EntryPointFactory:
     """A registry entry for an installed plug-in: its module is imported only when the fuser is built."""
 
     def __init__(self, entry: importlib.metadata.EntryPoint):
         self.entry = entry
 
-    def __call__(self, **kwargs: Any) -> Fuser:
+    def __call__(self, device: str | None = None, **kwargs: Any) -> Fuser:
         try:
             factory = self.entry.load()
         except Exception as err:  # noqa: BLE001 - whatever the plug-in's import raises, name the plug-in
             raise FuserSpecError(f"fuser '{self.entry.name}' ({ENTRY_POINT_GROUP} entry point {self.entry.value}) "
                                  f"does not load: {type(err).__name__}: {err}") from err
-        return as_fuser(factory(**kwargs), self.entry.name, self.entry.value, factory, kwargs)
+        call = factory_arguments(factory, kwargs, device)
+        return as_fuser(factory(**call), self.entry.name, self.entry.value, factory, call)
 
 
 def parse_fuser_args(tokens: list[str]) -> dict[str, Any]:
@@ -134,25 +379,31 @@ def import_factory(target: str) -> Callable[..., Any]:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except Exception as err:  # noqa: BLE001 - an import error of the user's module, named as such
-        raise FuserSpecError(f"factory {target} does not import: {type(err).__name__}: {err}") from err
+        raise FuserSpecError(f"factory {target} does not import: {type(err).__name__}: {err} (the module must be "
+                             "importable: installed, or in a folder on PYTHONPATH)") from err
     if not callable(obj):
         raise FuserSpecError(f"factory {target} is not callable (a {type(obj).__name__})")
     return obj
 
 
-def create_fuser(name: str, **kwargs) -> Fuser:
+def create_fuser(name: str, *, device: str | None = None, **kwargs) -> Fuser:
     """Build a fuser: a registered name (``create_fuser("mean")``, ``create_fuser("dae_fuse", checkpoint=path)``,
-    an installed plug-in) or a factory path (``create_fuser("my_pkg.wrap:make", weights="w.pth")``)."""
+    an installed plug-in) or a factory path (``create_fuser("my_pkg.wrap:make", weights="w.pth")``).
+
+    ``device`` reaches every factory that takes one (module docstring). What a factory raises reaches the caller
+    unchanged; the CLIs report it as one line naming the fuser.
+    """
     if ":" in name:
         factory = import_factory(name)
-        return as_fuser(factory(**kwargs), name.rpartition(".")[2].replace(":", "."), name, factory, kwargs)
+        call = factory_arguments(factory, kwargs, device)
+        return as_fuser(factory(**call), name.rpartition(".")[2].replace(":", "."), name, factory, call)
     if name not in FUSERS:
         _register_builtin_and_installed()
     try:
         factory = FUSERS.get(name)
     except KeyError as err:
         raise UnknownFuserError(err.args[0] + " (or give a factory as package.module:factory)") from None
-    return factory(**kwargs)
+    return factory(**factory_arguments(factory, kwargs, device))
 
 
 def _source_digest(obj: Any) -> str | None:
@@ -164,6 +415,32 @@ def _source_digest(obj: Any) -> str | None:
     return hashlib.sha256(Path(source).read_bytes()).hexdigest() if source and Path(source).is_file() else None
 
 
+def folder_fingerprint(folder: str | Path) -> str:
+    """One key over the size and modification time of every file under ``folder``, hidden entries and
+    ``__pycache__`` left out (importing a plug-in from the folder writes bytecode there, which is no change)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(
+        part.startswith(".") or part == "__pycache__" for part in p.relative_to(folder).parts))
+    return files_fingerprint(files)
+
+
+def argument_fingerprints(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """For each argument naming an existing file or folder: its fingerprint (what a derived cache key follows)."""
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if not isinstance(value, (str, Path)) or not str(value):
+            continue
+        path = Path(value)
+        try:
+            if path.is_file():
+                out[key] = file_fingerprint(path)
+            elif path.is_dir():
+                out[key] = ["folder", str(path.resolve()), folder_fingerprint(path)]
+        except OSError:  # e.g. a name too long to be a path: an argument like any other
+            continue
+    return out
+
+
 class PluginFuser:
     """A plug-in's fuser completed to the ``Fuser`` protocol: the defaults the module docstring gives."""
 
@@ -171,53 +448,58 @@ class PluginFuser:
         self.inner = inner
         self.name = str(getattr(inner, "name", None) or name)
         self.keeps_visible_chroma = bool(getattr(inner, "keeps_visible_chroma", True))
+        modalities = getattr(inner, "modalities", None)
+        self.modalities = None if modalities is None else tuple(modalities)
         self._key = key
+        if callable(getattr(inner, "check_sources", None)):
+            self.check_sources = inner.check_sources
         if callable(getattr(inner, "fuse_luma_batch", None)):  # several frames per call, for video (fusion.video)
             self.fuse_luma_batch = inner.fuse_luma_batch
 
-    def fuse_luma(self, ir: np.ndarray, vis_y: np.ndarray) -> np.ndarray:
-        fused = np.asarray(self.inner.fuse_luma(ir, vis_y), dtype=np.float32)
-        if fused.shape != ir.shape:
-            raise ValueError(f"fuser {self.name} returned an image of shape {fused.shape} for inputs of {ir.shape}")
+    def _checked(self, fused: Any, shape: tuple[int, ...]) -> np.ndarray:
+        fused = np.asarray(fused, dtype=np.float32)
+        if fused.shape != shape:
+            raise FuserInputError(f"fuser {self.name} returned an image of shape {fused.shape} for inputs of {shape}")
         return fused
+
+    def fuse(self, images: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self._checked(self.inner.fuse(images), next(iter(images.values())).shape)
+
+    def fuse_luma(self, ir: np.ndarray, vis_y: np.ndarray) -> np.ndarray:
+        """The two-band form, for callers by position: ``fuse({"ir": ir, "vis": vis_y})``."""
+        return self.fuse({"ir": ir, "vis": vis_y})
 
     def cache_key(self) -> str:
         return self._key
 
 
+class LumaPairAdapter(PluginFuser):
+    """A plug-in written for the older interface, ``fuse_luma(ir, vis_y)``: it fuses the set {ir, vis}."""
+
+    def __init__(self, inner: Any, name: str, key: str):
+        super().__init__(inner, name, key)
+        self.modalities = TWO_BAND
+
+    def fuse(self, images: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.fuse_luma(images["ir"], images["vis"])
+
+    def fuse_luma(self, ir: np.ndarray, vis_y: np.ndarray) -> np.ndarray:
+        return self._checked(self.inner.fuse_luma(ir, vis_y), ir.shape)
+
+
 def as_fuser(obj: Any, name: str, origin: str, factory: Any, kwargs: dict[str, Any]) -> Fuser:
-    """Check what a plug-in factory returned and complete it to a ``Fuser`` (see the module docstring)."""
-    if not callable(getattr(obj, "fuse_luma", None)):
+    """Check what a plug-in factory returned and complete it to a ``Fuser`` (see the module docstring).
+
+    ``kwargs`` are the arguments the factory was called with (``device`` included when it was given one).
+    """
+    native = callable(getattr(obj, "fuse", None))
+    if not native and not callable(getattr(obj, "fuse_luma", None)):
         raise FuserSpecError(f"factory {origin} returned {type(obj).__name__}, which has no fuse_luma(ir, vis_y) "
-                             "method (the interface fusion.fusers.Fuser defines)")
+                             "nor fuse(images) method (the interface fusion.fusers.Fuser defines)")
     own_key = getattr(obj, "cache_key", None)
     if callable(own_key):
-        key = f"plugin:{origin}:{own_key()}"
+        key = f"plugin:{origin}:{own_key()}:{INPUT_DOMAIN}"
     else:
-        files = {k: file_fingerprint(v) for k, v in kwargs.items()
-                 if isinstance(v, (str, Path)) and str(v) and Path(v).is_file()}
-        key = "plugin:" + content_key(origin, kwargs, _source_digest(factory), files)
-    return PluginFuser(obj, name, key)
-
-
-def fuse_arrays(fuser: Fuser, ir: np.ndarray, vis_y: np.ndarray, vis_bgr: np.ndarray | None) -> np.ndarray:
-    """Fuse already-read arrays; returns the uint8 image to save (grey, or BGR with the visible chroma)."""
-    if ir.shape != vis_y.shape:
-        raise ValueError(f"infrared {ir.shape} and visible {vis_y.shape} sizes differ")
-    fused = fuser.fuse_luma(ir.astype(np.float32, copy=False), vis_y.astype(np.float32, copy=False))
-    return restore_colour(fused, vis_bgr if fuser.keeps_visible_chroma else None)
-
-
-def fuse_pair(fuser: Fuser, pair: Pair) -> np.ndarray:
-    """Read a pair from disk and fuse it; returns the uint8 image to save. A source of already-fused images
-    (``fusion.prefused.PrefusedFolder``) gives its own image for the pair instead."""
-    image_for = getattr(fuser, "image_for", None)
-    if image_for is not None:
-        return image_for(pair)
-    vis_y, vis_bgr = read_visible(pair.vis)
-    return fuse_arrays(fuser, read_ir(pair.ir).astype(np.float32), vis_y, vis_bgr)
-
-
-def output_path(out_dir: Path, stem: str) -> Path:
-    """Where a fused image for ``stem`` is written: always an 8-bit PNG named by the source stem."""
-    return Path(out_dir) / f"{stem}.png"
+        key = "plugin:" + content_key(origin, kwargs, _source_digest(factory), argument_fingerprints(kwargs),
+                                      INPUT_DOMAIN)
+    return (PluginFuser if native else LumaPairAdapter)(obj, name, key)

@@ -2,8 +2,11 @@
 
 The field's methods (CDDFuse, TarDAL, EMMA, ...) ship code or fused images, not our checkpoint format. A folder of
 their fused images, named by image id (``00001.png``, any format OpenCV reads, grey or colour as the method wrote
-it: colour is the fused Y with the visible chroma), is checked against the pairs it claims to fuse and then read
-in place of fusing: ``PrefusedFolder.image_for(pair)`` plays the part of ``fusers.fuse_pair``.
+it: colour is the fused Y with the colour modality's chroma), is checked against the samples it claims to fuse and
+then read in place of fusing: ``PrefusedFolder.image_for(pair)`` plays the part of ``fusers.fuse_pair``. Samples
+are matched by id alone, so they may carry any set of sources by name (``data.types.Pair.sources``: ir and vis,
+or vis, nir and lwir, ...); ``modalities`` records which set the method fused when the caller knows it, and then
+samples with another set are refused like any fuser's (``check_sources``).
 
 ``check_prefused_folder`` finds every problem in one pass (missing ids, images of the wrong size, files that do not
 decode, two files for one id) so that a bad folder is refused with one message before any heavy work; with
@@ -30,6 +33,11 @@ MAX_LISTED = 20  # names listed per kind of problem; the count says how many the
 def _listed(kind: str, names: Sequence[str], hint: str = "") -> str:
     shown = ", ".join(names[:MAX_LISTED]) + (f", ... ({len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else "")
     return f"{len(names)} {kind}{hint}: {shown}"
+
+
+def _source_names(pair: Pair) -> tuple[str, ...]:
+    sources = getattr(pair, "sources", None)  # a pair from before sources had names holds ir and vis
+    return tuple(sources) if sources is not None else ("ir", "vis")
 
 
 def index_images(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
@@ -92,6 +100,7 @@ class PrefusedFolder:
     images: dict[str, Path]
     name: str = "prefused"
     keeps_visible_chroma: bool = True  # as the method wrote it: colour files keep theirs, grey ones stay grey
+    modalities: tuple[str, ...] | None = None  # the set the method fused, when known; None: any
     _key: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -101,13 +110,31 @@ class PrefusedFolder:
 
     @classmethod
     def from_pairs(cls, folder: str | Path, pairs: Sequence[Pair], sizes: Mapping[str, tuple[int, int]],
-                   name: str = "prefused") -> PrefusedFolder:
-        """Check ``folder`` against ``pairs`` (one DatasetError listing every problem) and index it."""
+                   name: str = "prefused", modalities: Sequence[str] | None = None) -> PrefusedFolder:
+        """Check ``folder`` against ``pairs`` (samples with sources by name; one DatasetError listing every problem,
+        including samples whose set is not ``modalities`` when that is given) and index it."""
+        problems = []
+        if modalities is not None:
+            other = [p.stem for p in pairs if set(_source_names(p)) != set(modalities)]
+            if other:
+                problems.append(_listed(f"sample(s) without exactly the sources {', '.join(modalities)}", other))
         wanted = {p.stem: tuple(sizes[p.stem]) for p in pairs}
-        return cls(Path(folder), check_prefused_folder(folder, wanted), name=name)
+        try:
+            images = check_prefused_folder(folder, wanted)
+        except DatasetError as err:
+            raise DatasetError(err.what, problems + err.problems) from None
+        if problems:
+            raise DatasetError(f"--fused folder {folder} ({len(wanted)} ids wanted)", problems)
+        return cls(Path(folder), images, name=name, modalities=None if modalities is None else tuple(modalities))
 
     def cache_key(self) -> str:
         return self._key
+
+    def check_sources(self, names: Sequence[str]) -> list[str]:
+        """Refuses samples with another set of modalities than ``modalities`` (when that is known)."""
+        if self.modalities is None or set(names) == set(self.modalities):
+            return []
+        return [f"{self.name} holds images fused from {{{', '.join(self.modalities)}}}, not {{{', '.join(names)}}}"]
 
     def image_for(self, pair: Pair) -> np.ndarray:
         """The fused image of ``pair`` as 8-bit grey or BGR (a 16-bit file keeps its upper byte, as sources do)."""

@@ -251,5 +251,45 @@ def test_fuse_cli_refuses_to_overwrite_sources_or_mix_fusers(pair_dirs, tmp_path
     assert "both the infrared and the visible role" in capsys.readouterr().err
     assert main(["--baseline", "max", *common, "--out", str(tmp_path / "o")]) == 0
     assert main(["--baseline", "mean", *common, "--out", str(tmp_path / "o"), "--skip-existing"]) == 2
-    assert "another fuser (baseline:max)" in capsys.readouterr().err
+    assert "another fuser (baseline:max:" in capsys.readouterr().err
     assert main(["--baseline", "max", *common, "--out", str(tmp_path / "o"), "--skip-existing"]) == 0  # same one
+
+
+def test_dae_fuse_declares_its_two_roles_by_name_and_maps_them(checkpoint, synthetic_root):
+    from fusion.fusers import FuserInputError, FuserSpecError, fuse_images, fuse_pair
+    from data.io import restore_colour
+
+    fuser = CheckpointFuser(checkpoint)
+    assert fuser.modalities == ("ir", "vis")
+    rng = np.random.default_rng(0)
+    ir, vis = (rng.integers(0, 256, (48, 64)).astype(np.float32) for _ in range(2))
+    direct = fuser.fuse_luma(ir, vis)
+    assert np.array_equal(fuser.fuse({"vis": vis, "ir": ir}), direct)  # by name, whatever the order
+    mapped = create_fuser("dae_fuse", checkpoint=checkpoint, roles={"ir": "lwir"})
+    assert mapped.modalities == ("lwir", "vis")
+    assert np.array_equal(mapped.fuse({"lwir": ir, "vis": vis}), direct)
+    assert mapped.cache_key() == fuser.cache_key()  # the same weights make the same images
+    with pytest.raises(FuserInputError) as err:
+        fuse_images(fuser, {"vis": vis, "nir": ir, "lwir": ir})
+    text = str(err.value)
+    assert "fuses exactly {ir, vis}" in text and "missing ir" in text and "roles={ir: NAME, vis: NAME}" in text
+    with pytest.raises(FuserInputError, match="roles mapped: ir=lwir"):
+        fuse_images(mapped, {"ir": ir, "vis": vis})
+    with pytest.raises(FuserSpecError, match="nir is no role of this model"):
+        CheckpointFuser(checkpoint, roles={"nir": "x"})
+    # What reaches the model from files is the rounded visible luma (the documented value domain).
+    pair = load_m3fd(synthetic_root).pairs()[0]
+    vis_y, vis_bgr = read_visible(pair.vis)
+    expected = restore_colour(fuser.fuse_luma(read_ir(pair.ir).astype(np.float32), np.round(vis_y)), vis_bgr)
+    assert np.array_equal(fuse_pair(fuser, pair), expected)
+
+
+def test_fuse_cli_maps_dae_fuse_roles_to_named_sources(checkpoint, pair_dirs, tmp_path):
+    ir_dir, vis_dir = pair_dirs
+    assert main(["--checkpoint", str(checkpoint), "--ir", str(ir_dir), "--vis", str(vis_dir), "--out",
+                 str(tmp_path / "positional"), "--no-progress"]) == 0
+    assert main(["--fuser", "dae_fuse", f"checkpoint={checkpoint}", "roles={ir: lwir}", "--src", f"lwir={ir_dir}",
+                 "--src", f"vis={vis_dir}", "--out", str(tmp_path / "named"), "--no-progress", "--device", "cpu"]) == 0
+    for path in sorted((tmp_path / "positional").glob("*.png")):
+        assert np.array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED),
+                              cv2.imread(str(tmp_path / "named" / path.name), cv2.IMREAD_UNCHANGED)), path.name
