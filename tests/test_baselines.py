@@ -1,4 +1,5 @@
-"""Simple fusers and the shared colour rule (fuse Y, keep the visible Cb/Cr)."""
+"""Simple fusers (two-band forms) and the shared colour rule (fuse Y, keep the visible Cb/Cr); their N-source
+forms are in test_sources_by_name.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -63,8 +64,10 @@ def test_fuse_pair_reads_files(tmp_path, pair_arrays):
     fused = fuse_pair(create_fuser("max"), Pair("a", tmp_path / "a_ir.png", tmp_path / "a_vis.png"))
     y, bgr = read_visible(tmp_path / "a_vis.png")
     assert bgr is not None
-    expected = restore_colour(np.maximum(ir, y), bgr)
+    expected = restore_colour(np.maximum(ir, np.round(y)), bgr)  # the fuser receives the rounded luma
     np.testing.assert_array_equal(fused, expected)
+    mean = fuse_pair(create_fuser("mean"), Pair("a", tmp_path / "a_ir.png", tmp_path / "a_vis.png"))
+    np.testing.assert_array_equal(mean, restore_colour((ir + np.round(y)) / 2, bgr))
 
 
 def test_atomic_writes_get_normal_file_permissions(tmp_path):
