@@ -71,8 +71,8 @@ class DetectionResult:
     Attributes:
         map50, map50_95, precision, recall: Ultralytics' box metrics (``box.map50``, ``box.map``, ``box.mp``,
             ``box.mr``) of the best checkpoint.
-        ap50: class name -> Ultralytics AP@50 for every class of the dataset, in its order; ``None`` where the evaluation split has
-            no box of that class (AP is undefined there, not 0).
+        ap50: class name -> Ultralytics AP@50 for every class of the dataset, in its order; ``None`` where the
+            evaluation split has no box of that class (AP is undefined there, not 0).
         absent_classes: the classes reported as ``None`` in ``ap50``.
         coco_map50, coco_map50_95: pycocotools on ``predictions.json`` (maxDets 300); ``None`` without any box.
         map50_deployed, map50_95_deployed, ap50_deployed: pycocotools on the deployed protocol's predictions

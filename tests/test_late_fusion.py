@@ -106,7 +106,8 @@ def test_late_fusion_scored_under_both_protocols_finds_what_either_detector_foun
             path = tmp_path / modality / protocol / "predictions.json"
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps([p(image_id, 1, truth[image_id], 0.9)]))
-        results[modality] = {"eval_split": "val", "predictions_path": str(tmp_path / modality / "field" / "predictions.json"),
+        results[modality] = {"eval_split": "val",
+                             "predictions_path": str(tmp_path / modality / "field" / "predictions.json"),
                              "deployed_predictions_path": str(tmp_path / modality / "deployed" / "predictions.json")}
         alone = coco_map(ds.coco_gt("val"), results[modality]["predictions_path"]).map50
         assert alone == pytest.approx(51 / 101)  # recall 0.5 at precision 1: 51 of COCO's 101 recall points
