@@ -15,7 +15,6 @@ from data.io import luma, read_ir, read_visible, restore_colour
 from fusion.fuse import fuse_folder, main
 from fusion.fusers import (
     FuserInputError,
-    FuserSpecError,
     SourceSet,
     create_fuser,
     factory_arguments,
