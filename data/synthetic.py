@@ -15,6 +15,14 @@
 * **Infrared-only clutter**: warm patches that are not objects (vents, sun-heated spots, person-sized warm
   blobs; most by day) appear only in infrared, so infrared alone produces false positives.
 
+**Near-infrared (opt-in, ``nir=True``; ``Nir/<id>.png``)**, a third band rendered from the same scene: it sees
+reflectance (paint and clothing, red-weighted, less colour contrast than visible), lamps (lit panels, with a halo
+at night), retro-reflectors (road markings, number plates, the stripe on a person's clothes) that return an active
+illuminator's light, and, at night, the asphalt texture and objects on the road lit by that illuminator (bright
+near the car, falling off towards the horizon), where the visible image is dark. It does not see heat: warm
+bodies and warm clutter are thermal-only. Its noise comes from its own random stream, so the infrared and visible
+images are byte-identical with and without it (the default output does not change).
+
 Scenarios (``night``, ``daytime``, ``overcast``) alternate across scenes; consecutive frames of a scene are
 near-duplicates with small object motion, like M3FD's video frames. Output (all PNG, lossless):
 ``Ir/<id>.png`` 8-bit grey, ``Vis/<id>.png`` 8-bit BGR, ``Annotation/<id>.xml`` Pascal VOC 1-based,
@@ -23,7 +31,7 @@ stratified, :data:`SYNTHETIC_FRACTIONS`), ``SYNTHETIC.md`` saying what this is, 
 parameters. The folder is built under a temporary name and renamed into place; a complete folder made with
 the same parameters is reused as it is. The same parameters always give byte-identical files.
 
-CLI: ``python -m data.synthetic --out DIR [--scenes N --frames N --size W H --seed S]``.
+CLI: ``python -m data.synthetic --out DIR [--scenes N --frames N --size W H --seed S] [--nir]``.
 """
 from __future__ import annotations
 
@@ -113,6 +121,27 @@ _PALETTE = np.array(  # BGR reflectances of facades
 )
 # BGR reflectances of clothing and car paint: saturated colours and white, none close to the grey asphalt, so
 # that by day an object stands out from the road the way traffic does in M3FD's daytime frames.
+@dataclass(frozen=True)
+class NirLighting:
+    """How a scenario renders in near-infrared: NIR = reflectance * (ambient + active illumination) + offset,
+    then lamps, retro-reflectors and noise. Ours, chosen for the qualitative behaviour of NIR driving cameras
+    (an 850 nm illuminator lights the road ahead at night; NIR penetrates haze better than visible)."""
+
+    ambient: float  # sun/sky illumination (1 = daylight)
+    active: float  # the car's NIR illuminator at the nearest road row (0 = off); falls off towards the horizon
+    offset: float  # haze/ambient level (grey levels); below visible's (NIR scatters less)
+    noise: float  # sensor noise sigma, grey levels
+    lamp_level: float  # NIR brightness of a lit lamp panel (incandescent and sodium lamps emit strongly in NIR)
+    lamp_halo: float  # glow around lamps (0 = none)
+    retro: float  # retro-reflector return relative to diffuse reflectance of the same illumination
+
+
+NIR_LIGHTING: dict[str, NirLighting] = {
+    "daytime": NirLighting(0.95, 0.0, 4.0, 2.0, 230.0, 0.0, 1.3),
+    "overcast": NirLighting(0.6, 0.25, 25.0, 2.5, 240.0, 0.15, 2.0),
+    "night": NirLighting(0.04, 0.85, 4.0, 3.0, 250.0, 0.5, 3.0),
+}
+
 _OBJECT_PALETTE = np.array(
     [[40, 40, 210], [190, 90, 30], [40, 210, 240], [60, 180, 40], [30, 130, 245], [240, 240, 240],
      [170, 50, 150], [210, 190, 40]],
@@ -285,6 +314,8 @@ class Scene:
     vis_reflectance: np.ndarray  # (H, W, 3) float32 background, 0..255
     ir_background: np.ndarray  # (H, W) float32, 0..255, clutter included
     things: tuple[_Thing, ...]
+    horizon: int | None = None  # the horizon row (near-infrared illumination falls off towards it)
+    retro: np.ndarray | None = None  # (H, W) bool: retro-reflective road markings (bright in near-infrared)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: int) -> np.ndarray:
@@ -295,8 +326,10 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: int) 
     return (field - field.mean()) / (field.std() + 1e-6)
 
 
-def _background(rng: np.random.Generator, light: Lighting, width: int, height: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Visible reflectance (H, W, 3), infrared background (H, W) and the horizon row of one scene."""
+def _background(rng: np.random.Generator, light: Lighting, width: int, height: int
+                ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Visible reflectance (H, W, 3), infrared background (H, W), the horizon row and the road markings mask of one
+    scene."""
     yy, xx = np.mgrid[0:height, 0:width]
     horizon = int(height * rng.uniform(0.36, 0.46))
     vis = np.empty((height, width, 3), np.float32)
@@ -336,7 +369,7 @@ def _background(rng: np.random.Generator, light: Lighting, width: int, height: i
         vis[block][windows] = colour * 0.45
         vis[top, block[1]] = colour * 0.3  # roof line
         x += bw
-    return vis, ir, horizon
+    return vis, ir, horizon, marks
 
 
 def _add_clutter(rng: np.random.Generator, ir: np.ndarray, horizon: int, light: Lighting) -> None:
@@ -397,14 +430,27 @@ def make_scene(rng: np.random.Generator, name: str, scenario: str, width: int, h
     """Draw a scene's background and objects for a scenario of :data:`LIGHTING`; render frames with
     :func:`render_frame`."""
     light = LIGHTING[scenario]
-    vis, ir, horizon = _background(rng, light, width, height)
+    vis, ir, horizon, marks = _background(rng, light, width, height)
     _add_clutter(rng, ir, horizon, light)
-    return Scene(name, scenario, vis, ir, tuple(_things(rng, width, height, horizon)))
+    return Scene(name, scenario, vis, ir, tuple(_things(rng, width, height, horizon)), horizon, marks)
 
 
 def render_frame(scene: Scene, frame: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int, int, int]]]:
     """Draw one frame: (IR uint8 (H, W), visible BGR uint8 (H, W, 3), boxes as (class, xmin, ymin, xmax, ymax)
     in VOC 1-based inclusive pixels)."""
+    ir, vis, _, boxes = _render(scene, frame, rng, None)
+    return ir, vis, boxes
+
+
+def render_frame_bands(scene: Scene, frame: int, rng: np.random.Generator, nir_rng: np.random.Generator
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, int, int, int, int]]]:
+    """Draw one frame in three bands: (IR, visible BGR, near-infrared uint8 (H, W), boxes). The IR, visible and
+    boxes are exactly ``render_frame``'s for the same ``rng``; the near-infrared noise comes from ``nir_rng``."""
+    return _render(scene, frame, rng, nir_rng)
+
+
+def _render(scene: Scene, frame: int, rng: np.random.Generator, nir_rng: np.random.Generator | None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[tuple[str, int, int, int, int]]]:
     height, width = scene.ir_background.shape
     light = LIGHTING[scene.scenario]
     vis = scene.vis_reflectance.copy()
@@ -420,6 +466,8 @@ def render_frame(scene: Scene, frame: int, rng: np.random.Generator) -> tuple[np
         if thing.name != "Lamp":
             _outline(vis, thing, x, y, frame, scale)
         boxes.append((thing.name, x + 1, y + 1, x + thing.w, y + thing.h))
+    # near-infrared from the painted reflectance, before the visible lighting changes it (draws only from nir_rng)
+    nir = None if nir_rng is None else _render_nir(scene, vis, lamp, placed, nir_rng)
     # Visible: desaturation, illumination and ambient light as one 3x4 colour transform, then lit lamps and
     # their halo, then sensor noise.
     luma_weights = np.array([[0.114, 0.587, 0.299]], np.float32)  # BT.601, BGR order
@@ -433,7 +481,53 @@ def render_frame(scene: Scene, frame: int, rng: np.random.Generator) -> tuple[np
     vis += light.vis_noise * rng.standard_normal(vis.shape, dtype=np.float32)
     # Infrared: optics blur and sensor noise.
     ir = cv2.GaussianBlur(ir, (0, 0), sigmaX=0.8) + 1.5 * rng.standard_normal(ir.shape, dtype=np.float32)
-    return _to_uint8(ir), _to_uint8(vis), boxes
+    return _to_uint8(ir), _to_uint8(vis), nir, boxes
+
+
+def _retro_patches(mask: np.ndarray, t: _Thing, x: int, y: int) -> None:
+    """Retro-reflectors of an object (drawn into ``mask``): number plates low on vehicles, a reflective stripe
+    across a person's torso. Lamps have none."""
+    w, h = t.w, t.h
+    if t.name == "People":
+        _rect(mask, x + 1, y + 0.42 * h, x + w - 2, y + 0.42 * h + max(1.0, 0.05 * h), 1.0)
+    elif t.name in ("Car", "Truck", "Bus"):
+        cx, cy = x + w / 2, y + 0.75 * h
+        _rect(mask, cx - 0.08 * w, cy - max(1.0, 0.05 * h), cx + 0.08 * w, cy + max(1.0, 0.05 * h), 1.0)
+    elif t.name == "Motorcycle":
+        _rect(mask, x + 0.4 * w, y + 0.5 * h, x + 0.6 * w, y + 0.5 * h + max(1.0, 0.06 * h), 1.0)
+
+
+def _render_nir(scene: Scene, reflectance: np.ndarray, lamp: np.ndarray,
+                placed: list[tuple[_Thing, int, int]], rng: np.random.Generator) -> np.ndarray:
+    """The near-infrared image (uint8 (H, W)) of a frame whose visible reflectance (BGR, before lighting) and lamp
+    mask are drawn; see the module docstring for what it shows."""
+    height, width = lamp.shape
+    light = NIR_LIGHTING[scene.scenario]
+    # NIR reflectance: red-weighted (most paints and fabrics reflect NIR like red light or more) and flatter than
+    # visible colour (pulled a third of the way to mid-grey).
+    refl = cv2.transform(reflectance, np.array([[0.25, 0.30, 0.45]], np.float32)).reshape(height, width)
+    refl = 0.7 * refl + 0.3 * 128.0
+    horizon = scene.horizon if scene.horizon is not None else height // 2
+    rows = np.arange(height, dtype=np.float32)[:, None]
+    # the illuminator: strongest on the nearest road (bottom rows), falling to a sixth at the horizon, a little
+    # spill above it; wider in the centre of the image than at the sides
+    near = np.clip((rows - horizon) / max(1, height - 1 - horizon), 0.0, 1.0)
+    spread = np.exp(-0.5 * ((np.arange(width, dtype=np.float32)[None, :] - width / 2) / (0.55 * width)) ** 2)
+    illum = light.ambient + light.active * np.where(rows >= horizon, 1 / 6 + 5 / 6 * near**1.5, 0.1) * spread
+    nir = refl * illum + light.offset
+    retro = np.zeros((height, width), np.float32)
+    if scene.retro is not None:
+        retro[scene.retro] = 1.0
+    for thing, x, y in placed:
+        _retro_patches(retro, thing, x, y)
+    nir = np.where(retro > 0, np.maximum(nir, np.minimum(255.0, 200.0 * light.retro * illum)), nir)
+    if lamp.any():
+        if light.lamp_halo > 0:
+            halo = cv2.GaussianBlur(lamp, (0, 0), sigmaX=max(2.0, 0.03 * height))
+            nir = nir + light.lamp_halo * 255 * np.minimum(1.0, 2.5 * halo)
+        nir = np.maximum(nir, light.lamp_level * lamp)
+    nir = nir + light.noise * rng.standard_normal(nir.shape, dtype=np.float32)
+    return _to_uint8(nir.astype(np.float32))
 
 
 def _shadow(vis: np.ndarray, t: _Thing, x: int, y: int, factor: float) -> None:
@@ -499,8 +593,8 @@ on it say whether the code works, not how fusion methods rank on real data.
 """
 
 
-def _params(num_scenes: int, frames_per_scene: int, size: tuple[int, int], seed: int) -> dict:
-    return {
+def _params(num_scenes: int, frames_per_scene: int, size: tuple[int, int], seed: int, nir: bool = False) -> dict:
+    params = {
         "generator": "fusebench data.synthetic",
         "synthetic": True,
         "version": GENERATOR_VERSION,
@@ -509,6 +603,15 @@ def _params(num_scenes: int, frames_per_scene: int, size: tuple[int, int], seed:
         "size": [int(size[0]), int(size[1])],
         "seed": seed,
     }
+    if nir:  # only then: the default two-band synthetic.json stays byte-identical
+        params["bands"] = ["ir", "vis", "nir"]
+    return params
+
+
+_NIR_README = """- Near-infrared (`Nir/`, opt-in): reflectance lit by the sun or, at night, by the car's illuminator (bright
+  near the car, falling towards the horizon), lamps, retro-reflectors (road markings, number plates, stripes on
+  clothing); no heat. Its noise has its own random stream: `Ir/` and `Vis/` are the bytes of a two-band run.
+"""
 
 
 def _is_complete(root: Path, params: dict) -> bool:
@@ -517,9 +620,11 @@ def _is_complete(root: Path, params: dict) -> bool:
     except (OSError, ValueError):
         return False
     images = params["num_scenes"] * params["frames_per_scene"]
+    folders = [("Ir", "*.png"), ("Vis", "*.png"), ("Annotation", "*.xml")]
+    if "bands" in params:
+        folders.append(("Nir", "*.png"))
     return recorded == params and all(
-        sum(1 for _ in (root / folder).glob(pattern)) == images
-        for folder, pattern in (("Ir", "*.png"), ("Vis", "*.png"), ("Annotation", "*.xml"))
+        sum(1 for _ in (root / folder).glob(pattern)) == images for folder, pattern in folders
     )
 
 
@@ -530,6 +635,7 @@ def generate_synthetic_m3fd(
     frames_per_scene: int,
     size: tuple[int, int] = DEFAULT_SIZE,
     seed: int = 0,
+    nir: bool = False,
 ) -> Path:
     """Write (or reuse) a synthetic dataset in M3FD's native layout; returns ``root``.
 
@@ -541,6 +647,7 @@ def generate_synthetic_m3fd(
         frames_per_scene: consecutive frames per scene (ids are consecutive across scenes: 00000, 00001 ...).
         size: (width, height) in pixels; object sizes scale with the height (15-80 px at 256).
         seed: everything drawn derives from it; the same arguments give byte-identical files.
+        nir: also write a near-infrared band (``Nir/``); the other files are the same bytes as without it.
     """
     root = Path(root)
     width, height = int(size[0]), int(size[1])
@@ -550,7 +657,7 @@ def generate_synthetic_m3fd(
         raise ValueError(f"need frames_per_scene >= 1 and a size of at least 64x64, got {frames_per_scene} and {width}x{height}")
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    params = _params(num_scenes, frames_per_scene, (width, height), seed)
+    params = _params(num_scenes, frames_per_scene, (width, height), seed, nir)
     if _is_complete(root, params):
         return root
     if root.exists() and any(root.iterdir()) and not (root / PARAMS_FILE).is_file():
@@ -566,11 +673,16 @@ def generate_synthetic_m3fd(
     ids_of = [[f"{k * frames_per_scene + f:05d}" for f in range(frames_per_scene)] for k in range(num_scenes)]
 
     with atomic_dir(root) as tmp:
-        for folder in ("Ir", "Vis", "Annotation", "meta"):
+        for folder in ("Ir", "Vis", "Annotation", "meta") + (("Nir",) if nir else ()):
             (tmp / folder).mkdir()
         for k, scene in enumerate(scenes):
             for f, image_id in enumerate(ids_of[k]):
-                ir, vis, boxes = render_frame(scene, f, np.random.default_rng([seed, k, f, 1]))
+                rng = np.random.default_rng([seed, k, f, 1])
+                if nir:  # its own stream ([..., 2]): the visible and infrared draws are those of a two-band run
+                    ir, vis, nir_image, boxes = render_frame_bands(scene, f, rng, np.random.default_rng([seed, k, f, 2]))
+                    (tmp / "Nir" / f"{image_id}.png").write_bytes(cv2.imencode(".png", nir_image)[1].tobytes())
+                else:
+                    ir, vis, boxes = render_frame(scene, f, rng)
                 (tmp / "Ir" / f"{image_id}.png").write_bytes(cv2.imencode(".png", ir)[1].tobytes())
                 (tmp / "Vis" / f"{image_id}.png").write_bytes(cv2.imencode(".png", vis)[1].tobytes())
                 (tmp / "Annotation" / f"{image_id}.xml").write_text(_voc_xml(image_id, width, height, boxes), encoding="utf-8")
@@ -598,7 +710,7 @@ def generate_synthetic_m3fd(
         text = _README.format(images=num_scenes * frames_per_scene, width=width, height=height, **{
             k: v for k, v in params.items() if k in ("num_scenes", "frames_per_scene", "seed", "version")
         })
-        (tmp / README_FILE).write_text(text, encoding="utf-8")
+        (tmp / README_FILE).write_text(text + (_NIR_README if nir else ""), encoding="utf-8")
         (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")  # written last
     return root
 
@@ -610,10 +722,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES_PER_SCENE, help="consecutive frames per scene")
     parser.add_argument("--size", type=int, nargs=2, default=DEFAULT_SIZE, metavar=("W", "H"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--nir", action="store_true", help="also write a near-infrared band (Nir/)")
     args = parser.parse_args(argv)
     try:
         root = generate_synthetic_m3fd(args.out, num_scenes=args.scenes, frames_per_scene=args.frames,
-                                       size=tuple(args.size), seed=args.seed)
+                                       size=tuple(args.size), seed=args.seed, nir=args.nir)
     except (ValueError, OSError) as err:  # bad sizes/counts, or an --out that is a file or foreign folder
         parser.exit(2, f"error: {err}\n")
     print(f"synthetic M3FD-layout data: {root} ({args.scenes} scenes x {args.frames} frames, {args.size[0]}x{args.size[1]}, seed {args.seed})")

@@ -8,6 +8,7 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -147,3 +148,61 @@ def test_cli(tmp_path, capsys):
     assert "synthetic" in capsys.readouterr().out
     ds = load_m3fd(tmp_path / "cli")
     assert len(ds.ids) == 3 and (ds.annotation("00000").width, ds.annotation("00000").height) == (160, 128)
+
+
+# ------------------------------------------------------------------------------------- the opt-in near-infrared band
+# sha256 over (relative path, bytes) of every file of generate_synthetic_m3fd(num_scenes=3, frames_per_scene=2,
+# size=(96, 64), seed=5), recorded with the generator before the near-infrared band existed (version 2 at 2274ae5):
+# the default two-band output must never change (the pipeline's default run depends on it).
+TWO_BAND_DIGEST = "ef3b1a0a5270354f226a157c5492138040835eeda3b99a71ff6e33fe04e7e007"
+
+
+def _digest(root: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, data in files_of(root).items():
+        h.update(name.encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def test_default_two_band_output_is_byte_identical_and_nir_is_opt_in(tmp_path):
+    two = generate_synthetic_m3fd(tmp_path / "two", num_scenes=3, frames_per_scene=2, size=(96, 64), seed=5)
+    assert _digest(two) == TWO_BAND_DIGEST and not (two / "Nir").exists()
+    three = generate_synthetic_m3fd(tmp_path / "three", num_scenes=3, frames_per_scene=2, size=(96, 64), seed=5, nir=True)
+    a, b = files_of(two), files_of(three)
+    for name, data in a.items():  # infrared, visible, boxes, splits: the same bytes with the third band
+        if name.startswith(("Ir/", "Vis/", "Annotation/", "meta/")):
+            assert b[name] == data, name
+    assert sorted(n for n in b if n.startswith("Nir/")) == sorted(n.replace("Ir/", "Nir/") for n in a if n.startswith("Ir/"))
+    assert json.loads(b[PARAMS_FILE])["bands"] == ["ir", "vis", "nir"] and "bands" not in json.loads(a[PARAMS_FILE])
+    assert "Near-infrared" in b[README_FILE].decode()
+    assert generate_synthetic_m3fd(three, num_scenes=3, frames_per_scene=2, size=(96, 64), seed=5, nir=True) == three
+    assert main(["--out", str(tmp_path / "cli"), "--scenes", "3", "--frames", "1", "--size", "96", "64", "--nir"]) == 0
+    assert len(list((tmp_path / "cli" / "Nir").iterdir())) == 3
+
+
+def test_nir_sees_retro_reflectors_and_lamps_at_night_not_heat():
+    from data.synthetic import render_frame_bands
+
+    for k in range(20):
+        scene = make_scene(np.random.default_rng([4, k]), "s", "night", 320, 256)
+        if any(t.name == "Lamp" for t in scene.things) and any(t.name == "People" for t in scene.things):
+            break
+    ir, vis, nir, boxes = render_frame_bands(scene, 0, np.random.default_rng(0), np.random.default_rng(1))
+    ir2, vis2, _ = render_frame(scene, 0, np.random.default_rng(0))
+    assert np.array_equal(ir, ir2) and np.array_equal(vis, vis2)  # the third band draws from its own stream
+    vis_y = cv2.cvtColor(vis, cv2.COLOR_BGR2GRAY).astype(float)
+    marks = scene.retro
+    assert marks.any()
+    # road markings: retro-reflective under the car's illuminator, dim in night visible
+    assert nir[marks].mean() > 150 and vis_y[marks].mean() < 80
+    for name, x0, y0, x1, y1 in boxes:
+        inside = np.s_[y0 - 1 : y1, x0 - 1 : x1]
+        if name == "Lamp":
+            assert nir[inside].mean() > 150  # lamps are bright in near-infrared
+        if name == "People":
+            # a warm body: far above its surroundings in thermal, not in near-infrared (no heat there)
+            ring = np.s_[max(0, y0 - 7) : y1 + 6, max(0, x0 - 7) : x1 + 6]
+            assert ir[inside].mean() - ir[ring].mean() > abs(nir[inside].mean() - nir[ring].mean()) + 10
