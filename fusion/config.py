@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-PRESETS: tuple[str, ...] = ("paper", "quick", "tiny", "release_cpu", "blackout_finetune")
+PRESETS: tuple[str, ...] = ("paper", "quick", "tiny", "release_cpu", "blackout_finetune", "triband")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,10 @@ class ModelConfig:
     # Fine-tuning: a DAE-Fuse checkpoint (training or released) whose generator weights start the run instead of
     # a fresh initialisation; its architecture must be the one ``name`` + ``args`` build. Optimisers start fresh.
     init: str | None = None
+    # Warm start from a checkpoint of other modalities (``fusion.dae_fuse.expand_modalities``): each modality of
+    # this model -> the checkpoint's modality whose weights it starts from, e.g. {vis: vis, nir: vis, lwir: ir}.
+    # Empty: ``init`` must be of this very architecture.
+    init_map: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,12 @@ class DataConfig:
     # black, so without it a model learns a grey floor where they are (medical backgrounds, masked sensor areas);
     # the fusion loss's target there is max(ir, vis) = 0. 0 = off (the paper has no such augmentation).
     blackout_prob: float = 0.0
+    # N modalities (a model whose modalities are not ('ir', 'vis')): modality -> sub-folder names to look for in
+    # each root, first found wins; unset modalities use fusion.data.DEFAULT_MODALITY_DIRS.
+    modality_dirs: dict[str, Any] = field(default_factory=dict)
+    # Modality dropout (N modalities, ours): with this probability a crop with three or more present modalities
+    # loses one, drawn at random, so that the model learns to fuse any subset of at least two. 0 = off.
+    modality_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -142,14 +152,16 @@ class FusionTrainConfig:
             problems.append(f"seed must be non-negative, got {self.seed}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             problems.append(f"max_minutes must be positive (or null: no budget), got {self.max_minutes}")
-        if not self.loss.recon_grad_targets or set(self.loss.recon_grad_targets) - {"ir", "vis"}:
-            problems.append(f"loss.recon_grad_targets must name ir and/or vis, got {self.loss.recon_grad_targets}")
+        if not self.loss.recon_grad_targets:  # that they are the model's modalities: check_references
+            problems.append("loss.recon_grad_targets must name at least one modality")
         d = self.data
         for name in ("crop_size", "crops_per_image", "batch_size", "val_max_pairs", "val_max_side"):
             if getattr(d, name) < 1:
                 problems.append(f"data.{name} must be at least 1, got {getattr(d, name)}")
         if not 0 <= d.blackout_prob <= 1:
             problems.append(f"data.blackout_prob must be in [0, 1], got {d.blackout_prob}")
+        if not 0 <= d.modality_dropout <= 1:
+            problems.append(f"data.modality_dropout must be in [0, 1], got {d.modality_dropout}")
         if d.num_workers < 0 or not 0 <= d.val_fraction < 1:
             problems.append(f"need data.num_workers >= 0 and 0 <= data.val_fraction < 1, got {d.num_workers}, "
                             f"{d.val_fraction}")
@@ -322,12 +334,25 @@ def check_references(cfg: FusionTrainConfig) -> None:
     from .dae_fuse import model_config  # imported here: building a config must not need torch until it is used
 
     problems = []
+    modalities: tuple[str, ...] | None = None
     try:
-        model_config(cfg.model.name, **cfg.model.args)
+        modalities = model_config(cfg.model.name, **cfg.model.args).modalities
     except KeyError as err:
         problems.append(f"model.name: {err.args[0]}")
     except (TypeError, ValueError) as err:
         problems.append(f"model.args: {err}")
+    if modalities is not None:
+        unknown = sorted(set(cfg.loss.recon_grad_targets) - set(modalities))
+        if unknown:
+            problems.append(f"loss.recon_grad_targets: {unknown} are not modalities of the model {list(modalities)}")
+        if cfg.model.init_map:
+            if set(cfg.model.init_map) != set(modalities):
+                problems.append(f"model.init_map must map each of {list(modalities)}, got {cfg.model.init_map}")
+            if not cfg.model.init:
+                problems.append("model.init_map needs model.init (the checkpoint it maps from)")
+        for m in cfg.data.modality_dirs:
+            if m not in modalities:
+                problems.append(f"data.modality_dirs: '{m}' is not a modality of the model {list(modalities)}")
     from .losses import SSIM_LOSSES
 
     if cfg.loss.ssim_loss not in SSIM_LOSSES:

@@ -1,8 +1,10 @@
 """DAE-Fuse: an adaptive discriminative autoencoder for multi-modality image fusion (Guo et al., arXiv 2409.10080).
 
-Architecture (luminance in, luminance out; both images (B, 1, H, W) in [0, 1]):
+Architecture (luminance in, luminance out; every image (B, 1, H, W) in [0, 1]). The sources are the modalities the
+configuration declares (``DAEFuseConfig.modalities``, by name, in that order; ('ir', 'vis') by default, which is
+the released model): the same architecture fuses any N >= 2 of them.
 
-* **Shallow encoder** (shared by both modalities): one 3x3 conv at full resolution with few channels, then a
+* **Shallow encoder** (shared by every modality): one 3x3 conv at full resolution with few channels, then a
   strided conv to H/2. These are the only encoder layers at full or half resolution.
 * **Two deep encoders** in parallel on the H/2 features:
   - a *low-frequency* transformer branch: ViT blocks (timm ``Block``: LayerNorm, multi-head self-attention through
@@ -16,12 +18,29 @@ Architecture (luminance in, luminance out; both images (B, 1, H, W) in [0, 1]):
   encoder; only its last stage (sub-pixel conv, then one 3x3 conv to the output) runs at full resolution, with
   ``shallow_chans`` channels. Sigmoid output in [0, 1].
 * **Phase 1 (reconstruction)**: each modality is encoded and decoded back to itself.
-* **Phase 2 (fusion)**: a cross-modality attention module in which the IR tokens attend to the visible tokens and
-  the visible tokens to the IR tokens (queries from one, keys/values from the other), merged into one embedding;
-  the skip features are merged by a gated per-pixel, per-channel selection (see ``GatedSkipFusion``); the same
-  decoder then produces the fused image.
+* **Phase 2 (fusion)**: a cross-modality attention module in which each modality's tokens attend to the tokens of
+  all the others (queries from one, keys/values from the concatenation of the rest; with two modalities: IR to
+  visible and visible to IR), merged into one embedding; the skip features are merged by a gated per-pixel,
+  per-channel selection (see ``GatedSkipFusion``); the same decoder then produces the fused image.
 * **Discriminators** (``PatchDiscriminator``, one per source modality) exist only for training; the trainer builds
   them with ``build_discriminators`` (and not at all when adversarial training is off). Inference never does.
+
+**N modalities.** What is shared and why: the shallow encoder, both deep branches and the decoder are ONE set of
+weights applied to every modality (stacked on the batch axis). Their job is modality-agnostic (turn a grey image
+into features and back, phase 1), sharing keeps the parameter count independent of N, puts every modality in one
+feature space (so that the fusion rules compare like with like) and lets a new band start from the weights a
+two-band model learned. What is per modality: one cross-attention block per modality (its queries are that
+modality's tokens), one slot of the merge, one gate logit per skip channel, one discriminator. Cost: the encoder
+runs N times; the cross-attention is N blocks of T queries over (N - 1) T keys, O(N (N - 1) T^2 C) with T tokens
+(T = H W / token_stride^2: 3072 at 1024x768, C = embed_dim = 128), so 2 -> 3 modalities triples the attention
+(2 x 1 -> 3 x 2 query-key products); ``benchmarks/bench_fuse.py`` times both. With two modalities every operation
+is the one of the released two-band model, in the same order (its checkpoint loads and fuses bit for bit).
+
+**Any subset.** ``forward(*sources, present=mask)`` fuses the modalities a (B, N) boolean mask marks present (at
+least two per sample): a missing modality's image is ignored (zeroed), its features are replaced by the mean of the
+present modalities' (so the merge and the gate see nothing of it), it is masked out of every attention's keys and
+gets no weight in the skip gates. A camera that failed or is blinded is passed as missing; which frames are blinded
+is the caller's call (``present``), not the model's.
 
 The paper's ablations are configuration (``DAEFuseConfig``), each part looked up in its registry and built without
 the weights of the parts it replaces: ``encoder`` (``ENCODERS``: 'dual', 'cnn' or 'transformer' branches),
@@ -60,9 +79,10 @@ MODELS: Registry = Registry("fusion model")
 # The ablation switches of DAEFuseConfig, filled below where their modules are defined:
 # encoder name -> builder(cfg) -> encoder (``forward_features``, ``skip_chans``, ``skip_levels``)
 ENCODERS: Registry = Registry("encoder")
-# fusion name -> builder(cfg) -> module(ir_embed, vis_embed) -> fused embedding, with ``init_average()``
+# fusion name -> builder(cfg) -> module(*embeds, present=None) -> fused embedding, with ``init_average()``
 FUSIONS: Registry = Registry("embedding fusion")
-# skip_fusion name -> builder(channels) -> module(ir_skip, vis_skip) -> fused skip, with ``init_average()``
+# skip_fusion name -> builder(channels, num_modalities) -> module(*skips, present=None) -> fused skip, with
+# ``init_average()``
 SKIP_FUSIONS: Registry = Registry("skip fusion")
 
 ARCHITECTURE = "dae_fuse"  # stored in checkpoints; a checkpoint of another architecture is refused on loading
@@ -112,6 +132,9 @@ class DAEFuseConfig:
             'concat' (concatenate and project, no attention) or 'average' (no weights).
         skip_fusion: fusion of the skip features (``SKIP_FUSIONS``): 'gated' (a learned per-pixel selection, ours:
             the paper describes none), 'average' or 'max' (no weights).
+        modalities: the source modalities by name, in the order ``forward`` takes them (at least two, distinct,
+            each a Python identifier without '_': they name the attention blocks and discriminators). ('ir', 'vis')
+            is the released two-band model; e.g. ('vis', 'nir', 'lwir') for visible + near-infrared + thermal.
     """
 
     in_chans: int = 1
@@ -132,9 +155,16 @@ class DAEFuseConfig:
     encoder: str = "dual"
     fusion: str = "cross_attention"
     skip_fusion: str = "gated"
+    modalities: tuple[str, ...] = ("ir", "vis")
 
     def __post_init__(self) -> None:
         problems = []
+        names = self.modalities
+        if len(names) < 2 or len(set(names)) != len(names):
+            problems.append(f"modalities must name at least two distinct modalities, got {list(names)}")
+        bad = [m for m in names if not (isinstance(m, str) and m.isidentifier() and "_" not in m)]
+        if bad:
+            problems.append(f"modality names must be identifiers without '_', got {bad}")
         for name, registry in (("encoder", ENCODERS), ("fusion", FUSIONS), ("skip_fusion", SKIP_FUSIONS)):
             if getattr(self, name) not in registry:
                 problems.append(f"{name} must be one of {', '.join(registry)}, got {getattr(self, name)!r}")
@@ -390,13 +420,17 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        """x (B, N, C) queries, context (B, M, C) keys/values -> (B, N, C)."""
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x (B, N, C) queries, context (B, M, C) keys/values, mask (B, M) bool: True = a key to attend to (None:
+        all; each sample needs at least one) -> (B, N, C)."""
         b, n, c = x.shape
         q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = self.kv(context).reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0
+        )
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
 
 
@@ -418,112 +452,171 @@ class CrossAttentionBlock(nn.Module):
         self.norm_mlp = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        x = x + self.attn(self.norm_q(x), self.norm_kv(context))
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm_q(x), self.norm_kv(context), mask)
         return x + self.mlp(self.norm_mlp(x))
 
 
 class CrossModalityFusion(nn.Module):
-    """Phase-2 fusion of the two embeddings: IR attends to visible, visible attends to IR, then a linear merge.
+    """Phase-2 fusion of the N embeddings: each modality attends to all the others, then a linear merge.
 
-    Both directions read the other modality's *input* tokens (they run in parallel, not one after the other).
-    The merge is a linear map of the concatenation, initialised to the average of the two attended embeddings.
+    One ``CrossAttentionBlock`` per modality, named ``<m>_from_<others>`` (two modalities: ``ir_from_vis`` and
+    ``vis_from_ir``, the released model's names): queries from modality m, keys/values from the concatenated
+    tokens of every other modality. All blocks read the *input* tokens (they run in parallel, not one after the
+    other). The merge is a linear map of the concatenation, initialised to the average of the attended embeddings.
+    With a ``present`` mask, missing modalities are masked out of the keys and their attended embedding is the mean
+    of the present ones' (``impute_missing``) before the merge.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 2.0, norm_layer: type[nn.Module] = nn.LayerNorm):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 2.0,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        modalities: tuple[str, ...] = ("ir", "vis"),
+    ):
         super().__init__()
-        self.ir_from_vis = CrossAttentionBlock(dim, num_heads, mlp_ratio, norm_layer)
-        self.vis_from_ir = CrossAttentionBlock(dim, num_heads, mlp_ratio, norm_layer)
-        self.merge = nn.Linear(2 * dim, dim)
+        self.modalities = tuple(modalities)
+        self.block_names = tuple(
+            f"{m}_from_{'_'.join(o for o in self.modalities if o != m)}" for m in self.modalities
+        )
+        for name in self.block_names:
+            self.add_module(name, CrossAttentionBlock(dim, num_heads, mlp_ratio, norm_layer))
+        self.merge = nn.Linear(len(self.modalities) * dim, dim)
 
     def init_average(self) -> None:
-        dim = self.merge.out_features
+        dim, n = self.merge.out_features, len(self.modalities)
         with torch.no_grad():
-            eye = torch.eye(dim) * 0.5
-            self.merge.weight.copy_(torch.cat([eye, eye], dim=1))
+            eye = torch.eye(dim) / n
+            self.merge.weight.copy_(torch.cat([eye] * n, dim=1))
             self.merge.bias.zero_()
 
-    def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
-        """Two (B, C, h, w) embeddings -> fused (B, C, h, w)."""
-        b, c, h, w = ir.shape
-        ir_t, vis_t = ir.flatten(2).transpose(1, 2), vis.flatten(2).transpose(1, 2)
-        fused = self.merge(torch.cat([self.ir_from_vis(ir_t, vis_t), self.vis_from_ir(vis_t, ir_t)], dim=-1))
+    def forward(self, *embeds: Tensor, present: Tensor | None = None) -> Tensor:
+        """N (B, C, h, w) embeddings (``modalities`` order), optional (B, N) bool mask -> fused (B, C, h, w)."""
+        b, c, h, w = embeds[0].shape
+        tokens = [e.flatten(2).transpose(1, 2) for e in embeds]
+        attended = []
+        for i, name in enumerate(self.block_names):
+            others = [t for j, t in enumerate(tokens) if j != i]
+            context = others[0] if len(others) == 1 else torch.cat(others, dim=1)
+            mask = None
+            if present is not None:  # each other modality's T tokens are keys only where it is present
+                mask = torch.cat(
+                    [present[:, j, None].expand(b, tokens[j].shape[1]) for j in range(len(tokens)) if j != i], dim=1
+                )
+            attended.append(getattr(self, name)(tokens[i], context, mask))
+        if present is not None:
+            attended = impute_missing(attended, present)
+        fused = self.merge(torch.cat(attended, dim=-1))
         return fused.transpose(1, 2).reshape(b, c, h, w)
 
 
+def impute_missing(xs: list[Tensor] | tuple[Tensor, ...], present: Tensor) -> list[Tensor]:
+    """Each missing modality's tensor replaced by the mean of the present ones', per sample.
+
+    ``xs``: N tensors (B, ...); ``present``: (B, N) bool with at least one True per row. Why the mean: the learned
+    rules after it (merge, gate, concatenation) then see the present modalities only, in the proportions they
+    already have, and nothing of what the missing sensor delivered (a blinded frame, zeros).
+    """
+    weights = present.to(xs[0].dtype)
+    shape = (-1,) + (1,) * (xs[0].dim() - 1)
+    mean = sum(x * weights[:, i].view(shape) for i, x in enumerate(xs)) / weights.sum(1).view(shape)
+    return [torch.where(present[:, i].view(shape), x, mean) for i, x in enumerate(xs)]
+
+
 class ConcatFusion(nn.Module):
-    """Ablation of the cross-attention: the two embeddings concatenated and projected (a 1x1 conv), no attention.
+    """Ablation of the cross-attention: the N embeddings concatenated and projected (a 1x1 conv), no attention.
 
     The projection starts as the average, as the cross-attention's merge does, so the two differ only by the
-    attention blocks.
+    attention blocks. Missing modalities arrive already imputed (``DAEFuse.fuse_features``).
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, num_modalities: int = 2):
         super().__init__()
-        self.merge = nn.Conv2d(2 * dim, dim, 1)
+        self.merge = nn.Conv2d(num_modalities * dim, dim, 1)
 
     def init_average(self) -> None:
         dim = self.merge.out_channels
+        n = self.merge.in_channels // dim
         with torch.no_grad():
-            eye = torch.eye(dim) * 0.5
-            self.merge.weight.copy_(torch.cat([eye, eye], dim=1)[..., None, None])
+            eye = torch.eye(dim) / n
+            self.merge.weight.copy_(torch.cat([eye] * n, dim=1)[..., None, None])
             self.merge.bias.zero_()
 
-    def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
-        return self.merge(torch.cat([ir, vis], dim=1))
+    def forward(self, *xs: Tensor, present: Tensor | None = None) -> Tensor:
+        return self.merge(torch.cat(xs, dim=1))
 
 
 class AverageFusion(nn.Module):
-    """The mean of the two inputs, no weights: the ablation floor of either fusion route."""
+    """The mean of the inputs, no weights: the ablation floor of either fusion route."""
 
     def init_average(self) -> None:
         pass
 
-    def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
-        return (ir + vis) / 2
+    def forward(self, *xs: Tensor, present: Tensor | None = None) -> Tensor:
+        # (a + b) / 2 for two, as before N modalities (the same rounding); missing inputs arrive imputed
+        return (xs[0] + xs[1]) / 2 if len(xs) == 2 else sum(xs) / len(xs)
 
 
 class MaxFusion(nn.Module):
-    """The element-wise maximum of the two inputs, no weights (the max-fusion rule, on features)."""
+    """The element-wise maximum of the inputs, no weights (the max-fusion rule, on features)."""
 
     def init_average(self) -> None:
         pass
 
-    def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
-        return torch.maximum(ir, vis)
+    def forward(self, *xs: Tensor, present: Tensor | None = None) -> Tensor:
+        out = torch.maximum(xs[0], xs[1])
+        for x in xs[2:]:
+            out = torch.maximum(out, x)
+        return out
 
 
-FUSIONS.register("cross_attention")(lambda cfg: CrossModalityFusion(cfg.embed_dim, cfg.fusion_heads, cfg.mlp_ratio))
-FUSIONS.register("concat")(lambda cfg: ConcatFusion(cfg.embed_dim))
+FUSIONS.register("cross_attention")(lambda cfg: CrossModalityFusion(
+    cfg.embed_dim, cfg.fusion_heads, cfg.mlp_ratio, modalities=cfg.modalities))
+FUSIONS.register("concat")(lambda cfg: ConcatFusion(cfg.embed_dim, len(cfg.modalities)))
 FUSIONS.register("average")(lambda cfg: AverageFusion())
 
 
 class GatedSkipFusion(nn.Module):
-    """Fusion rule for the skip features: ``vis + g * (ir - vis)`` with ``g = sigmoid(1x1 conv([ir, vis]))``.
+    """Fusion rule for the skip features. Two modalities: ``vis + g * (ir - vis)`` with
+    ``g = sigmoid(1x1 conv([ir, vis]))``; N: ``sum_m softmax_m(1x1 conv([x_1 .. x_N]))_m * x_m``, one logit per
+    modality and channel (with two, the sigmoid form is the softmax of the logits (a, 0), computed as before).
 
     Why a gate rather than a plain learned 1x1 conv over the concatenation: both start as the average (the gate conv
-    is zero-initialised, so g = 0.5), but a linear map can only ever mix the two modalities with fixed weights, while
-    the gate selects per pixel and channel. That is what keeps a warm IR target's full contrast where the visible
-    image is flat (a max-like choice) and takes the visible texture elsewhere, which the fusion loss (max intensity,
-    max gradient) asks for.
+    is zero-initialised, so g = 0.5 / each weight 1/N), but a linear map can only ever mix the modalities with fixed
+    weights, while the gate selects per pixel and channel. That is what keeps a warm IR target's full contrast where
+    the visible image is flat (a max-like choice) and takes the visible texture elsewhere, which the fusion loss
+    (max intensity, max gradient) asks for. A missing modality (``present``) gets a logit of -inf: no weight.
     """
 
-    def __init__(self, chans: int):
+    def __init__(self, chans: int, num_modalities: int = 2):
         super().__init__()
-        self.gate = nn.Conv2d(2 * chans, chans, 1)
+        self.num_modalities = num_modalities
+        # two modalities: one logit per channel (the sigmoid's), as the released model has
+        self.gate = nn.Conv2d(num_modalities * chans, (1 if num_modalities == 2 else num_modalities) * chans, 1)
 
     def init_average(self) -> None:
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)
 
-    def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
-        gate = torch.sigmoid(self.gate(torch.cat([ir, vis], dim=1)))
-        return torch.lerp(vis, ir, gate)  # vis + gate * (ir - vis) in one pass over the (full-resolution) maps
+    def forward(self, *xs: Tensor, present: Tensor | None = None) -> Tensor:
+        if self.num_modalities == 2:  # at least two present: with two modalities both always are
+            ir, vis = xs
+            gate = torch.sigmoid(self.gate(torch.cat([ir, vis], dim=1)))
+            return torch.lerp(vis, ir, gate)  # vis + gate * (ir - vis) in one pass over the (full-resolution) maps
+        b, c, h, w = xs[0].shape
+        logits = self.gate(torch.cat(xs, dim=1)).view(b, self.num_modalities, c, h, w)
+        if present is not None:
+            logits = logits.masked_fill(~present[:, :, None, None, None], float("-inf"))
+        weights = torch.softmax(logits, dim=1)
+        return (weights * torch.stack(xs, dim=1)).sum(dim=1)
 
 
+# name -> builder(channels, num_modalities)
 SKIP_FUSIONS.register("gated")(GatedSkipFusion)
-SKIP_FUSIONS.register("average")(lambda chans: AverageFusion())
-SKIP_FUSIONS.register("max")(lambda chans: MaxFusion())
+SKIP_FUSIONS.register("average")(lambda chans, num_modalities=2: AverageFusion())
+SKIP_FUSIONS.register("max")(lambda chans, num_modalities=2: MaxFusion())
 
 
 class UpStage(nn.Module):
@@ -607,19 +700,21 @@ def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
 
 class DAEFuse(nn.Module):
     """The DAE-Fuse generator: shared encoder (``cfg.encoder``), phase-2 fusion rules (``cfg.fusion`` for the
-    embeddings, ``cfg.skip_fusion`` for the skips) and decoder.
+    embeddings, ``cfg.skip_fusion`` for the skips) and decoder, for the modalities ``cfg.modalities``.
 
-    ``forward(ir, vis)`` fuses (phase 2 and inference); ``reconstruct(ir, vis)`` returns both reconstructions
-    (phase 1). Inputs of any size (B, 1, H, W) in [0, 1]; they are padded to ``cfg.size_multiple`` and the output is
-    cropped back.
+    ``forward(*sources, present=None)`` fuses (phase 2 and inference; two modalities: ``forward(ir, vis)``);
+    ``reconstruct(*sources)`` returns every reconstruction (phase 1). Sources in ``cfg.modalities`` order, each
+    (B, 1, H, W) in [0, 1], all one size; they are padded to ``cfg.size_multiple`` and the output is cropped back.
     """
 
     def __init__(self, cfg: DAEFuseConfig):
         super().__init__()
         self.cfg = cfg
+        self.modalities = cfg.modalities
+        n = len(cfg.modalities)
         self.encoder = ENCODERS.get(cfg.encoder)(cfg)
         self.fusion = FUSIONS.get(cfg.fusion)(cfg)
-        self.skip_fusion = nn.ModuleList(SKIP_FUSIONS.get(cfg.skip_fusion)(c) for c in self.encoder.skip_chans)
+        self.skip_fusion = nn.ModuleList(SKIP_FUSIONS.get(cfg.skip_fusion)(c, n) for c in self.encoder.skip_chans)
         self.decoder = Decoder(
             cfg.embed_dim, self.encoder.skip_chans, cfg.decoder_channels, cfg.in_chans,
             skip_levels=self.encoder.skip_levels,
@@ -662,44 +757,62 @@ class DAEFuse(nn.Module):
             return [*self.encoder.parameters(), *self.decoder.parameters()]
         return list(self.parameters())
 
-    def encode(self, ir: Tensor, vis: Tensor) -> tuple[EncoderFeatures, EncoderFeatures]:
-        """Encode both modalities in one pass of the shared encoder (they are stacked on the batch axis)."""
-        feats = self.encoder.forward_features(torch.cat([ir, vis], dim=0))
-        b = ir.shape[0]
-        split = lambda t: (t[:b], t[b:])  # noqa: E731
-        (ir_e, vis_e), skips = split(feats.embed), [split(s) for s in feats.skips]
-        return (
-            EncoderFeatures(ir_e, tuple(s[0] for s in skips)),
-            EncoderFeatures(vis_e, tuple(s[1] for s in skips)),
-        )
+    def encode(self, *sources: Tensor) -> list[EncoderFeatures]:
+        """Encode every modality in one pass of the shared encoder (they are stacked on the batch axis)."""
+        feats = self.encoder.forward_features(torch.cat(sources, dim=0))
+        b = sources[0].shape[0]
+        split = lambda t: [t[i * b:(i + 1) * b] for i in range(len(sources))]  # noqa: E731
+        embeds, skips = split(feats.embed), [split(s) for s in feats.skips]
+        return [EncoderFeatures(embeds[i], tuple(s[i] for s in skips)) for i in range(len(sources))]
 
-    def fuse_features(self, ir: EncoderFeatures, vis: EncoderFeatures) -> EncoderFeatures:
-        """Phase-2 fusion rules: ``cfg.fusion`` for the embedding, ``cfg.skip_fusion`` for the skips."""
-        skips = tuple(rule(a, b) for rule, a, b in zip(self.skip_fusion, ir.skips, vis.skips))
-        return EncoderFeatures(self.fusion(ir.embed, vis.embed), skips)
+    def fuse_features(self, *feats: EncoderFeatures, present: Tensor | None = None) -> EncoderFeatures:
+        """Phase-2 fusion rules: ``cfg.fusion`` for the embedding, ``cfg.skip_fusion`` for the skips. With a
+        ``present`` mask, a missing modality's features are first replaced by the mean of the present ones'."""
+        embeds = [f.embed for f in feats]
+        levels = list(zip(*(f.skips for f in feats)))  # per skip level, one map per modality
+        if present is not None:
+            embeds = impute_missing(embeds, present)
+            levels = [impute_missing(list(level), present) for level in levels]
+        skips = tuple(rule(*level, present=present) for rule, level in zip(self.skip_fusion, levels))
+        return EncoderFeatures(self.fusion(*embeds, present=present), skips)
 
-    def reconstruct(self, ir: Tensor, vis: Tensor) -> tuple[Tensor, Tensor]:
-        """Phase 1: (B, 1, H, W) x 2 in [0, 1] -> (ir_hat, vis_hat), each (B, 1, H, W) in [0, 1]."""
-        (ir, vis), (h, w) = self._pad(ir, vis)
-        ir_f, vis_f = self.encode(ir, vis)
-        both = self.decoder(
-            torch.cat([ir_f.embed, vis_f.embed]), tuple(torch.cat(s) for s in zip(ir_f.skips, vis_f.skips))
-        )
-        ir_hat, vis_hat = both[..., :h, :w].chunk(2, dim=0)
-        return ir_hat, vis_hat
+    def reconstruct(self, *sources: Tensor) -> tuple[Tensor, ...]:
+        """Phase 1: N (B, 1, H, W) in [0, 1] -> their reconstructions, each (B, 1, H, W) in [0, 1]."""
+        padded, (h, w) = self._pad(*sources)
+        feats = self.encode(*padded)
+        out = self.decoder(torch.cat([f.embed for f in feats]), tuple(torch.cat(s) for s in zip(*(f.skips for f in feats))))
+        return tuple(out[..., :h, :w].chunk(len(sources), dim=0))
 
-    def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
-        """Fuse: ir (B, 1, H, W), vis luma (B, 1, H, W), both in [0, 1] -> fused (B, 1, H, W) in [0, 1]."""
-        (ir, vis), (h, w) = self._pad(ir, vis)
-        fused = self.decoder(*self.fuse_features(*self.encode(ir, vis)))
+    def forward(self, *sources: Tensor, present: Tensor | None = None) -> Tensor:
+        """Fuse: N sources (B, 1, H, W) in [0, 1] in ``cfg.modalities`` order (two: ir, vis luma) and optionally
+        ``present`` (B, N) bool (None: all present; else at least two per sample) -> fused (B, 1, H, W) in [0, 1]."""
+        padded, (h, w) = self._pad(*sources)
+        if present is not None:
+            present = self._check_present(present, padded[0].shape[0])
+            # what a missing sensor delivered never enters the encoder (NaN * 0 would still be NaN)
+            padded = [torch.where(present[:, i, None, None, None], x, torch.zeros_like(x)) for i, x in enumerate(padded)]
+        fused = self.decoder(*self.fuse_features(*self.encode(*padded), present=present))
         return fused[..., :h, :w]
 
-    def _pad(self, ir: Tensor, vis: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[int, int]]:
-        if ir.shape != vis.shape:
-            raise ValueError(f"infrared {tuple(ir.shape)} and visible {tuple(vis.shape)} shapes differ")
-        ir_p, size = pad_to_multiple(ir, self.cfg.size_multiple)
-        vis_p, _ = pad_to_multiple(vis, self.cfg.size_multiple)
-        return (ir_p, vis_p), size
+    def _check_present(self, present: Tensor, batch: int) -> Tensor:
+        n = len(self.modalities)
+        if present.shape != (batch, n) or present.dtype != torch.bool:
+            raise ValueError(f"present must be a ({batch}, {n}) bool mask over {list(self.modalities)}, got "
+                             f"{tuple(present.shape)} {present.dtype}")
+        if bool((present.sum(1) < 2).any()):
+            raise ValueError(f"every sample needs at least two present modalities of {list(self.modalities)}")
+        return present.to(self.decoder.head.weight.device)
+
+    def _pad(self, *sources: Tensor) -> tuple[list[Tensor], tuple[int, int]]:
+        n = len(self.modalities)
+        if len(sources) != n:
+            raise ValueError(f"this model fuses {n} modalities {list(self.modalities)}, got {len(sources)} images")
+        shapes = {tuple(x.shape) for x in sources}
+        if len(shapes) > 1:
+            described = ", ".join(f"{m} {tuple(x.shape)}" for m, x in zip(self.modalities, sources))
+            raise ValueError(f"source shapes differ: {described}")
+        padded = [pad_to_multiple(x, self.cfg.size_multiple)[0] for x in sources]
+        return padded, tuple(sources[0].shape[-2:])
 
 
 class PatchDiscriminator(nn.Module):
@@ -727,11 +840,12 @@ class PatchDiscriminator(nn.Module):
 
 
 def build_discriminators(
-    in_chans: int = 1, channels: int = 32, num_layers: int = 3, spectral_norm: bool = True
+    in_chans: int = 1, channels: int = 32, num_layers: int = 3, spectral_norm: bool = True,
+    modalities: tuple[str, ...] = ("ir", "vis"),
 ) -> nn.ModuleDict:
-    """The two discriminators of training, keyed by the modality whose real images they see: 'ir' and 'vis'."""
+    """The discriminators of training, one per modality, keyed by the modality whose real images it sees."""
     return nn.ModuleDict(
-        {m: PatchDiscriminator(in_chans, channels, num_layers, spectral_norm) for m in ("ir", "vis")}
+        {m: PatchDiscriminator(in_chans, channels, num_layers, spectral_norm) for m in modalities}
     )
 
 
@@ -785,3 +899,65 @@ def dae_fuse_b(**overrides: Any) -> DAEFuse:
 def create_model(name: str, **overrides: Any) -> DAEFuse:
     """Build a registered variant, e.g. ``create_model("dae_fuse_s", vit_depth=4)``."""
     return MODELS.get(name)(**overrides)
+
+
+def expand_modalities(source: DAEFuse, cfg: DAEFuseConfig, mapping: dict[str, str]) -> DAEFuse:
+    """A model of ``cfg`` (other modalities, same widths) warm-started from ``source``'s weights.
+
+    ``mapping``: each of ``cfg.modalities`` -> the ``source`` modality whose role it takes (three bands from the
+    released two-band model: ``{'vis': 'vis', 'nir': 'vis', 'lwir': 'ir'}``: near-infrared starts as a second
+    visible). The shared encoder and decoder are copied as they are (they are modality-agnostic); each new
+    modality's attention block is its counterpart's; the merge and the skip gates are split so that k new
+    modalities mapped to one source modality share its weight (1/k each; its gate logit minus log k), which makes
+    the expanded rules give the source's result whenever those k inputs are equal. Everything else starts where
+    ``source`` is; the new model still needs phase-2 training to use what a new band adds.
+    """
+    problems = [m for m in cfg.modalities if mapping.get(m) not in source.modalities]
+    if problems:
+        raise ValueError(f"mapping must send each of {list(cfg.modalities)} to one of {list(source.modalities)}; "
+                         f"got {mapping}")
+    same = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "modalities"}
+    theirs = {k: getattr(source.cfg, k) for k in same}
+    if same != theirs:
+        diffs = ", ".join(f"{k}: {theirs[k]} (source) vs {v}" for k, v in same.items() if theirs[k] != v)
+        raise ValueError(f"expand_modalities changes the modalities only; the architectures differ in {diffs}")
+    model = DAEFuse(cfg)
+    src = source.state_dict()
+    state = {k: v.clone() for k, v in src.items() if not k.startswith(("fusion.", "skip_fusion."))}
+    s_index = {m: i for i, m in enumerate(source.modalities)}
+    groups = [s_index[mapping[m]] for m in cfg.modalities]  # source slot of each new modality
+    share = torch.tensor([groups.count(g) for g in groups], dtype=torch.float32)  # k of each new modality
+
+    def split_columns(weight: Tensor, width: int) -> Tensor:
+        """(out, N_s * width, ...) -> (out, N_d * width, ...): new slot j = source slot groups[j] / k_j."""
+        blocks = weight.split(width, dim=1)
+        return torch.cat([blocks[g] / share[j] for j, g in enumerate(groups)], dim=1)
+
+    fusion_src = {k[len("fusion."):]: v for k, v in src.items() if k.startswith("fusion.")}
+    if isinstance(model.fusion, CrossModalityFusion):
+        for name, m in zip(model.fusion.block_names, cfg.modalities):
+            theirs_name = source.fusion.block_names[s_index[mapping[m]]]
+            for k, v in fusion_src.items():
+                if k.startswith(theirs_name + "."):
+                    state[f"fusion.{name}.{k[len(theirs_name) + 1:]}"] = v.clone()
+    for k in ("merge.weight", "merge.bias"):
+        if k in fusion_src:
+            v = fusion_src[k]
+            state[f"fusion.{k}"] = split_columns(v, cfg.embed_dim) if k.endswith("weight") else v.clone()
+    for level, (rule, theirs_rule) in enumerate(zip(model.skip_fusion, source.skip_fusion)):
+        if not isinstance(rule, GatedSkipFusion):
+            continue
+        w, b = theirs_rule.gate.weight.detach(), theirs_rule.gate.bias.detach()
+        c = w.shape[1] // len(source.modalities)
+        if len(source.modalities) == 2:  # logits (a, 0): a from the conv, the second modality's fixed at 0
+            logit_w, logit_b = [w, torch.zeros_like(w)], [b, torch.zeros_like(b)]
+        else:
+            logit_w, logit_b = list(w.split(c, dim=0)), list(b.split(c, dim=0))
+        if len(cfg.modalities) == 2:
+            raise ValueError("expand_modalities builds models of three or more modalities")
+        state[f"skip_fusion.{level}.gate.weight"] = torch.cat([split_columns(logit_w[g], c) for g in groups])
+        state[f"skip_fusion.{level}.gate.bias"] = torch.cat(
+            [logit_b[g] - torch.log(share[j]) for j, g in enumerate(groups)]
+        )
+    model.load_state_dict(state)
+    return model

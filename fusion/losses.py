@@ -11,7 +11,8 @@ documented there (``fusion/configs/paper.yaml``). The recipes follow CDDFuse (Zh
   / 8) on the visible image only; ``'one_minus'`` (``1 - SSIM``), the raw Sobel and both modalities are options;
 * fusion (phase 2): ``w_int * L1(F, max(ir, vis)) + w_grad * L1(|Sobel F|, max(|Sobel ir|, |Sobel vis|))`` - the
   max-intensity term is what keeps IR's warm targets at full contrast, the max-gradient term adds the texture of
-  whichever source is sharper;
+  whichever source is sharper; with N sources both maxima run over all of them (``FusionLoss.n_sources``; a missing
+  source is zeros, which neither maximum sees since images and gradient magnitudes are >= 0);
 * adversarial terms: a registry of GAN objectives (``GAN_LOSSES``); the default is least squares (LSGAN).
 """
 from __future__ import annotations
@@ -141,11 +142,18 @@ class ReconstructionLoss(nn.Module):
         self.grad_targets = frozenset(grad_targets)
         self.sobel = Sobel(sobel_normalized)
 
-    def forward(self, real: dict[str, Tensor], recon: dict[str, Tensor]) -> LossDict:
-        """``real`` and ``recon`` map modality ('ir', 'vis') to images; terms are named '<modality>_<term>'."""
+    def forward(self, real: dict[str, Tensor], recon: dict[str, Tensor], present: Tensor | None = None) -> LossDict:
+        """``real`` and ``recon`` map modality ('ir', 'vis', ...) to images; terms are named '<modality>_<term>'.
+
+        ``present`` (B, N) bool, columns in ``real``'s order: each modality is judged on the samples that have it
+        only (a modality no sample of the batch has gets no terms)."""
         terms: LossDict = {}
-        for m, x in real.items():
+        for i, (m, x) in enumerate(real.items()):
             x_hat = recon[m]
+            if present is not None:
+                if not bool(present[:, i].any()):
+                    continue
+                x, x_hat = x[present[:, i]], x_hat[present[:, i]]
             raw = {"ssim": self.ssim_loss(self.ssim.ssim_map(x_hat, x)), "mse": F.mse_loss(x_hat, x)}
             if m in self.grad_targets:
                 raw["grad"] = F.l1_loss(self.sobel(x_hat), self.sobel(x))
@@ -155,7 +163,7 @@ class ReconstructionLoss(nn.Module):
 
 
 class FusionLoss(nn.Module):
-    """Phase 2: the fused image should hold the brighter intensity and the stronger gradient of the two sources."""
+    """Phase 2: the fused image should hold the brighter intensity and the stronger gradient of the sources."""
 
     def __init__(self, intensity_weight: float, grad_weight: float):
         super().__init__()
@@ -164,8 +172,16 @@ class FusionLoss(nn.Module):
         self.sobel = Sobel()
 
     def forward(self, ir: Tensor, vis: Tensor, fused: Tensor) -> LossDict:
-        intensity = F.l1_loss(fused, torch.maximum(ir, vis))
-        grad_target = torch.maximum(self.sobel.magnitude(ir), self.sobel.magnitude(vis))
+        return self.n_sources([ir, vis], fused)
+
+    def n_sources(self, sources: list[Tensor] | tuple[Tensor, ...], fused: Tensor) -> LossDict:
+        """The same loss for N >= 2 sources: the maxima over all of them (two: exactly ``forward``'s)."""
+        target = torch.maximum(sources[0], sources[1])
+        grad_target = torch.maximum(self.sobel.magnitude(sources[0]), self.sobel.magnitude(sources[1]))
+        for x in sources[2:]:
+            target = torch.maximum(target, x)
+            grad_target = torch.maximum(grad_target, self.sobel.magnitude(x))
+        intensity = F.l1_loss(fused, target)
         grad = F.l1_loss(self.sobel.magnitude(fused), grad_target)
         terms = {"intensity": self.intensity_weight * intensity, "grad": self.grad_weight * grad}
         terms["total"] = terms["intensity"] + terms["grad"]

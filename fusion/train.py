@@ -9,11 +9,19 @@ Command line (a thin wrapper over ``train``)::
 Each step (``Trainer.train_step``), for the phase the epoch belongs to (``PHASES``; phases are data in the config):
 
 1. generator step: the phase's generator outputs (reconstructions in 'recon', the fused image in 'fuse') and
-   its content loss, plus the adversarial term against the two discriminators, which are frozen
+   its content loss, plus the adversarial term against the discriminators (one per modality), which are frozen
    (``requires_grad_(False)``) for this step;
 2. discriminator step: each discriminator sees its modality's real image against the detached generated image
-   (phase 1: the reconstruction of that modality; phase 2: the fused image, for both, so that the fused image
-   leans to neither source).
+   (phase 1: the reconstruction of that modality; phase 2: the fused image, for every modality, so that the fused
+   image leans to no source).
+
+N modalities: the model's ``modalities`` (``model.args.modalities``; ('ir', 'vis') by default) name the sources.
+Any other set trains on roots with one folder per modality (``fusion.data.resolve_multimodal_roots``); a root may
+lack some modalities (real two-band pairs in a three-band run): a batch then carries a ``present`` mask, and each
+reconstruction term, each discriminator and the fusion loss see only the samples that have their modality (the
+fusion loss's maxima run over the present sources). ``data.modality_dropout`` drops a band from some crops so the
+model learns every subset; ``model.init`` + ``model.init_map`` warm-start it from a model of other modalities
+(``fusion.dae_fuse.expand_modalities``).
 
 With ``adversarial: false`` (an ablation) there are no discriminators, no adversarial terms and no step 2.
 
@@ -73,8 +81,15 @@ from .config import (
     load_train_config,
     to_dict,
 )
-from .dae_fuse import ARCHITECTURE, DAEFuse, build_discriminators, create_model
-from .data import PairedCropDataset, load_validation_images, resolve_training_roots
+from .dae_fuse import ARCHITECTURE, DAEFuse, build_discriminators, create_model, expand_modalities, model_config
+from .data import (
+    MultiModalCropDataset,
+    PairedCropDataset,
+    load_validation_images,
+    load_validation_samples,
+    resolve_multimodal_roots,
+    resolve_training_roots,
+)
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     RESUME_KEYS,
@@ -90,7 +105,7 @@ from data.registry import Registry
 
 LOGGER = logging.getLogger(__name__)
 
-MODALITIES = ("ir", "vis")
+MODALITIES = ("ir", "vis")  # the two-band model's, read as pairs (``fusion.data.PairedCropDataset``)
 # Config keys a resumed run may change: they change how fast it runs or what is logged, never what it computes.
 OPERATIONAL_KEYS: tuple[str, ...] = ("data.num_workers", "data.cache_images", "num_samples")
 
@@ -105,14 +120,16 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass(frozen=True)
 class Phase:
-    """A training phase: ``generate(model, losses, ir, vis) -> (content loss terms, fakes)``.
+    """A training phase: ``generate(model, losses, *sources, present=None) -> (content loss terms, fakes)``.
 
-    ``fakes`` maps each discriminator ('ir', 'vis') to the generated image it judges against its real modality.
+    ``sources``: one batch (B, 1, H, W) per modality, in the model's order (two-band: ir, vis); ``present`` is None
+    (all present) or the (B, N) bool mask of the modalities each sample has. ``fakes`` maps each discriminator (one per modality)
+    to the generated image it judges against its real modality.
     ``adv_weight`` names the ``LossConfig`` field weighting the adversarial term in this phase. ``fuses``: the
     phase trains the fusion path, so its epochs compete for ``best.pt``.
     """
 
-    generate: Callable[[DAEFuse, "Losses", Tensor, Tensor], tuple[LossDict, dict[str, Tensor]]]
+    generate: Callable[..., tuple[LossDict, dict[str, Tensor]]]
     adv_weight: str
     fuses: bool
 
@@ -125,17 +142,19 @@ def _fp32(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
-def _generate_recon(model: DAEFuse, losses: Losses, ir: Tensor, vis: Tensor) -> tuple[LossDict, dict[str, Tensor]]:
-    ir_hat, vis_hat = model.reconstruct(ir, vis)
-    fakes = {"ir": ir_hat, "vis": vis_hat}
-    with _fp32(ir):
-        return losses.recon({"ir": ir, "vis": vis}, {m: x.float() for m, x in fakes.items()}), fakes
+def _generate_recon(model: DAEFuse, losses: Losses, *sources: Tensor, present: Tensor | None = None
+                    ) -> tuple[LossDict, dict[str, Tensor]]:
+    real = dict(zip(model.modalities, sources))
+    fakes = dict(zip(model.modalities, model.reconstruct(*sources)))
+    with _fp32(sources[0]):
+        return losses.recon(real, {m: x.float() for m, x in fakes.items()}, present), fakes
 
 
-def _generate_fuse(model: DAEFuse, losses: Losses, ir: Tensor, vis: Tensor) -> tuple[LossDict, dict[str, Tensor]]:
-    fused = model(ir, vis)
-    with _fp32(ir):
-        return losses.fusion(ir, vis, fused.float()), {"ir": fused, "vis": fused}
+def _generate_fuse(model: DAEFuse, losses: Losses, *sources: Tensor, present: Tensor | None = None
+                   ) -> tuple[LossDict, dict[str, Tensor]]:
+    fused = model(*sources, present=present)
+    with _fp32(sources[0]):
+        return losses.fusion.n_sources(sources, fused.float()), {m: fused for m in model.modalities}
 
 
 PHASES.register("recon")(Phase(_generate_recon, "adv_recon", fuses=False))
@@ -163,8 +182,9 @@ class GeneratorStep(nn.Module):
         self.model = model
         self.losses = losses
 
-    def forward(self, ir: Tensor, vis: Tensor, phase: str) -> tuple[LossDict, dict[str, Tensor]]:
-        return PHASES.get(phase).generate(self.model, self.losses, ir, vis)
+    def forward(self, sources: dict[str, Tensor], present: Tensor | None, phase: str
+                ) -> tuple[LossDict, dict[str, Tensor]]:
+        return PHASES.get(phase).generate(self.model, self.losses, *sources.values(), present=present)
 
 
 class StepDecay:
@@ -362,11 +382,20 @@ class Trainer:
             raise ConfigError(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASES.names())}")
 
         # Data first: a bad dataset fails before any model is built.
-        train_pairs, val_pairs = resolve_training_roots(self.data_roots, cfg.data, split)
-        self.dataset = PairedCropDataset(
-            train_pairs, cfg.data.crop_size, cfg.data.crops_per_image, cfg.data.hflip, cfg.data.vflip, cfg.seed,
-            cfg.data.cache_images, cfg.data.blackout_prob,
-        )
+        self.modalities: tuple[str, ...] = model_config(cfg.model.name, **cfg.model.args).modalities
+        self.multimodal = self.modalities != MODALITIES  # any other set: one folder per modality, a present mask
+        if self.multimodal:
+            train_samples, val_samples = resolve_multimodal_roots(self.data_roots, self.modalities, cfg.data, split)
+            self.dataset = MultiModalCropDataset(
+                train_samples, self.modalities, cfg.data.crop_size, cfg.data.crops_per_image, cfg.data.hflip,
+                cfg.data.vflip, cfg.seed, cfg.data.cache_images, cfg.data.modality_dropout,
+            )
+        else:
+            train_pairs, val_pairs = resolve_training_roots(self.data_roots, cfg.data, split)
+            self.dataset = PairedCropDataset(
+                train_pairs, cfg.data.crop_size, cfg.data.crops_per_image, cfg.data.hflip, cfg.data.vflip, cfg.seed,
+                cfg.data.cache_images, cfg.data.blackout_prob,
+            )
         self.sampler = DistributedSampler(
             self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=cfg.seed
         )
@@ -381,7 +410,11 @@ class Trainer:
         )
         self.val_images = []
         if self.dist.is_main:
-            self.val_images = load_validation_images(val_pairs, cfg.data.val_max_pairs, cfg.data.val_max_side)
+            d = cfg.data
+            self.val_images = (
+                load_validation_samples(val_samples, self.modalities, d.val_max_pairs, d.val_max_side)
+                if self.multimodal else load_validation_images(val_pairs, d.val_max_pairs, d.val_max_side)
+            )
 
         seed_everything(cfg.seed)
         self.model = create_model(cfg.model.name, **cfg.model.args)
@@ -393,7 +426,7 @@ class Trainer:
         if cfg.adversarial:
             d = cfg.discriminator
             self.discriminators = build_discriminators(
-                self.model.cfg.in_chans, d.channels, d.num_layers, d.spectral_norm
+                self.model.cfg.in_chans, d.channels, d.num_layers, d.spectral_norm, self.modalities
             ).to(self.device)
         self.losses = Losses(cfg).to(self.device)
         self.gan_loss = GAN_LOSSES.get(cfg.loss.gan)
@@ -427,7 +460,7 @@ class Trainer:
                 gen, device_ids=ids, find_unused_parameters=find_unused
             )
             self.d_train = None if self.discriminators is None else nn.ModuleDict(
-                {m: DistributedDataParallel(self.discriminators[m], device_ids=ids) for m in MODALITIES}
+                {m: DistributedDataParallel(self.discriminators[m], device_ids=ids) for m in self.modalities}
             )
         else:
             self.generator_step, self.d_train = gen, self.discriminators
@@ -445,7 +478,7 @@ class Trainer:
     # -- setup ----------------------------------------------------------------------------------------------------
     def _setup_optimizers(self) -> None:
         """Adam for the generator ('g', plus 'g_fusion' for the phase-2-only parameters under
-        ``optim.fusion_lr_restart``), RMSProp per discriminator ('d_ir', 'd_vis'), a step decay for each; and the
+        ``optim.fusion_lr_restart``), RMSProp per discriminator ('d_<modality>'), a step decay for each; and the
         parameter groups whose gradient norms are clipped separately (``clip_groups``)."""
         o = self.cfg.optim
         def adam(params: Any) -> torch.optim.Optimizer:
@@ -461,7 +494,7 @@ class Trainer:
         else:
             self.optimizers["g"] = adam(self.model.parameters())
         self.generator_optimizers = tuple(self.optimizers)
-        for m in MODALITIES if self.discriminators is not None else ():
+        for m in self.modalities if self.discriminators is not None else ():
             d_params = self.discriminators[m].parameters()
             self.optimizers[f"d_{m}"] = torch.optim.RMSprop(d_params, lr=o.lr_d, alpha=o.alpha_d)
         self.schedulers = {
@@ -472,7 +505,7 @@ class Trainer:
         modules = self.model.children() if o.grad_clip_per_module else [self.model]
         self.clip_groups: dict[str, list[list[nn.Parameter]]] = {
             "g": [ps for ps in (list(m.parameters()) for m in modules) if ps],
-            "d": [list(self.discriminators[m].parameters()) for m in MODALITIES] if self.discriminators else [],
+            "d": [list(self.discriminators[m].parameters()) for m in self.modalities] if self.discriminators else [],
         }
 
     def _data_root_record(self) -> str | list[str]:
@@ -538,17 +571,22 @@ class Trainer:
     def train_step(self, batch: dict[str, Tensor], phase: str) -> dict[str, float]:
         """One generator update then one discriminator update; returns every loss term (g_*, d_*; no d_* and no
         adversarial terms when adversarial training is off)."""
-        ir = batch["ir"].to(self.device, non_blocking=True)
-        vis = batch["vis"].to(self.device, non_blocking=True)
+        sources = {m: batch[m].to(self.device, non_blocking=True) for m in self.modalities}
+        present = batch.get("present")
+        if present is not None:
+            # every sample with every modality is the unmasked model (the same function, less work)
+            present = None if bool(present.all()) else present.to(self.device)
         adversarial = self.discriminators is not None
 
-        # Generator step: discriminators frozen, judged on the generated images.
+        # Generator step: discriminators frozen, judged on the generated images (each discriminator on the samples
+        # that have its modality).
         if adversarial:
             self.discriminators.requires_grad_(False)
         with self._autocast():
-            content, fakes = self.generator_step(ir, vis, phase)
-            adv = {f"adv_{m}": self.gan_loss(self.discriminators[m](fakes[m]).float(), True)
-                   for m in (MODALITIES if adversarial else ())}
+            content, fakes = self.generator_step(sources, present, phase)
+            fakes = self._present_only(fakes, present)
+            adv = {f"adv_{m}": self.gan_loss(self.discriminators[m](fake).float(), True)
+                   for m, fake in (fakes.items() if adversarial else ())}
         g_terms = dict(content)
         if adv:
             adv_weight = getattr(self.cfg.loss, PHASES.get(phase).adv_weight)
@@ -557,22 +595,28 @@ class Trainer:
         g_values = self._check_finite(g_terms, "generator", phase)
         self._optimizer_step(g_terms["total"], self.generator_optimizers, self.cfg.optim.grad_clip_g,
                              self.clip_groups["g"])
-        d_values = self._discriminator_step({"ir": ir, "vis": vis}, fakes, phase) if adversarial else {}
+        d_values = self._discriminator_step(self._present_only(sources, present), fakes, phase) if adversarial else {}
         self.scaler.update()
         return {**{f"g_{k}": v for k, v in g_values.items()}, **{f"d_{k}": v for k, v in d_values.items()}}
+
+    def _present_only(self, images: dict[str, Tensor], present: Tensor | None) -> dict[str, Tensor]:
+        """Each modality's images restricted to the samples that have it; a modality no sample has is left out."""
+        if present is None:
+            return images
+        return {m: x[present[:, i]] for i, (m, x) in enumerate(images.items()) if bool(present[:, i].any())}
 
     def _discriminator_step(self, real: dict[str, Tensor], fakes: dict[str, Tensor], phase: str) -> dict[str, float]:
         """Real vs detached generated image, one forward per discriminator; returns the loss terms."""
         self.discriminators.requires_grad_(True)
         d_terms = {}
         with self._autocast():
-            for m in MODALITIES:
+            for m in fakes:
                 scores = self.d_train[m](torch.cat([real[m], fakes[m].detach().to(real[m].dtype)])).float()
                 real_scores, fake_scores = scores.chunk(2)
                 d_terms[m] = discriminator_loss(self.gan_loss, real_scores, fake_scores)
         d_terms["total"] = sum(d_terms.values())
         d_values = self._check_finite(d_terms, "discriminator", phase)
-        self._optimizer_step(d_terms["total"], [f"d_{m}" for m in MODALITIES], self.cfg.optim.grad_clip_d,
+        self._optimizer_step(d_terms["total"], [f"d_{m}" for m in fakes], self.cfg.optim.grad_clip_d,
                              self.clip_groups["d"])
         return d_values
 
@@ -580,6 +624,8 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Fuse the validation images; mean fusion metrics (``fusion.metrics``) and fusion loss. Rank 0 only."""
+        if self.multimodal:
+            return self._validate_multimodal()
         self.model.eval()
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
@@ -601,6 +647,26 @@ class Trainer:
                 self.samples[stem] = np.concatenate([ir_np, vis_np, fused_np], axis=1).clip(0, 1)
         self.model.train()
         return {k: sums[k] / counts[k] for k in sums}
+
+    @torch.no_grad()
+    def _validate_multimodal(self) -> dict[str, float]:
+        """N modalities: the mean fusion loss over the validation samples, each fused from the modalities it has
+        (the fusion metrics are two-source here: best.pt follows the fusion loss)."""
+        self.model.eval()
+        losses, self.samples = [], {}
+        for i, (stem, images) in enumerate(self.val_images):
+            shape = next(iter(images.values())).shape
+            sources = [torch.from_numpy(images.get(m, np.zeros(shape, np.float32)))[None, None].to(self.device)
+                       for m in self.modalities]
+            mask = torch.tensor([[m in images for m in self.modalities]], device=self.device)
+            with self._autocast():
+                fused = self.model(*sources, present=None if bool(mask.all()) else mask).float()
+            losses.append(float(self.losses.fusion.n_sources(sources, fused)["total"]))
+            if i < self.cfg.num_samples:
+                shown = [images[m] for m in self.modalities if m in images] + [fused[0, 0].cpu().numpy()]
+                self.samples[stem] = np.concatenate(shown, axis=1).clip(0, 1)
+        self.model.train()
+        return {"fusion_loss": float(np.mean(losses))} if losses else {}
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -690,6 +756,14 @@ class Trainer:
         checkpoint or its architecture is not the configured one."""
         _, state = read_generator_checkpoint(path, allow_unfused=True)
         source = build_generator(state, path)
+        if self.cfg.model.init_map:  # another set of modalities: expand (or map) its weights onto this model's
+            try:
+                expanded = expand_modalities(source, self.model.cfg, dict(self.cfg.model.init_map))
+            except ValueError as err:
+                raise CheckpointError(f"model.init {path}: {err}") from None
+            self.model.load_state_dict(expanded.state_dict())
+            LOGGER.info("generator initialised from %s, modalities mapped %s", path, dict(self.cfg.model.init_map))
+            return
         if source.cfg != self.model.cfg:
             ours, theirs = self.model.cfg.to_dict(), source.cfg.to_dict()
             diffs = ", ".join(f"{k}: {theirs[k]} (configured {ours[k]})" for k in ours if ours[k] != theirs[k])
