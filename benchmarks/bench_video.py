@@ -26,6 +26,15 @@ not the temporal fine-tuning's training clip; TNO Nato camp, all 32) to lossless
 fuses them with each candidate through ``fusion.video.fuse_video`` (what ``python -m fusion.fuse --video`` runs) and
 scores flicker, temporal correlation, BiSWE and MS2R (DIS flow) while streaming. ``--stabilise LABEL`` adds
 ``LABEL+stabilised``: that candidate wrapped in ``fusion.video.StabilisedFuser``.
+
+End-to-end speed on real footage (issue 23), a third mode::
+
+    .venv/bin/python benchmarks/bench_video.py speed --frames 60 --rounds 2 --json OUT.json
+
+re-encodes the first ``--frames`` frames of ``0117_1605`` (640x480) and of the M3FD sample (1024x768, its 35
+frames at most) as mp4v and streams them through ``fuse_video`` into mp4v (decode, fuse, encode, as the CLI does)
+with the release (I/O overlapped, the CLI's default, and in turn), the release stabilised, and ``max``, in
+interleaved rounds, recording the load average beside each row (the machine is shared).
 """
 from __future__ import annotations
 
@@ -154,7 +163,8 @@ def temporal_main(argv: list[str]) -> None:
                         help="LABEL=CHECKPOINT.pt (DAE-Fuse) or a registered fuser name")
     parser.add_argument("--stabilise", action="append", default=[], help="a candidate's LABEL to also stabilise")
     parser.add_argument("--stabilise-weight", type=float, default=StabiliserConfig().weight)
-    parser.add_argument("--stabilise-clamp", type=float, default=None, help="StabiliserConfig.clamp (grey levels)")
+    parser.add_argument("--stabilise-clamp", type=float, default=StabiliserConfig().clamp,
+                        help="StabiliserConfig.clamp (grey levels)")
     parser.add_argument("--flow", default="dis")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
@@ -187,11 +197,91 @@ def temporal_main(argv: list[str]) -> None:
                                       "versions": package_versions(), "rows": rows})
 
 
+def cut_video(frames: list[Path] | Path, out: Path, count: int) -> Path:
+    """An mp4v video of the first ``count`` frames of a video file or of a list of image files (as a camera's
+    stream would arrive: decoding it is part of what is timed)."""
+    if isinstance(frames, Path):
+        capture = cv2.VideoCapture(str(frames))
+        images = [capture.read()[1] for _ in range(count)]
+        capture.release()
+    else:
+        images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in frames[:count]]
+    height, width = images[0].shape[:2]
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (width, height), True)
+    for image in images:
+        writer.write(image)
+    writer.release()
+    return out
+
+
+def speed_main(argv: list[str]) -> None:
+    """End-to-end frames/s on real footage: decode (mp4v), fuse, encode (mp4v), as ``python -m fusion.fuse --video``
+    runs it, rounds interleaved so that every configuration sees the same machine load."""
+    import json
+    import os
+
+    from data.io import atomic_write_json
+    from data.provenance import package_versions
+    from fusion.video import StabilisedFuser
+
+    parser = argparse.ArgumentParser(prog="bench_video.py speed")
+    parser.add_argument("--checkpoint", default="fusion/weights/dae_fuse_release.pt")
+    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (frames fused 16 per forward there)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    m3fd = SHARED_DATA / "m3fd_sample"
+    needed = [VIDEO_ROOT / EVAL_CLIPS["0117_1605"][0], m3fd / "Ir"]
+    if not all(p.exists() for p in needed):
+        print(f"speed: skipped, the shared footage is not here ({', '.join(map(str, needed))})")
+        return
+    batch = 16 if args.device.startswith("cuda") else VideoConfig().batch_size
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_video_speed_") as tmp:
+        tmp = Path(tmp)
+        clips = {
+            "0117_1605 640x480": tuple(cut_video(VIDEO_ROOT / rel, tmp / f"1605_{kind}.mp4", args.frames)
+                                       for rel, kind in zip(EVAL_CLIPS["0117_1605"], ("ir", "vis"))),
+            "m3fd 1024x768": tuple(cut_video(sorted((m3fd / sub).iterdir()), tmp / f"m3fd_{sub}.mp4", args.frames)
+                                   for sub in ("Ir", "Vis")),
+        }
+        configs = {
+            "release, I/O overlapped (CLI default)": (lambda: load_fuser_checkpoint(args.checkpoint, args.device),
+                                                      True),
+            "release, stages in turn": (lambda: load_fuser_checkpoint(args.checkpoint, args.device), False),
+            "release + stabilised": (lambda: StabilisedFuser(load_fuser_checkpoint(args.checkpoint, args.device)),
+                                     True),
+            "max": (lambda: create_fuser("max"), True),
+        }
+        for round_ in range(args.rounds):
+            for clip, (ir, vis) in clips.items():
+                for label, (make, overlap) in configs.items():
+                    load = os.getloadavg()[0]
+                    report = fuse_video(make(), ir, vis, tmp / "out.mp4",
+                                        VideoConfig(batch_size=batch, overlap_io=overlap))
+                    s, n = report.seconds, report.frames
+                    rows.append({"round": round_, "clip": clip, "config": label, "device": args.device, "frames": n,
+                                 "fps": n / s["total"], "read_ms": 1000 * s["read"] / n,
+                                 "fuse_ms": 1000 * s["fuse"] / n, "write_ms": 1000 * s["write"] / n,
+                                 "load_avg_1min": load})
+                    print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        atomic_write_json(args.json, {"command": "benchmarks/bench_video.py speed " + " ".join(argv),
+                                      "threads": args.threads, "versions": package_versions(), "rows": rows})
+
+
 def main() -> None:
     import sys
 
     if sys.argv[1:2] == ["temporal"]:
         temporal_main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["speed"]:
+        speed_main(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", help="a DAE-Fuse checkpoint (default: an untrained dae_fuse_s)")

@@ -285,6 +285,9 @@ def run_sequence(seq: ChangeSequence, fusers: Mapping[str, Fuser], metrics: Sequ
         change, source = detect_change(vis_lumas), "detected"
     records: list[FrameRecord] = []
     for label, fuser in fusers.items():
+        reset = getattr(fuser, "reset", None)  # a streaming fuser starts each sequence without earlier state
+        if callable(reset):
+            reset()
         stats = TemporalStats(flow=FlowStats(flow) if flow is not None else None)
         excess_before = 0
         for t, ((ir, vis, clean_ir, clean_vis, strength), vis_y) in enumerate(zip(frames, vis_lumas)):
@@ -441,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "stems=a,b,c corruption=NAME:PROFILE:START[:DURATION[:SEVERITY]]; repeat for more")
     parser.add_argument("--fuser", nargs="+", default=["max", "ir"],
                         help="fusers: registered names, or LABEL=CHECKPOINT.pt for DAE-Fuse checkpoints")
+    parser.add_argument("--stabilise", nargs="*", default=[], metavar="LABEL",
+                        help="also each of these fusers wrapped in fusion.video.StabilisedFuser (its defaults)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     parser.add_argument("--flow", default="dis_fast", help="flow estimator for the warping error, or 'none'")
@@ -462,6 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in args.fuser:
             label, _, path = spec.partition("=")
             fusers[label] = load_fuser_checkpoint(path) if path else create_fuser(label)
+        for label in args.stabilise:
+            from .video import StabilisedFuser
+
+            fusers[f"{label}+stabilised"] = StabilisedFuser(fusers[label])
         result = sudden_change_report(sequences, fusers, args.out, metrics=args.metrics,
                                       flow=None if args.flow == "none" else args.flow, window=args.window,
                                       plot_metric="Qabf" if "Qabf" in args.metrics else args.metrics[0])

@@ -384,7 +384,7 @@ class StabiliserConfig:
     """How ``StabilisedFuser`` blends each fused frame with the previous output warped by the sources' motion.
 
     Args:
-        weight: share of the warped previous output in the new one where the motion is trusted (0: off; 0.5: the
+        weight: share of the warped previous output in the new one where the motion is trusted (0: none; 0.5: the
             noise of a still region falls to 1/3 of its variance in the steady state, (1 - w) / (1 + w); ours).
         flow: optical flow estimator (``fusion.flow.FLOW_ESTIMATORS``; ``dis_fast``: ~4 flows per frame at a few
             ms each at 640x480, where ``dis`` costs ~45 ms a flow).
@@ -395,6 +395,8 @@ class StabiliserConfig:
         clamp: None, or the most (grey levels) by which an output pixel may change from the previous output beyond
             the larger change of the two sources at that pixel: a fused video that never changes more than its
             sources do cannot shimmer where they are still (``flicker``'s definition, ``fusion.temporal``).
+
+    The defaults (0.5, clamp 0) are the setting measured in ``benchmarks/results/video_temporal.md``.
     """
 
     weight: float = 0.5
@@ -402,7 +404,7 @@ class StabiliserConfig:
     consistency_px: float = 1.0
     agree_px: float = 1.0
     source_residual: float = 12.0
-    clamp: float | None = None
+    clamp: float | None = 0.0
 
     def __post_init__(self) -> None:
         problems = [] if 0 <= self.weight < 1 else [f"weight must be in [0, 1), got {self.weight}"]
