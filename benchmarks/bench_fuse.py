@@ -1,9 +1,13 @@
 """DAE-Fuse cost: parameter counts and time per 1024x768 pair (CPU with 1 and 2 threads; CUDA fp32 and bf16).
 
 Times the inference copy that fusing runs (``fusion.inference.for_inference``) and, on CPU, the model as trained
-beside it as the same-run baseline.
+beside it as the same-run baseline. ``--modalities 2 3`` also times the same variant fusing 2 and 3 modalities
+(a 1024x768 input set: ('ir', 'vis') against ('vis', 'nir', 'lwir')), interleaved in one run, with the two-band
+model as the baseline (``--checkpoint3`` times a trained three-band checkpoint instead of a fresh one; the cost
+does not depend on the weights).
 
     .venv/bin/python benchmarks/bench_fuse.py [--variant dae_fuse_s] [--checkpoint CKPT] [--repeats 3]
+                                              [--modalities 2 3] [--checkpoint3 CKPT3]
 
 Issue 3's budget: a 1024x768 (M3FD) pair in at most 2 s on a 2-core CPU and at most 70 ms bf16 on an H100/H200
 (CDDFuse, measured on the same machines: ~5 min on the CPU, 139 ms bf16 on an H200). Inputs are random (the cost
@@ -45,7 +49,13 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="time a trained checkpoint instead of a fresh variant")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts to time")
+    parser.add_argument("--modalities", type=int, nargs="*", default=[],
+                        help="also time N-modality models of the variant (e.g. 2 3); only these timings run")
+    parser.add_argument("--checkpoint3", help="a trained three-band checkpoint for --modalities 3")
     args = parser.parse_args()
+    if args.modalities:
+        time_modalities(args)
+        return
 
     model = load_fuser_checkpoint(args.checkpoint).model if args.checkpoint else create_model(args.variant)
     model.eval()
@@ -86,6 +96,47 @@ def main() -> None:
                 best, median = _time(lambda: model(ir, vis), max(args.repeats, 10), torch.cuda.synchronize)
             peak = torch.cuda.max_memory_allocated(dev) / 2**30
             print(f"CUDA {name}: {best * 1000:.1f} ms per pair (median {median * 1000:.1f} ms), peak {peak:.2f} GiB")
+
+
+# the modality names of an N-band model in this benchmark (N = 2 is the released model's roles)
+MODALITY_SETS: dict[int, tuple[str, ...]] = {2: ("ir", "vis"), 3: ("vis", "nir", "lwir"), 4: ("vis", "nir", "swir", "lwir")}
+
+
+def time_modalities(args: argparse.Namespace) -> None:
+    """Seconds per 1024x768 input set for each N of ``args.modalities``, CPU, the inference copy, every thread
+    count; the models are timed in turn within each repeat (interleaved), so a busy machine slows all alike."""
+    models = {}
+    for n in args.modalities:
+        if n not in MODALITY_SETS:
+            raise SystemExit(f"error: --modalities takes {sorted(MODALITY_SETS)}, got {n}")
+        if n == 2 and args.checkpoint:
+            model = load_fuser_checkpoint(args.checkpoint).model
+        elif n == 3 and args.checkpoint3:
+            from fusion.checkpoint import build_generator, read_generator_checkpoint
+
+            model = build_generator(read_generator_checkpoint(args.checkpoint3)[1], args.checkpoint3)
+        else:
+            model = create_model(args.variant, modalities=MODALITY_SETS[n])
+        models[n] = for_inference(model.eval(), "cpu")
+        print(f"{n} modalities {models[n].modalities}: generator {count_parameters(model):,} parameters, "
+              f"fusion {count_parameters(model.fusion):,}, skip fusion {count_parameters(model.skip_fusion):,}")
+    inputs = {n: [torch.rand(1, 1, HEIGHT, WIDTH) for _ in range(n)] for n in models}
+    previous = torch.get_num_threads()
+    with torch.inference_mode():
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            times: dict[int, list[float]] = {n: [] for n in models}
+            for n, net in models.items():
+                net(*inputs[n])  # warm-up
+            for _ in range(args.repeats):
+                for n, net in models.items():
+                    t = time.perf_counter()
+                    net(*inputs[n])
+                    times[n].append(time.perf_counter() - t)
+            for n in models:
+                print(f"CPU {threads} thread(s), {n} modalities: {min(times[n]):.3f} s per {WIDTH}x{HEIGHT} input set "
+                      f"(median {statistics.median(times[n]):.3f} s, {args.repeats} repeats)")
+    torch.set_num_threads(previous)
 
 
 if __name__ == "__main__":

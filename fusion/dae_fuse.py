@@ -605,12 +605,22 @@ class GatedSkipFusion(nn.Module):
             ir, vis = xs
             gate = torch.sigmoid(self.gate(torch.cat([ir, vis], dim=1)))
             return torch.lerp(vis, ir, gate)  # vis + gate * (ir - vis) in one pass over the (full-resolution) maps
-        b, c, h, w = xs[0].shape
-        logits = self.gate(torch.cat(xs, dim=1)).view(b, self.num_modalities, c, h, w)
+        # The softmax over the modalities written out on channel slices (max, exp, weighted sum): on the
+        # channels-last inference copy's full-resolution maps a 5-D view with a softmax over its second axis took
+        # 0.73 s of a 1024x768 three-band fusion on one core, a (B, H, W, N, C) view 0.40 s, this 0.26 s.
+        logits = list(self.gate(torch.cat(xs, dim=1)).split(xs[0].shape[1], dim=1))
         if present is not None:
-            logits = logits.masked_fill(~present[:, :, None, None, None], float("-inf"))
-        weights = torch.softmax(logits, dim=1)
-        return (weights * torch.stack(xs, dim=1)).sum(dim=1)
+            logits = [lg.masked_fill(~present[:, i, None, None, None], float("-inf")) for i, lg in enumerate(logits)]
+        top = logits[0]
+        for lg in logits[1:]:
+            top = torch.maximum(top, lg)
+        weights = [torch.exp(lg - top) for lg in logits]
+        num = weights[0] * xs[0]
+        den = weights[0].clone()
+        for e, x in zip(weights[1:], xs[1:]):
+            num = num.addcmul(e, x)
+            den = den + e
+        return num / den
 
 
 # name -> builder(channels, num_modalities)
