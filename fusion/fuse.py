@@ -118,6 +118,12 @@ class CheckpointFuser:
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu", allow_unfused: bool = False,
                  roles: Mapping[str, str] | None = None):
+        self.checkpoint = Path(checkpoint)
+        data, state = read_generator_checkpoint(self.checkpoint, allow_unfused)
+        self.device = torch.device(device)
+        self.model = build_generator(state, self.checkpoint).to(self.device).eval()
+        # the roles are the checkpoint's modalities (the release: ir, vis; a three-band model: e.g. vis, nir, lwir)
+        self.ROLES = tuple(self.model.modalities)
         unknown = sorted(set(roles or {}) - set(self.ROLES))
         if unknown:
             raise FuserSpecError(f"dae_fuse roles: {', '.join(unknown)} is no role of this model; its roles are "
@@ -127,10 +133,6 @@ class CheckpointFuser:
         if len(set(self.roles.values())) != len(self.roles):
             raise FuserSpecError(f"dae_fuse roles {self.roles}: two roles are mapped to one modality")
         self.modalities: tuple[str, ...] = tuple(self.roles.values())
-        self.checkpoint = Path(checkpoint)
-        data, state = read_generator_checkpoint(self.checkpoint, allow_unfused)
-        self.device = torch.device(device)
-        self.model = build_generator(state, self.checkpoint).to(self.device).eval()
         self.inference_model = for_inference(self.model)  # what fusing runs; ``model`` keeps the checkpoint's layout
         self.precision = "bf16" if self.device.type == "cuda" else "fp32"
         self.epoch = state.get("epoch")
@@ -150,7 +152,8 @@ class CheckpointFuser:
         mapped = ", ".join(f"{role}={name}" for role, name in self.roles.items() if role != name)
         return [modality_set_problem(self.name, self.modalities, names)
                 + ("" if not mapped else f"; roles mapped: {mapped}")
-                + "; map its roles to your modality names with roles={ir: NAME, vis: NAME}"]
+                + "; map its roles to your modality names with roles={"
+                + ", ".join(f"{role}: NAME" for role in self.ROLES) + "}"]
 
     def fuse(self, images: Mapping[str, np.ndarray]) -> np.ndarray:
         """{modality name: float32 (H, W) on 0..255} with exactly this model's modalities -> fused luma on 0..255."""
@@ -160,21 +163,23 @@ class CheckpointFuser:
         return self.fuse_luma(*(images[self.roles[role]] for role in self.ROLES))
 
     @torch.inference_mode()
-    def fuse_tensors(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) x 2 in [0, 1] -> fused (B, 1, H, W) in [0, 1], float32.
+    def fuse_tensors(self, *sources: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) per role, in ``ROLES`` order (two-band: ir, vis), in [0, 1] -> fused (B, 1, H, W) in [0, 1],
+        float32.
 
         Runs ``inference_model`` (``fusion.inference.for_inference``: BN folded, channels-last on CPU; the same
         outputs as ``model`` up to float rounding) in chunks of ``FRAMES_PER_FORWARD[device]`` frames.
         """
-        chunk = self.FRAMES_PER_FORWARD.get(self.device.type) or ir.shape[0]
+        chunk = self.FRAMES_PER_FORWARD.get(self.device.type) or sources[0].shape[0]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            parts = [self.inference_model(a.to(self.device), b.to(self.device)).float()
-                     for a, b in zip(ir.split(chunk), vis.split(chunk))]
+            parts = [self.inference_model(*(x.to(self.device) for x in xs)).float()
+                     for xs in zip(*(x.split(chunk) for x in sources))]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def fuse_luma(self, ir: np.ndarray, vis_y: np.ndarray) -> np.ndarray:
-        """ir, vis_y: float32 (H, W) on 0..255 -> fused luma float32 (H, W) on 0..255."""
-        fused = self.fuse_tensors(_to_tensor(ir), _to_tensor(vis_y))
+    def fuse_luma(self, *images: np.ndarray) -> np.ndarray:
+        """One float32 (H, W) on 0..255 per role in ``ROLES`` order (two-band: ir, vis_y) -> fused luma float32
+        (H, W) on 0..255."""
+        fused = self.fuse_tensors(*(_to_tensor(image) for image in images))
         return fused[0, 0].cpu().numpy() * np.float32(255.0)
 
     # Frames per forward pass, by device (None: the whole batch). On the 2-core CPU one frame at a time is the
