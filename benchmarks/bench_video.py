@@ -165,6 +165,7 @@ def temporal_main(argv: list[str]) -> None:
     parser.add_argument("--stabilise-weight", type=float, default=StabiliserConfig().weight)
     parser.add_argument("--stabilise-clamp", type=float, default=StabiliserConfig().clamp,
                         help="StabiliserConfig.clamp (grey levels)")
+    parser.add_argument("--stabilise-flow", default=StabiliserConfig().flow, help="StabiliserConfig.flow")
     parser.add_argument("--flow", default="dis")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
@@ -176,7 +177,8 @@ def temporal_main(argv: list[str]) -> None:
         fusers[label] = load_fuser_checkpoint(path) if path else create_fuser(label)
     for label in args.stabilise:
         fusers[f"{label}+stabilised"] = (fusers[label], StabiliserConfig(weight=args.stabilise_weight,
-                                                                             clamp=args.stabilise_clamp))
+                                                                             clamp=args.stabilise_clamp,
+                                                                             flow=args.stabilise_flow))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_video_temporal_") as tmp:
         for clip in args.clips:
