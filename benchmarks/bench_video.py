@@ -166,6 +166,8 @@ def temporal_main(argv: list[str]) -> None:
     parser.add_argument("--stabilise-clamp", type=float, default=StabiliserConfig().clamp,
                         help="StabiliserConfig.clamp (grey levels)")
     parser.add_argument("--stabilise-flow", default=StabiliserConfig().flow, help="StabiliserConfig.flow")
+    parser.add_argument("--stabilise-flow-scale", type=float, default=StabiliserConfig().flow_scale,
+                        help="StabiliserConfig.flow_scale")
     parser.add_argument("--flow", default="dis")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
@@ -178,7 +180,8 @@ def temporal_main(argv: list[str]) -> None:
     for label in args.stabilise:
         fusers[f"{label}+stabilised"] = (fusers[label], StabiliserConfig(weight=args.stabilise_weight,
                                                                              clamp=args.stabilise_clamp,
-                                                                             flow=args.stabilise_flow))
+                                                                             flow=args.stabilise_flow,
+                                                                             flow_scale=args.stabilise_flow_scale))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_video_temporal_") as tmp:
         for clip in args.clips:

@@ -340,7 +340,8 @@ def test_stabiliser_first_frame_is_the_fuser_and_still_noise_falls():
     assert spread[1] < 0.75 * spread[0]  # recursive blending of a still scene: less frame-to-frame change
 
 
-def test_stabiliser_clamp_removes_flicker_and_follows_motion():
+@pytest.mark.parametrize("flow_scale", [1.0, 0.5])
+def test_stabiliser_clamp_removes_flicker_and_follows_motion(flow_scale):
     """A still visible scene and an infrared blob moving 3 px a frame: the clamped output stops shimmering where
     both are still and still moves with the blob."""
     rng = np.random.default_rng(3)
@@ -349,8 +350,9 @@ def test_stabiliser_clamp_removes_flicker_and_follows_motion():
     irs = [np.round(np.clip(30 + 200 * np.exp(-((xx - 10 - 3 * i) ** 2 + (yy - H / 2) ** 2) / 60), 0, 255))
            for i in range(8)]
     vis_y = [np.round(still)] * 8
-    stable = StabilisedFuser(Shimmering(), StabiliserConfig(weight=0.5, clamp=0.0))
+    stable = StabilisedFuser(Shimmering(), StabiliserConfig(weight=0.5, clamp=0.0, flow_scale=flow_scale))
     fused = [stable.fuse_luma(a, b) for a, b in zip(irs, vis_y)]
+    assert all(f.shape == (H, W) for f in fused)
     shimmer = Shimmering()
     raw = [shimmer.fuse_luma(a, b) for a, b in zip(irs, vis_y)]
     metrics = [evaluate_temporal(f, irs, vis_y) for f in (raw, fused)]
@@ -362,8 +364,8 @@ def test_stabiliser_clamp_removes_flicker_and_follows_motion():
     stable.fuse_luma(irs[0], vis_y[0])
     stable.reset()  # a new stream: its first frame is the fuser's own again, nothing carried over
     assert np.array_equal(stable.fuse_luma(irs[7], vis_y[7]), mean.fuse_luma(irs[7], vis_y[7]))
-    with pytest.raises(ValueError, match="weight must be in"):
-        StabiliserConfig(weight=1.0)
+    with pytest.raises(ValueError, match="weight must be in.*flow_scale must be in"):
+        StabiliserConfig(weight=1.0, flow_scale=2.0)
 
 
 def test_cli_stabilise_and_sudden_change(clips, tmp_path, capsys):
