@@ -97,7 +97,7 @@ def resolve_flow(spec: FlowSpec) -> FlowEstimator:
     return FLOW_ESTIMATORS.get(spec)()
 
 
-def _sample(image: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sample_along(image: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``image(x + flow(x))`` by bilinear interpolation, and whether ``x + flow(x)`` lies inside the image."""
     h, w = flow.shape[:2]
     grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
@@ -110,13 +110,13 @@ def _sample(image: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def consistent(flow_ab: np.ndarray, flow_ba: np.ndarray, threshold: float = OCCLUSION_THRESHOLD_PX) -> np.ndarray:
     """Forward-backward check (bool (H, W)): ``|flow_ab(x) + flow_ba(x + flow_ab(x))| < threshold`` and the
     target inside the frame; False marks occlusions and unreliable flow."""
-    back, inside = _sample(flow_ba, flow_ab)
+    back, inside = sample_along(flow_ba, flow_ab)
     return inside & (np.linalg.norm(flow_ab + back, axis=2) < threshold)
 
 
 def warping_error(target: np.ndarray, source: np.ndarray, flow: np.ndarray, mask: np.ndarray) -> float:
     """Mean over ``mask`` (and inside the frame) of ``|target(x) - source(x + flow(x))|``; 0 on an empty mask."""
-    warped, inside = _sample(source.astype(np.float32), flow)
+    warped, inside = sample_along(source.astype(np.float32), flow)
     keep = mask & inside
     count = int(keep.sum())
     return float(np.abs(target.astype(np.float32) - warped)[keep].sum() / count) if count else 0.0

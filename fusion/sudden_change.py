@@ -43,7 +43,7 @@ from data.registry import Registry
 
 from .flow import FlowStats, resolve_flow
 from .fusers import Fuser, fuse_arrays
-from .metrics import METRICS, FusionSet
+from .metrics import METRIC_TERMS, METRICS, FusionSet
 from .temporal import TemporalStats
 
 DEFAULT_METRICS: tuple[str, ...] = ("EN", "SD", "AG", "Qabf")
@@ -265,9 +265,8 @@ def _score_frame(fused: np.ndarray, ir: np.ndarray, vis_y: np.ndarray, clean: tu
         values[name] = float(METRICS.get(name)(given))
     if clean is not None:
         reference = FusionSet.of(fused, {"ir": clean[0], "vis": clean[1]})
-        fused_only = {"EN", "SD", "SF", "AG"}  # these look at F alone: the same against any sources
         for name in metrics:
-            if name not in fused_only:
+            if name in METRIC_TERMS:  # the metrics that compare F with each source (the others look at F alone)
                 values[f"{name}@clean"] = float(METRICS.get(name)(reference))
     return values
 

@@ -66,6 +66,7 @@ from data.io import atomic_dir, atomic_path, gray_reference, restore_colour, vis
 from data.paired import images_by_stem
 from data.probe import probe_images
 
+from .flow import consistent, resolve_flow, sample_along
 from .fusers import Fuser, fuse_arrays
 
 # Output extension -> FourCC. Each was checked on this project's OpenCV (5.0, FFmpeg backend) to write and read
@@ -433,8 +434,6 @@ class StabilisedFuser:
     """
 
     def __init__(self, inner: Fuser, config: StabiliserConfig = StabiliserConfig()):
-        from .flow import resolve_flow
-
         self.inner, self.config = inner, config
         self.name = f"{getattr(inner, 'name', 'fuser')}+stabilised"
         self.keeps_visible_chroma = bool(getattr(inner, "keeps_visible_chroma", True))
@@ -459,8 +458,6 @@ class StabilisedFuser:
 
     def motion_mask(self, now: Sequence[np.ndarray], before: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(flow t -> t-1 (H, W, 2), trusted mask (H, W) bool) from the sources at t and t-1 (uint8 grey each)."""
-        from .flow import _sample, consistent
-
         c = self.config
         full = now[0].shape
         if c.flow_scale != 1:
@@ -470,7 +467,7 @@ class StabilisedFuser:
         flows, mask = [], None
         for a, b in zip(now, before):
             back, fwd = self._flow(a, b), self._flow(b, a)
-            warped, _ = _sample(b.astype(np.float32), back)
+            warped, _ = sample_along(b.astype(np.float32), back)
             ok = consistent(back, fwd, c.consistency_px) & (np.abs(a.astype(np.float32) - warped) < c.source_residual)
             mask = ok if mask is None else mask & ok
             flows.append(back)
@@ -483,13 +480,11 @@ class StabilisedFuser:
         return flow, mask
 
     def _stabilise(self, fused: np.ndarray, ir: np.ndarray, vis_y: np.ndarray) -> np.ndarray:
-        from .flow import _sample
-
         sources = tuple(np.clip(np.round(x), 0, 255).astype(np.uint8) for x in (ir, vis_y))
         out = fused
         if self._previous is not None and self._previous[0].shape == fused.shape:
             flow, mask = self.motion_mask(sources, self._previous[1:])
-            warped, _ = _sample(self._previous[0], flow)
+            warped, _ = sample_along(self._previous[0], flow)
             out = fused + np.float32(self.config.weight) * mask * (warped - fused)
             if self.config.clamp is not None:
                 change = np.maximum(*(np.abs(a.astype(np.float32) - b) for a, b in zip(sources, self._previous[1:])))
