@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-KINDS: tuple[str, ...] = ("baseline", "checkpoint", "released", "plugin", "folder", "trained")
+# What a row is: an image fusion (baseline rule or single modality, checkpoint, released model, plug-in, folder,
+# DAE-Fuse trained here), or one of the two alternatives that need no fused image: early fusion (the detector
+# reads the modalities as channels) and late fusion (the single-modality detectors' boxes merged).
+KINDS: tuple[str, ...] = ("baseline", "checkpoint", "released", "plugin", "folder", "trained", "stack", "late")
+NO_FUSED_IMAGE: tuple[str, ...] = ("stack", "late")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names key folders (state/, runs/, tb/): no separators
 
 
@@ -42,7 +46,7 @@ class CandidateSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise CandidateError(f"unknown candidate kind '{self.kind}'; known: {', '.join(KINDS)}")
-        if (self.folder is None) == (self.fuser is None) and self.kind != "trained":
+        if (self.folder is None) == (self.fuser is None) and self.kind not in ("trained", *NO_FUSED_IMAGE):
             raise CandidateError(f"candidate '{self.name}' needs exactly one of a fuser or a folder")
 
     @property
@@ -56,10 +60,31 @@ class CandidateSpec:
             return f"{what} {self.args.get('checkpoint')}"
         if self.kind == "trained":
             return "DAE-Fuse trained by this run"
+        if self.kind == "stack":
+            return "early fusion: the detector reads the modalities as one image's channels (no fused image)"
+        if self.kind == "late":
+            return (f"late fusion: the single-modality detectors' boxes merged per image by "
+                    f"{self.args.get('method', 'wbf')} (no fused image, no training)")
         if self.kind == "plugin":
             extra = " ".join(f"{k}={v}" for k, v in self.args.items())
             return f"plug-in {self.fuser}" + (f" ({extra})" if extra else "")
         return f"built-in rule '{self.fuser}'"
+
+    @property
+    def modality(self) -> str | None:
+        """The one modality a single-modality row shows (its passthrough), else None."""
+        if self.kind != "baseline":
+            return None
+        if self.fuser == "passthrough":
+            return str(self.args.get("modality"))
+        from fusion.baselines import PASSTHROUGH_NAMES
+
+        return self.fuser if self.fuser in PASSTHROUGH_NAMES else None
+
+    @property
+    def fuses_images(self) -> bool:
+        """Whether the row has fused images (every kind but early and late fusion)."""
+        return self.kind not in NO_FUSED_IMAGE
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "fuser": self.fuser, "args": {k: str(v) if isinstance(v, Path)
@@ -155,10 +180,7 @@ def build_source(spec: CandidateSpec, *, device: str, pairs=None, sizes: Mapping
         return PrefusedFolder.from_pairs(spec.folder, pairs or [], sizes or {}, name=spec.name)
     from fusion.fusers import create_fuser
 
-    args = dict(spec.args)
-    if spec.fuser == "dae_fuse":
-        args.setdefault("device", device)
-    return create_fuser(spec.fuser, **args)
+    return create_fuser(spec.fuser, device=device, **spec.args)
 
 
 @dataclass
@@ -168,6 +190,7 @@ class CandidateRecord:
     fuse: Any = None                                 # stages.fuse.FuseOutput
     scores: Any = None                               # stages.score.Scores
     detection_runs: dict[int, dict[str, Any]] = field(default_factory=dict)  # seed -> DetectionResult dict
+    yolo: str | None = None                          # the exported detector dataset's folder
 
 
 @dataclass

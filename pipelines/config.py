@@ -5,6 +5,7 @@ refuse a run before any work.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
 from dataclasses import dataclass, field
@@ -37,8 +38,11 @@ class PipelineConfig:
     data: Path | None = field(default=None, metadata=option(
         "dataset root; default $M3FD_ROOT, else built-in synthetic scenes", type=Path))
     dataset: str | None = field(default=None, metadata=option(
-        "dataset reader (data.datasets): m3fd, llvip, folder, synthetic; default: recognised from --data's layout "
-        "(M3FD when unsure)"))
+        "dataset reader (data.datasets): m3fd (default), llvip, folder, synthetic, or package.module:function "
+        "(see README 'Your own dataset')"))
+    dataset_options: list[str] = field(default_factory=list, metadata=option(
+        "an option of the dataset reader (e.g. modalities=ir,vis,nir colour=vis for a folder dataset); repeatable",
+        flag="--dataset-option", action="append", metavar="KEY=VALUE"))
     checkpoints: list[Path] = field(default_factory=list, metadata=option(
         "DAE-Fuse checkpoints to compare", type=Path, nargs="*"))
     train_dae_fuse: bool | None = field(default=None, metadata=option(
@@ -57,6 +61,14 @@ class PipelineConfig:
         "a plug-in fuser as a candidate: a factory returning a fusion.fusers.Fuser (or the name of an installed "
         "'fusebench.fusers' entry point), called with the key=value arguments; repeatable", flag="--fuser",
         action="append", nargs="+", metavar=("NAME=package.module:factory", "key=value")))
+    early_fusion: bool | None = field(default=None, metadata=option(
+        "a row for early fusion ('stack'): the detector reads the modalities as one N-channel image (default: the "
+        "preset's)", action=argparse.BooleanOptionalAction))
+    late_fusion: bool | None = field(default=None, metadata=option(
+        "a row for late fusion ('late'): the single-modality detectors' boxes merged per image, no new training "
+        "(default: the preset's)", action=argparse.BooleanOptionalAction))
+    late_method: str = field(default="wbf", metadata=option(
+        "how late fusion merges boxes: wbf (weighted boxes fusion) or nms", choices=["wbf", "nms"]))
     preset: str = field(default="quick", metadata=option("pipeline preset (pipelines/presets.yaml)"))
     seeds: list[int] | None = field(default=None, metadata=option(
         "detector seeds (default: the preset's)", type=int, nargs="+"))
@@ -144,6 +156,8 @@ class PipelinePreset:
     jobs: int
     synthetic: SyntheticScenes
     baselines: list[str] | None = None  # None: every simple rule
+    early_fusion: bool = False          # a 'stack' row (the detector reads the modalities as channels)
+    late_fusion: bool = False           # a 'late' row (the single-modality detectors' boxes merged)
 
 
 def load_pipeline_preset(name: str, path: Path = PRESETS_FILE) -> PipelinePreset:

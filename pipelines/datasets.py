@@ -10,7 +10,7 @@ from typing import Any
 from data.errors import DatasetError
 from data.io import remove_stale_temps_tree
 
-from .config import PipelineConfig, SyntheticScenes, check_splits
+from .config import OptionsError, PipelineConfig, SyntheticScenes, check_splits
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,11 +36,15 @@ def generate_scenes(cfg: PipelineConfig, synthetic: SyntheticScenes) -> Path:
                                    frames_per_scene=synthetic.frames_per_scene, size=tuple(synthetic.size), seed=0)
 
 
-def load_run_dataset(cfg: PipelineConfig, root: Path):
-    """The dataset reader for ``root`` (``--dataset``, else M3FD's)."""
-    from data.m3fd import load_m3fd
+def load_run_dataset(cfg: PipelineConfig, root: Path, name: str | None = None):
+    """The dataset at ``root`` through its reader (``--dataset``, default M3FD's) and ``--dataset-option``s."""
+    from data.datasets import DatasetSpecError, load_dataset, parse_options
 
-    return load_m3fd(Path(root), seed=cfg.split_seed)
+    try:
+        options = {"seed": cfg.split_seed, **parse_options(cfg.dataset_options)}
+        return load_dataset(name or cfg.dataset or "m3fd", Path(root), **options)
+    except DatasetSpecError as err:
+        raise OptionsError(f"--dataset: {err}") from None
 
 
 def resolve_dataset(cfg: PipelineConfig, synthetic: SyntheticScenes | None):
@@ -57,14 +61,18 @@ def resolve_dataset(cfg: PipelineConfig, synthetic: SyntheticScenes | None):
     is_synthetic = generate or (root / SYNTHETIC_MARKER).is_file()
     if generate:
         root = generate_scenes(cfg, synthetic)
-    dataset = load_run_dataset(cfg, Path(root))
+    dataset = load_run_dataset(cfg, Path(root), "synthetic" if generate else None)
     problems = check_splits(cfg, {name: len(ids) for name, ids in dataset.splits.items()})
+    if cfg.corruptions and set(dataset.modalities) != {"ir", "vis"}:  # data.corruptions models those two cameras
+        problems.append(f"--corruptions corrupts an infrared and a visible camera; this dataset's modalities are "
+                        f"{', '.join(dataset.modalities)}")
     if not problems and not any(ann.boxes for ann in dataset.annotations(cfg.eval_split).values()):
         problems.append(f"split '{cfg.eval_split}' (--eval-split) has no boxes: there is nothing to detect")
     if problems:
         raise DatasetError(str(root), problems)
     info: dict[str, Any] = {
-        "root": str(Path(root).resolve()), "synthetic": is_synthetic, "n_images": len(dataset.ids),
+        "root": str(Path(root).resolve()), "reader": dataset.name, "modalities": list(dataset.modalities),
+        "colour": dataset.colour, "synthetic": is_synthetic, "n_images": len(dataset.ids),
         "class_names": list(dataset.class_names),
         "split": {"method": dataset.split_info.get("method"), "file": str(cfg.out / "split.json"),
                   "seed": dataset.split_info.get("seed"), "counts": {k: len(v) for k, v in dataset.splits.items()}}}

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from data.errors import DatasetError
@@ -22,7 +23,7 @@ from data.io import clear_dir
 from data.lock import hold_folder_lock, raise_if_locked
 from data.provenance import content_key, package_versions
 from data.store import KeyedStore
-from fusion.baselines import BASELINE_NAMES  # no torch: the simple rules only
+from fusion.baselines import BASELINE_NAMES, RULES  # no torch: the simple rules only
 
 from . import report
 from .candidates import (
@@ -40,30 +41,39 @@ from .config import OptionsError, PipelineConfig, PipelinePreset, check_options,
 from .datasets import dataset_root, prepare_out, resolve_dataset
 from .executors import ExecutorConfig, RunExecutor, default_executor
 from .progress import Progress
-from .stages.detect import clear_tb_events, detection_settings, queue_detector_jobs, run_detector_jobs
+from .stages.detect import (
+    clear_tb_events,
+    detection_settings,
+    export_fused,
+    export_stack,
+    queue_detector_jobs,
+    run_detector_jobs,
+)
 from .stages.fuse import source_fingerprint, stage_fuse, used_ids
+from .stages.late import stage_late
 from .stages.outputs import write_outputs
 from .stages.robustness import stage_robustness
 from .stages.score import stage_score
 
 LOGGER = logging.getLogger(__name__)
-SINGLE_MODALITY: tuple[str, ...] = ("ir", "vis")
 
 
-def candidate_specs(cfg: PipelineConfig, preset: PipelinePreset | None = None) -> list[CandidateSpec]:
-    """Every row's spec: the baselines (IR-only and visible-only always: every gain is measured against them),
-    the pre-fused folders and plug-ins named on the command line, then the checkpoints (named around the others).
+def candidate_specs(cfg: PipelineConfig, preset: PipelinePreset | None = None,
+                    modalities: Sequence[str] = ("ir", "vis")) -> list[CandidateSpec]:
+    """Every row's spec: one single-modality row per modality (always: every gain is measured against the better
+    of them), the simple rules, the pre-fused folders and plug-ins named on the command line, the released
+    DAE-Fuse, early and late fusion, then the checkpoints (named around the others).
 
     Raises:
         OptionsError: an unknown baseline, a malformed ``--fused``/``--fuser``, or two candidates with one name.
     """
     preset_baselines = preset.baselines if preset is not None else None
     baselines = cfg.baselines if cfg.baselines is not None else (preset_baselines or BASELINE_NAMES)
-    names = list(dict.fromkeys(list(SINGLE_MODALITY) + list(baselines)))
-    unknown = [n for n in names if n not in BASELINE_NAMES]
+    unknown = [n for n in baselines if n not in BASELINE_NAMES and n not in modalities]
     if unknown:
-        raise OptionsError(f"unknown baseline(s) {unknown}; known: {', '.join(BASELINE_NAMES)}")
-    specs = [CandidateSpec(name=n, kind="baseline", fuser=n) for n in names]
+        raise OptionsError(f"unknown baseline(s) {unknown}; known: {', '.join(dict.fromkeys([*modalities, *RULES]))}")
+    specs = [single_modality_spec(m) for m in modalities]
+    specs += [CandidateSpec(name=n, kind="baseline", fuser=n) for n in baselines if n in RULES]
     try:
         specs += [parse_fused(text) for text in cfg.fused] + [parse_fuser(tokens) for tokens in cfg.plugins]
     except CandidateError as err:
@@ -71,10 +81,25 @@ def candidate_specs(cfg: PipelineConfig, preset: PipelinePreset | None = None) -
     released = cfg.released_dae_fuse if cfg.released_dae_fuse is not None else (preset and preset.released_dae_fuse)
     if released:
         specs.append(released_spec())
+    early = cfg.early_fusion if cfg.early_fusion is not None else (preset and preset.early_fusion)
+    late = cfg.late_fusion if cfg.late_fusion is not None else (preset and preset.late_fusion)
+    if early:
+        specs.append(CandidateSpec(name="stack", kind="stack"))
+    if late:
+        specs.append(CandidateSpec(name="late", kind="late", args={"method": cfg.late_method}))
     problems = check_unique(specs)
     if problems:
         raise OptionsError("; ".join(problems))
     return specs + checkpoint_specs(cfg.checkpoints, {s.name for s in specs})
+
+
+def single_modality_spec(modality: str) -> CandidateSpec:
+    """The row of one modality alone (its passthrough), named by the modality."""
+    from fusion.baselines import PASSTHROUGH_NAMES
+
+    if modality in PASSTHROUGH_NAMES:
+        return CandidateSpec(name=modality, kind="baseline", fuser=modality)
+    return CandidateSpec(name=modality, kind="baseline", fuser="passthrough", args={"modality": modality})
 
 
 def build_candidates(cfg: PipelineConfig, dataset=None, preset: PipelinePreset | None = None) -> list[Candidate]:
@@ -87,7 +112,8 @@ def build_candidates(cfg: PipelineConfig, dataset=None, preset: PipelinePreset |
     from fusion.checkpoint import CheckpointError
     from fusion.fusers import FuserSpecError
 
-    candidates = [Candidate(spec) for spec in candidate_specs(cfg, preset)]
+    modalities = dataset.modalities if dataset is not None else ("ir", "vis")
+    candidates = [Candidate(spec) for spec in candidate_specs(cfg, preset, modalities)]
     pairs, sizes = [], {}
     if dataset is not None:
         wanted = set(used_ids(cfg, dataset))
@@ -95,6 +121,8 @@ def build_candidates(cfg: PipelineConfig, dataset=None, preset: PipelinePreset |
         sizes = {p.stem: (dataset.annotation(p.stem).width, dataset.annotation(p.stem).height) for p in pairs}
     refused = []
     for cand in candidates:
+        if not cand.spec.fuses_images:
+            continue
         try:
             cand.fuser = build_source(cand.spec, device=torch_device(cfg.device), pairs=pairs, sizes=sizes)
         except CheckpointError as err:
@@ -230,7 +258,7 @@ def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: li
 
     # 2. Per candidate: (train) -> fuse -> score -> export; detector runs are queued (they may run concurrently).
     for k, cand in enumerate(candidates, start=1):
-        if cand.error:
+        if cand.error or cand.kind == "late":  # late fusion waits for the single-modality detectors (step 3)
             progress.finished()
             continue
         try:
@@ -238,22 +266,36 @@ def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: li
                 progress.stage(k, cand.name, "training DAE-Fuse")
                 checkpoint = train_fusion_here(cfg, preset.fusion_train, dataset, store)
                 cand.spec = replace(cand.spec, fuser="dae_fuse", args={"checkpoint": checkpoint})
-            progress.stage(k, cand.name, "fusing")
-            fused = stage_fuse(cfg, cand, dataset, store, executor)
-            cand.record.fuse = fused
-            progress.stage(k, cand.name, "fusion and temporal metrics")
-            cand.record.scores = stage_score(cfg, cand, dataset, fused, store)
-            progress.stage(k, cand.name, "exporting detection dataset")
-            jobs = queue_detector_jobs(cfg, cand, dataset, settings=settings, seeds=seeds, scenarios=scenario_ids,
-                                       store=store)
+            if cand.kind == "stack":
+                progress.stage(k, cand.name, "exporting the modalities as one multi-channel image each")
+                yolo = export_stack(cfg, dataset)
+                input_key = yolo.key
+            else:
+                progress.stage(k, cand.name, "fusing")
+                cand.record.fuse = stage_fuse(cfg, cand, dataset, store, executor)
+                progress.stage(k, cand.name, "fusion and temporal metrics")
+                cand.record.scores = stage_score(cfg, cand, dataset, cand.record.fuse, store)
+                progress.stage(k, cand.name, "exporting detection dataset")
+                yolo, input_key = export_fused(cfg, cand, dataset), cand.record.fuse.key
+            jobs = queue_detector_jobs(cfg, cand, yolo, input_key, dataset, settings=settings, seeds=seeds,
+                                       scenarios=scenario_ids, store=store)
             pending_jobs += [(cand, job) for job in jobs]
         except Exception as err:  # noqa: BLE001 - one failing candidate must not stop the others
             LOGGER.exception("candidate %s failed", cand.name)
             cand.error = f"{type(err).__name__}: {err}"
         progress.finished()
 
-    # 3. Detector trainings: one at a time, --jobs N at once where the hardware allows, or on a Dask cluster.
+    # 3. Detector trainings: one at a time, --jobs N at once where the hardware allows, or on a Dask cluster;
+    # then late fusion merges the single-modality detectors' boxes (no training).
     run_detector_jobs(pending_jobs, executor, store)
+    singles = [c for c in candidates if c.spec.modality is not None]
+    for cand in candidates:
+        if cand.kind == "late" and not cand.error:
+            try:
+                stage_late(cfg, cand, singles, dataset, seeds=seeds, scenarios=scenario_ids, store=store)
+            except Exception as err:  # noqa: BLE001 - one failing candidate must not stop the others
+                LOGGER.exception("candidate %s failed", cand.name)
+                cand.error = f"{type(err).__name__}: {err}"
 
     # 3b. Robustness: the trained detectors scored again on corrupted evaluation inputs (no retraining).
     robustness = stage_robustness(cfg, candidates, dataset, settings, seeds, store, executor)
@@ -276,7 +318,8 @@ def assemble_results(cfg: PipelineConfig, preset: PipelinePreset, seeds: list[in
         runs = [cand.record.detection_runs[s] for s in seeds if s in cand.record.detection_runs]
         fuse, scores = cand.record.fuse, cand.record.scores
         records.append({
-            "name": cand.name, "kind": cand.kind, "baseline": cand.baseline,
+            "name": cand.name, "kind": cand.kind, "baseline": cand.baseline, "single_modality": cand.spec.modality,
+            "fused_image": cand.spec.fuses_images,
             "checkpoint": str(cand.checkpoint) if cand.checkpoint else None, "error": cand.error,
             "origin": cand.spec.origin, "spec": cand.spec.to_dict(),
             "fusion": scores.metrics if scores else None, "temporal": scores.temporal if scores else None,

@@ -18,7 +18,13 @@ from data.io import atomic_path, atomic_write_text, write_image
 
 # The fusion metrics shown beside mAP, in the order of the field's tables (CDDFuse), with AG added at the end.
 FUSION_METRICS: tuple[str, ...] = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "AG")
-SINGLE_MODALITY = ("ir", "vis")
+NO_FUSED_IMAGE = "n/a (no fused image)"  # early and late fusion's fusion-metric cells
+
+
+def is_single(record: dict[str, Any]) -> bool:
+    """Whether a row is one modality alone (the references every gain is measured against)."""
+    return record.get("single_modality") is not None or (
+        "single_modality" not in record and record.get("baseline") in ("ir", "vis"))  # results.json without the key
 
 
 def mean_std(values: Sequence[float | None]) -> dict[str, float | int] | None:
@@ -62,7 +68,7 @@ def add_gains(records: list[dict[str, Any]], protocol: str = "field") -> float |
 
     Returns that reference value (None when neither single-modality row has a detector result).
     """
-    singles = [_map50(r, protocol) for r in records if r.get("baseline") in SINGLE_MODALITY]
+    singles = [_map50(r, protocol) for r in records if is_single(r)]
     singles = [v for v in singles if v is not None]
     best_single = max(singles) if singles else None
     for r in records:
@@ -177,7 +183,7 @@ def verdict(records: list[dict[str, Any]], best_single: float | None, protocol: 
         return (f"Inconclusive: every detector stayed below mAP@50 {MIN_INFORMATIVE_MAP50} (it learned nothing), so "
                 "this table cannot rank the inputs. Use more images and a longer schedule (e.g. the `standard` "
                 "preset on a GPU with the full M3FD).")
-    reference = max((r for r in records if r.get("baseline") in SINGLE_MODALITY and _map50(r, protocol) is not None),
+    reference = max((r for r in records if is_single(r) and _map50(r, protocol) is not None),
                     key=lambda r: _map50(r, protocol))
     text = f"Better single modality: `{reference['name']}`, mAP@50 {best_single:.3f} ({protocol} protocol). "
     gains = (intervals or {}).get("gains") or {}
@@ -185,7 +191,7 @@ def verdict(records: list[dict[str, Any]], best_single: float | None, protocol: 
         wins, ties, losses = [], [], []
         for r in ranked(records, protocol):
             iv = gains.get(r["name"])
-            if r.get("baseline") in SINGLE_MODALITY or iv is None or r.get("error"):
+            if is_single(r) or iv is None or r.get("error"):
                 continue
             (wins if iv["low"] > 0 else losses if iv["high"] < 0 else ties).append(f"`{r['name']}` {_fmt_interval(iv)}")
         top = (intervals or {}).get("top_two")
@@ -206,12 +212,13 @@ def verdict(records: list[dict[str, Any]], best_single: float | None, protocol: 
         if top:
             parts.append(f"Top two: `{top['first']}` over `{top['second']}` by {_fmt_interval(top)}"
                          + ("." if top["low"] > 0 else " (not distinguishable)."))
-        return text + " ".join(parts)
+        parts.append(image_vs_detector_sentence((intervals or {}).get("image_vs_detector_fusion")))
+        return text + " ".join(p for p in parts if p)
     winners = []
     one_seed = False
     for r in records:
         gain = r.get("gain_map50")
-        if r.get("baseline") in SINGLE_MODALITY or gain is None or _shown_gain(gain) <= 0:
+        if is_single(r) or gain is None or _shown_gain(gain) <= 0:
             continue
         spread = max(_stat(r, "map50", protocol)["std"], _stat(reference, "map50", protocol)["std"])
         n_seeds = min(_stat(r, "map50", protocol)["n"], _stat(reference, "map50", protocol)["n"])
@@ -225,6 +232,23 @@ def verdict(records: list[dict[str, Any]], best_single: float | None, protocol: 
         return text + f"{_PROVISIONAL_HEAD} Ahead of it on one seed, no win called: " + \
             ", ".join(winners) + "."
     return text + "Fusions ahead of it (no intervals computed, `--bootstrap 0`): " + ", ".join(winners) + "."
+
+
+def image_vs_detector_sentence(iv: dict[str, Any] | None) -> str:
+    """Whether the best image fusion beats the better of early fusion (the detector reads the modalities as
+    channels) and late fusion (the single-modality detectors' boxes merged): the alternatives needing no fused
+    image. Empty when either side is missing."""
+    if not iv:
+        return ""
+    pair = f"best image fusion `{iv['image']}` vs the better detector-side fusion `{iv['detector']}`"
+    if iv.get("provisional"):
+        return f"Image vs detector-side fusion (provisional, one seed): {pair} {_fmt_interval(iv)}."
+    if iv["low"] > 0:
+        return f"Image fusion beats fusing in the detector: {pair} {_fmt_interval(iv)}."
+    if iv["high"] < 0:
+        return (f"Fusing in the detector beats every image fusion: {pair} {_fmt_interval(iv)}; no image fusion "
+                "earns its keep over it.")
+    return f"Image fusion is not distinguishable from fusing in the detector: {pair} {_fmt_interval(iv)}."
 
 
 def _fmt(stat: dict | float | None, digits: int = 3, pm: bool = True) -> str:
@@ -318,8 +342,10 @@ def table_rows(records: list[dict[str, Any]], pm: bool = True, protocol: str = "
             **{f"AP50 {c}": _fmt((det.get("ap50" + suffix) or {}).get(c), pm=pm) for c in class_names_of(records)},
             **{f"mAP@50 {s}": _fmt(((det.get("scenarios") or {}).get(s) or {}).get("map50" + suffix), pm=pm)
                for s in _scenarios(records)},
-            **{m: _fmt(fusion.get(m), digits=3) for m in FUSION_METRICS},
-            **{m: _fmt(_temporal(r, m), digits=3) for m in TEMPORAL_COLUMNS},
+            **{m: _fmt(fusion.get(m), digits=3) if r.get("fused_image", True) else NO_FUSED_IMAGE
+               for m in FUSION_METRICS},
+            **{m: _fmt(_temporal(r, m), digits=3) if r.get("fused_image", True) else NO_FUSED_IMAGE
+               for m in TEMPORAL_COLUMNS},
             "fuse ms/img": "-" if r.get("fuse_seconds_per_image") is None
             else f"{1000 * r['fuse_seconds_per_image']:.1f}",
             "status": "ok" if not r.get("error") else "FAILED (see below)",
@@ -461,7 +487,8 @@ def render_robustness(robust: dict[str, Any]) -> str:
     for corruption, cell_name in worst.items():
         iv = cells[cell_name].get("intervals") or {}
         gains = iv.get("gains") or {}
-        wins = [f"`{n}` {_fmt_interval(g)}" for n, g in gains.items() if n not in SINGLE_MODALITY and g["low"] > 0]
+        singles = robust.get("singles", ("ir", "vis"))
+        wins = [f"`{n}` {_fmt_interval(g)}" for n, g in gains.items() if n not in singles and g["low"] > 0]
         if iv.get("reference") and is_provisional(iv):
             out.write(f"- {cell_name}: better single modality `{iv['reference']}`; "
                       + (f"ahead of it on these images ({PROVISIONAL}): {', '.join(wins)}\n" if wins

@@ -16,8 +16,9 @@ from typing import Any
 from detection.bootstrap import PairedBootstrap, image_matches
 from detection.protocols import PROTOCOLS
 
+from .report import is_single
+
 LOGGER = logging.getLogger(__name__)
-SINGLE_MODALITY = ("ir", "vis")
 # Where each protocol's saved predictions are in a detector run's result.
 PREDICTIONS_KEY = {"field": "predictions_path", "deployed": "deployed_predictions_path"}
 
@@ -63,11 +64,20 @@ def bootstrap_verdicts(records: list[dict[str, Any]], seeds: list[int], n_resamp
         section: dict[str, Any] = {"map50": {n: boot.interval(n).to_dict() for n in per_candidate}, "gains": {},
                                    "seeds": list(seeds),  # per_seed values are in this order
                                    "per_seed": {n: boot.per_seed_points[n].tolist() for n in per_candidate}}
-        singles = [r for r in records if r.get("baseline") in SINGLE_MODALITY and r["name"] in per_candidate]
+        singles = [r for r in records if is_single(r) and r["name"] in per_candidate]
         if singles:
             reference = max(singles, key=lambda r: boot.points[r["name"]])["name"]
             section["reference"] = reference
             section["gains"] = {n: boot.gain(n, reference).to_dict() for n in per_candidate if n != reference}
+        # The question behind image fusion: does the best fused image beat the detector that fuses for itself?
+        image = [r["name"] for r in records if r["name"] in per_candidate and not is_single(r)
+                 and r.get("fused_image", True)]
+        itself = [r["name"] for r in records if r["name"] in per_candidate and r.get("kind") in ("stack", "late")]
+        if image and itself:
+            best_image = max(image, key=lambda n: boot.points[n])
+            best_itself = max(itself, key=lambda n: boot.points[n])
+            section["image_vs_detector_fusion"] = {"image": best_image, "detector": best_itself,
+                                                   **boot.gain(best_image, best_itself).to_dict()}
         ordered = sorted(per_candidate, key=lambda n: -boot.points[n])
         if len(ordered) >= 2:
             section["top_two"] = {"first": ordered[0], "second": ordered[1],

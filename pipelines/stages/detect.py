@@ -67,27 +67,51 @@ def clear_tb_events(folder: Path) -> None:
         events.unlink(missing_ok=True)
 
 
-def queue_detector_jobs(cfg: PipelineConfig, candidate: Candidate, dataset, *, settings: dict[str, Any],
-                        seeds: list[int], scenarios: dict[str, list[str]], store: KeyedStore) -> list[dict[str, Any]]:
-    """Export the candidate's fused images as a YOLO dataset and return the jobs of its seeds not yet finished
-    (finished ones go straight into ``candidate.record.detection_runs``)."""
+def export_fused(cfg: PipelineConfig, candidate: Candidate, dataset):
+    """The candidate's fused images as a YOLO dataset (content-keyed by the fused folder; reused when there)."""
     from detection.export import export_yolo_dataset
 
     fused = candidate.record.fuse
     roles, eval_role = detector_splits(cfg, dataset)
     used = [i for ids in roles.values() for i in ids]
-    yolo = export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in used},
+    return export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in used},
                                {i: dataset.annotation(i) for i in used}, roles,
                                cfg.out / "cache" / "yolo" / fused.key[:16], eval_split=eval_role,
                                class_names=dataset.class_names, force=cfg.force)
+
+
+def export_stack(cfg: PipelineConfig, dataset):
+    """Early fusion's YOLO dataset: each sample's modalities as one N-channel image (``detection.export``: the
+    colour modality as its three colour channels, every other one as one), keyed by the sources' contents."""
+    from detection.export import export_stacked
+
+    from .fuse import source_fingerprint
+
+    roles, eval_role = detector_splits(cfg, dataset)
+    used = sorted({i for ids in roles.values() for i in ids})
+    key = content_key("stack", str(dataset.root), used, source_fingerprint(dataset, used), list(dataset.modalities),
+                      dataset.colour)
+    return export_stacked(roles, {p.stem: dict(p.sources) for p in dataset.pairs() if p.stem in set(used)},
+                          {i: dataset.annotation(i) for i in used}, dataset.class_names,
+                          cfg.out / "cache" / "yolo" / f"stack-{key[:16]}", colour=dataset.colour,
+                          modalities=dataset.modalities, eval_split=eval_role, force=cfg.force)
+
+
+def queue_detector_jobs(cfg: PipelineConfig, candidate: Candidate, yolo, input_key: str, dataset, *,
+                        settings: dict[str, Any], seeds: list[int], scenarios: dict[str, list[str]],
+                        store: KeyedStore) -> list[dict[str, Any]]:
+    """The jobs of the candidate's seeds not yet finished on its exported dataset ``yolo`` (``input_key``: what
+    its images were made from); finished ones go straight into ``candidate.record.detection_runs``."""
+    roles, eval_role = detector_splits(cfg, dataset)
     annotations = dataset.annotations(cfg.eval_split)
     scenario_boxes = {s: sum(len(annotations[i].boxes) for i in ids) for s, ids in scenarios.items()}
     candidate.record.detection_runs = {}
+    candidate.record.yolo = str(yolo.root)
     if cfg.force:  # every seed trains again: its curves replace the old ones instead of doubling them
         clear_tb_events(cfg.out / "tb" / candidate.name)
     jobs = []
     for seed in seeds:
-        key = content_key("detect", fused.key, yolo.key, settings, seed, roles, eval_role, cfg.device, scenarios,
+        key = content_key("detect", input_key, yolo.key, settings, seed, roles, eval_role, cfg.device, scenarios,
                           DETECT_SCORING)
         stored = store.get(candidate.name, f"detect_seed{seed}", key)
         if stored:
@@ -101,12 +125,29 @@ def queue_detector_jobs(cfg: PipelineConfig, candidate: Candidate, dataset, *, s
     return jobs
 
 
+def scenario_scores(coco_gt: Path, field_predictions: Path, deployed_predictions: Path,
+                    scenarios: dict[str, list[str]], boxes: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """mAP@50 per scenario under both protocols from saved predictions (a missing file: no detections, which is
+    what Ultralytics leaves for a detector that predicted nothing)."""
+    from detection.coco_eval import coco_map
+    from detection.export import coco_image_id
+
+    out = {}
+    for scenario, ids in scenarios.items():
+        image_ids = [coco_image_id(i) for i in ids]
+        field = coco_map(coco_gt, field_predictions if field_predictions.is_file() else [], image_ids=image_ids)
+        one_class = coco_map(coco_gt, deployed_predictions if deployed_predictions.is_file() else [],
+                             image_ids=image_ids)
+        out[scenario] = {"map50": field.map50, "map50_deployed": one_class.map50, "n_images": len(ids),
+                         "n_boxes": boxes[scenario]}
+    return out
+
+
 def detect_job(job: dict[str, Any]) -> dict[str, Any]:
     """One detector run on an exported dataset, plus mAP@50 per scenario from its saved predictions."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from detection.coco_eval import coco_map
-    from detection.export import YoloDataset, coco_image_id
+    from detection.export import YoloDataset
     from detection.train import train_and_evaluate
 
     recipe = dict(job["recipe"])
@@ -122,16 +163,9 @@ def detect_job(job: dict[str, Any]) -> dict[str, Any]:
         writer.close()
     out = result.to_dict()
     out["coco_gt"] = job["coco_gt"]  # the bootstrap re-matches the saved predictions against it
-    out["scenarios"] = {}
-    predictions = Path(result.predictions_path)
-    deployed = Path(result.deployed_predictions_path)
-    for scenario, ids in job["scenario_ids"].items():
-        # Ultralytics writes no predictions.json for a detector that predicted nothing: score no detections.
-        image_ids = [coco_image_id(i) for i in ids]
-        field = coco_map(Path(job["coco_gt"]), predictions if predictions.is_file() else [], image_ids=image_ids)
-        one_class = coco_map(Path(job["coco_gt"]), deployed if deployed.is_file() else [], image_ids=image_ids)
-        out["scenarios"][scenario] = {"map50": field.map50, "map50_deployed": one_class.map50, "n_images": len(ids),
-                                      "n_boxes": job["scenario_boxes"][scenario]}
+    out["scenarios"] = scenario_scores(Path(job["coco_gt"]), Path(result.predictions_path),
+                                       Path(result.deployed_predictions_path), job["scenario_ids"],
+                                       job["scenario_boxes"])
     return out
 
 

@@ -20,13 +20,14 @@ from data.provenance import content_key
 from data.store import KeyedStore
 from data.types import Pair
 
+from ..executors import Job
+
 if TYPE_CHECKING:
     from pipelines.candidates import Candidate
     from pipelines.executors import RunExecutor
     from pipelines.config import PipelineConfig
 
 LOGGER = logging.getLogger(__name__)
-SINGLE_MODALITY = ("ir", "vis")
 
 
 def corrupted_pairs(cache_root: Path, dataset, ids: list[str], corruption: str, severity: int, seed: int,
@@ -54,7 +55,7 @@ def corrupted_pairs(cache_root: Path, dataset, ids: list[str], corruption: str, 
 
 
 def robustness_intervals(clean: dict[str, list[Any]], corrupted: dict[str, list[Any]], image_ids: list[Any],
-                         n_resamples: int, seed: int) -> dict[str, Any]:
+                         n_resamples: int, seed: int, singles: tuple[str, ...] = ("ir", "vis")) -> dict[str, Any]:
     """Intervals for one corruption and severity: per candidate its deployed mAP@50, its drop from clean and its
     gain over the better single modality under the corruption (``clean``/``corrupted``: name -> matches per seed)."""
     from detection.bootstrap import PairedBootstrap
@@ -66,7 +67,7 @@ def robustness_intervals(clean: dict[str, list[Any]], corrupted: dict[str, list[
             boot.add(f"clean/{name}", clean[name])
     out: dict[str, Any] = {"map50": {n: boot.interval(n).to_dict() for n in corrupted},
                            "drop": {n: boot.gain(n, f"clean/{n}").to_dict() for n in corrupted if n in clean}}
-    singles = [n for n in corrupted if n in SINGLE_MODALITY]
+    singles = [n for n in corrupted if n in singles]
     if singles:
         reference = max(singles, key=lambda n: boot.points[n])
         out["reference"] = reference
@@ -75,9 +76,13 @@ def robustness_intervals(clean: dict[str, list[Any]], corrupted: dict[str, list[
 
 
 def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, settings: dict, seeds: list[int],
-                     store: KeyedStore, executor: RunExecutor | None = None) -> dict[str, Any]:
+                     store: KeyedStore, executor: RunExecutor) -> dict[str, Any]:
     """Every candidate's kept detectors scored on corrupted evaluation inputs, one cell per corruption and
-    severity, with intervals from one paired bootstrap per cell."""
+    severity, with intervals from one paired bootstrap per cell.
+
+    Here: each cell's inputs are corrupted once, fused by every candidate (in shards on a cluster) and exported;
+    then every (cell, candidate, seed) scoring not yet stored is one job on the run's executor, all at once.
+    """
     if not cfg.corruptions:
         return {}
     from detection.bootstrap import image_matches
@@ -89,51 +94,75 @@ def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, 
 
     ids = sorted(dataset.splits[cfg.eval_split])
     sources_key = source_fingerprint(dataset, ids)
-    usable = [c for c in candidates if not c.error and c.kind != "folder"
+    usable = [c for c in candidates if not c.error and c.kind != "folder" and c.spec.fuses_images
               and all(s in c.record.detection_runs for s in seeds)]
+    skipped = {c.name: "a pre-fused folder cannot fuse corrupted inputs" for c in candidates if c.kind == "folder"}
+    skipped.update({c.name: "early and late fusion are not yet scored on corrupted inputs"
+                    for c in candidates if not c.spec.fuses_images})
+    singles = tuple(c.name for c in candidates if c.spec.modality is not None)
     out: dict[str, Any] = {"corruptions": list(cfg.corruptions), "severities": list(cfg.severities),
-                           "seed": cfg.corruption_seed, "cells": {},
-                           "skipped": {c.name: "a pre-fused folder cannot fuse corrupted inputs"
-                                       for c in candidates if c.kind == "folder"}}
+                           "seed": cfg.corruption_seed, "cells": {}, "skipped": skipped, "singles": list(singles)}
+    cells = [(corruption, severity) for corruption in cfg.corruptions for severity in cfg.severities]
+    progress = Progress("robustness", len(cells))
+    scored: dict[tuple[str, int], dict[str, dict[int, dict[str, Any]]]] = {cell: {} for cell in cells}
+    jobs: list[tuple[tuple[str, int], Candidate, int, str, dict[str, Any]]] = []
+    for corruption, severity in cells:
+        cell_name = f"{corruption}/{severity}"
+        progress.stage(progress.done + 1, cell_name, f"corrupting, fusing and exporting {len(usable)} candidates")
+        pairs, corrupt_key = corrupted_pairs(cfg.out / "cache", dataset, ids, corruption, severity,
+                                             cfg.corruption_seed, sources_key, store)
+        for cand in usable:
+            try:
+                fused = fuse_into_cache(cfg, cand, pairs, content_key("fuse", cand.source(cfg).cache_key(),
+                                                                      corrupt_key), store, executor)
+                yolo = export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in ids},
+                                           {i: dataset.annotation(i) for i in ids}, {"test": ids},
+                                           cfg.out / "cache" / "yolo" / fused.key[:16], eval_split="test",
+                                           class_names=dataset.class_names, force=cfg.force)
+            except Exception as err:  # noqa: BLE001 - one candidate's failure leaves the others' cells
+                LOGGER.exception("robustness %s %s failed", cell_name, cand.name)
+                out.setdefault("errors", {})[f"{cell_name}/{cand.name}"] = f"{type(err).__name__}: {err}"
+                continue
+            scored[(corruption, severity)][cand.name] = {}
+            for seed in seeds:
+                stage, key, job = scoring_job(cfg, cand, yolo, fused, settings, seed, corruption, severity)
+                stored = store.get(cand.name, stage, key)
+                if stored is not None:
+                    scored[(corruption, severity)][cand.name][seed] = stored
+                else:
+                    jobs.append(((corruption, severity), cand, seed, stage, job))
+        progress.finished()
+    if jobs:
+        print(f"[robustness] scoring {len(jobs)} detector(s) on corrupted inputs on {executor.describe()}", flush=True)
+    for outcome in executor.run([Job(score_job, job) for *_, job in jobs]):
+        cell, cand, seed, stage, job = jobs[outcome.index]
+        if outcome.error is not None:
+            err = outcome.error
+            out.setdefault("errors", {})[f"{cell[0]}/{cell[1]}/{cand.name}"] = f"{type(err).__name__}: {err}"
+            scored[cell].pop(cand.name, None)
+            continue
+        store.put(cand.name, stage, job["key"], outcome.result)
+        if cand.name in scored[cell]:
+            scored[cell][cand.name][seed] = outcome.result
+
     clean = {}
     for cand in usable:
         runs = [cand.record.detection_runs[s] for s in seeds]
         if all(r.get("coco_gt") and r.get("deployed_predictions_path") for r in runs):
             clean[cand.name] = [image_matches(Path(r["coco_gt"]), _predictions(r["deployed_predictions_path"]))
                                 for r in runs]
-    progress = Progress("robustness", len(cfg.corruptions) * len(cfg.severities))
-    for corruption in cfg.corruptions:
-        for severity in cfg.severities:
-            cell_name = f"{corruption}/{severity}"
-            progress.stage(progress.done + 1, cell_name, f"corrupting, fusing and scoring {len(usable)} candidates")
-            pairs, corrupt_key = corrupted_pairs(cfg.out / "cache", dataset, ids, corruption, severity,
-                                                 cfg.corruption_seed, sources_key, store)
-            scored: dict[str, list[dict[str, Any]]] = {}
-            for cand in usable:
-                try:
-                    fused = fuse_into_cache(cfg, cand, pairs,
-                                            content_key("fuse", cand.source(cfg).cache_key(), corrupt_key), store,
-                                            executor)
-                    yolo = export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in ids},
-                                               {i: dataset.annotation(i) for i in ids}, {"test": ids},
-                                               cfg.out / "cache" / "yolo" / fused.key[:16], eval_split="test",
-                                               class_names=dataset.class_names, force=cfg.force)
-                    scored[cand.name] = [score_seed(cfg, cand, yolo, fused, settings, seed, corruption, severity,
-                                                    store) for seed in seeds]
-                except Exception as err:  # noqa: BLE001 - one candidate's failure leaves the others' cells
-                    LOGGER.exception("robustness %s %s failed", cell_name, cand.name)
-                    out.setdefault("errors", {})[f"{cell_name}/{cand.name}"] = f"{type(err).__name__}: {err}"
-            cell: dict[str, Any] = {"candidates": {
-                name: {"map50_deployed": report.mean_std([r["deployed"]["map50"] for r in runs]),
-                       "map50": report.mean_std([r["field"]["map50"] for r in runs])} for name, runs in scored.items()}}
-            if cfg.bootstrap_resamples and scored:
-                corrupted = {name: [image_matches(Path(r["coco_gt"]), _predictions(r["deployed"]["predictions_path"]))
-                                    for r in runs] for name, runs in scored.items()}
-                image_ids = next(iter(corrupted.values()))[0].image_ids
-                cell["intervals"] = robustness_intervals(clean, corrupted, image_ids, cfg.bootstrap_resamples,
-                                                         cfg.bootstrap_seed)
-            out["cells"][cell_name] = cell
-            progress.finished()
+    for (corruption, severity), by_name in scored.items():
+        runs_of = {name: [runs[s] for s in seeds] for name, runs in by_name.items() if len(runs) == len(seeds)}
+        cell: dict[str, Any] = {"candidates": {
+            name: {"map50_deployed": report.mean_std([r["deployed"]["map50"] for r in runs]),
+                   "map50": report.mean_std([r["field"]["map50"] for r in runs])} for name, runs in runs_of.items()}}
+        if cfg.bootstrap_resamples and runs_of:
+            corrupted = {name: [image_matches(Path(r["coco_gt"]), _predictions(r["deployed"]["predictions_path"]))
+                                for r in runs] for name, runs in runs_of.items()}
+            image_ids = next(iter(corrupted.values()))[0].image_ids
+            cell["intervals"] = robustness_intervals(clean, corrupted, image_ids, cfg.bootstrap_resamples,
+                                                     cfg.bootstrap_seed, singles)
+        out["cells"][f"{corruption}/{severity}"] = cell
     return out
 
 
@@ -142,24 +171,30 @@ def _predictions(path: str | None):
     return Path(path) if path and Path(path).is_file() else []
 
 
-def score_seed(cfg: PipelineConfig, cand: Candidate, yolo, fused, settings: dict, seed: int, corruption: str,
-               severity: int, store: KeyedStore) -> dict[str, Any]:
-    """One detector seed's kept checkpoint scored on one corrupted cell (cached per cell and seed)."""
-    from detection.train import score_detector
-
+def scoring_job(cfg: PipelineConfig, cand: Candidate, yolo, fused, settings: dict, seed: int, corruption: str,
+                severity: int) -> tuple[str, str, dict[str, Any]]:
+    """The store stage, key and plain-data job of one detector seed's kept checkpoint scored on one cell."""
     from .detect import DETECT_SCORING
 
     run = cand.record.detection_runs[seed]
     key = content_key("robust", fused.key, yolo.key, run.get("key"), DETECT_SCORING)
+    weights = Path(run["run_dir"]) / "weights" / "best.pt"
+    if not weights.is_file():
+        weights = weights.with_name("last.pt")
+    job = {"key": key, "weights": str(weights), "dataset": str(yolo.root), "coco_gt": str(yolo.coco_gt_path),
+           "out_dir": str(cfg.out / "robustness" / cand.name / f"{corruption}_s{severity}" / f"seed{seed}"),
+           "imgsz": settings["imgsz"], "batch": settings["batch"], "threads": settings.get("threads"),
+           "device": cfg.device}
+    return f"robust_{corruption}_{severity}_seed{seed}", key, job
 
-    def score() -> dict[str, Any]:
-        weights = Path(run["run_dir"]) / "weights" / "best.pt"
-        if not weights.is_file():
-            weights = weights.with_name("last.pt")
-        scores = score_detector(weights, yolo, cfg.out / "robustness" / cand.name / f"{corruption}_s{severity}" /
-                                f"seed{seed}", eval_split="test", imgsz=settings["imgsz"], batch=settings["batch"],
-                                device=cfg.device)
-        scores["coco_gt"] = str(yolo.coco_gt_path)
-        return scores
 
-    return store.cached(cand.name, f"robust_{corruption}_{severity}_seed{seed}", key, score)
+def score_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One kept detector scored on one corrupted cell under every protocol (any process, any machine)."""
+    from detection.export import YoloDataset
+    from detection.train import score_detector
+
+    scores = score_detector(Path(job["weights"]), YoloDataset.load(Path(job["dataset"])), Path(job["out_dir"]),
+                            eval_split="test", imgsz=job["imgsz"], batch=job["batch"], device=job["device"],
+                            threads=job["threads"])
+    scores["coco_gt"] = job["coco_gt"]
+    return scores

@@ -38,15 +38,19 @@ def stage_score(cfg: PipelineConfig, candidate: Candidate, dataset, fused: FuseO
 
 
 def _score(dataset, fused_dir: Path, ids: list[str]) -> Scores:
-    from fusion.metrics import FileTriple, evaluate_triples
+    from fusion.metrics import FileSet, evaluate_triples
     from fusion.temporal import consecutive_runs, evaluate_sequences
 
-    triples = [FileTriple(i, fused_dir / f"{i}.png", dataset.ir_path(i), dataset.vis_path(i)) for i in ids]
+    sources = {p.stem: dict(p.sources) for p in dataset.pairs() if p.stem in set(ids)}
+    triples = [FileSet(i, fused_dir / f"{i}.png", sources[i]) for i in ids]
     per_image, mean = evaluate_triples(triples, workers=min(2, os.cpu_count() or 1))
     by_scene: dict[str | None, list[str]] = {}
     for i in ids:
         by_scene.setdefault(dataset.scene_of(i), []).append(i)
-    runs = [[(fused_dir / f"{i}.png", dataset.ir_path(i), dataset.vis_path(i)) for i in run]
+    # The temporal metrics compare the fused video with two sources: the colour camera and the first other one.
+    colour = dataset.colour or dataset.modalities[-1]
+    other = next(m for m in dataset.modalities if m != colour)
+    runs = [[(fused_dir / f"{i}.png", sources[i][other], sources[i][colour]) for i in run]
             for scene_ids in by_scene.values() for run in consecutive_runs(scene_ids)]
     scored = [run for run in runs if len(run) >= 2]
     temporal = {"mean": evaluate_sequences(runs), "n_runs": len(scored), "n_frames": sum(map(len, scored))}
