@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from data.config import from_dict, read_yaml
 
 PRESETS_PATH = Path(__file__).with_name("presets.yaml")
 
@@ -44,26 +44,18 @@ class DetectionPreset:
 
 
 def preset_names(path: Path = PRESETS_PATH) -> list[str]:
-    return list(yaml.safe_load(path.read_text()))
+    return list(read_yaml(path))
 
 
 def load_preset(name: str, path: Path = PRESETS_PATH) -> DetectionPreset:
-    """The preset ``name`` (``paper``, ``standard``, ``quick`` or ``tiny``) from ``presets.yaml``.
+    """The preset ``name`` (``paper``, ``standard``, ``quick`` or ``tiny``) from ``presets.yaml``, type-checked by
+    ``data.config`` (the one configuration mechanism).
 
     Raises:
         KeyError: unknown name (the message lists the known ones).
-        ValueError: the entry has missing or unexpected keys.
+        data.config.ConfigError: a key of the wrong type, or an unknown key (the known ones listed).
     """
-    presets = yaml.safe_load(path.read_text())
+    presets = read_yaml(path)
     if name not in presets:
         raise KeyError(f"unknown detection preset '{name}'; known: {', '.join(presets)}")
-    entry = dict(presets[name])
-    expected = {"description", "model", "epochs", "imgsz", "batch", "train_args", "threads"}
-    missing, unexpected = expected - set(entry) - {"train_args", "threads"}, set(entry) - expected
-    if missing or unexpected:
-        raise ValueError(f"{path}: preset '{name}': missing keys {sorted(missing)}, "
-                         f"unexpected keys {sorted(unexpected)}")
-    return DetectionPreset(name=name, description=str(entry["description"]), model=str(entry["model"]),
-                           epochs=int(entry["epochs"]), imgsz=int(entry["imgsz"]), batch=int(entry["batch"]),
-                           train_args=dict(entry.get("train_args") or {}),
-                           threads=None if entry.get("threads") is None else int(entry["threads"]))
+    return from_dict(DetectionPreset, {"name": name, **presets[name]}, f"{path.name}:{name}")
