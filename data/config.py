@@ -120,10 +120,10 @@ def parse_override(text: str) -> dict[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override '{text}' is not key=value")
-    return _nest(key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return nest(key.strip(), yaml.safe_load(raw) if raw.strip() else None)
 
 
-def _nest(dotted: str, value: Any) -> dict[str, Any]:
+def nest(dotted: str, value: Any) -> dict[str, Any]:
     """``('optim.lr_g', 2e-4)`` -> ``{'optim': {'lr_g': 2e-4}}``."""
     nested: dict[str, Any] = {}
     node = nested

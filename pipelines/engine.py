@@ -150,38 +150,6 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Key
         LOGGER.info("DAE-Fuse trained here reused: %s", stored["checkpoint"])
         return Path(stored["checkpoint"])
     run_dir = cfg.out / "fusion_training" / key[:12]
-    if cfg.force:  # train again from scratch; the old run is removed whole (a killed forced run then resumes this one)
-        clear_dir(run_dir)
-        clear_tb_events(cfg.out / "tb" / "fusion_training")
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(cfg.out / "tb" / "fusion_training"))
-    try:
-        result = train(fusion_cfg, dataset.root, run_dir, device=torch_device(cfg.device),
-                       resume=(run_dir / "last.pt").is_file(), tb_writer=writer, progress=cfg.progress,
-                       split=cfg.train_split)
-    finally:
-        writer.close()
-    checkpoint = Path(result.best_checkpoint)
-    store.put("_fusion_training", "train", key, {"checkpoint": str(checkpoint), "run_dir": str(run_dir),
-                                                 "wall_time_s": result.wall_time_s})
-    return checkpoint
-
-
-def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: KeyedStore) -> Path:
-    """Train a DAE-Fuse with a short schedule on the training split (cached and resumable). Returns its checkpoint."""
-    from fusion.config import load_train_config
-    from fusion.train import train
-
-    fusion_cfg = load_train_config(preset=preset_name)
-    ids = sorted(dataset.splits[cfg.train_split])
-    key = content_key("dae_fuse_train", asdict(fusion_cfg), str(dataset.root), ids, source_fingerprint(dataset, ids),
-                      torch_device(cfg.device))
-    stored = store.get("_fusion_training", "train", key)
-    if stored and Path(stored["checkpoint"]).is_file():
-        LOGGER.info("DAE-Fuse trained here reused: %s", stored["checkpoint"])
-        return Path(stored["checkpoint"])
-    run_dir = cfg.out / "fusion_training" / key[:12]
     if store.redo(f"fusion_training:{key}"):  # from scratch; the old run is removed whole (a killed forced run
         clear_dir(run_dir)                     # then resumes this one)
         clear_tb_events(cfg.out / "tb" / "fusion_training")
