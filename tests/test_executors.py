@@ -176,3 +176,42 @@ def test_dask_cluster_gives_the_same_detector_records_as_a_local_run(local_and_d
         # Stored as it arrived, so a rerun resumes from it like a local run's.
         assert (dask_cfg.out / "state" / name / "detect_seed0.json").is_file()
     assert compared_boxes > 0  # predictions were compared, not two absent files
+
+
+@pytest.mark.slow
+def test_a_run_whose_cluster_died_resumes_from_the_store(tmp_path, synthetic_root, monkeypatch):
+    """The cluster is lost after the first detector result arrived (the scheduler's connection drops): the run
+    fails, nothing half-written is taken for finished, and the rerun trains only the detector that had not
+    finished, on a new cluster, like a local run resuming."""
+    from pipelines import executors
+    from pipelines.stages import detect as detect_stage
+
+    cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", baselines=[], jobs=2,
+                         executor="dask", train_dae_fuse=False, progress=False, bootstrap_resamples=0)
+    real_run = executors.RunExecutor.run
+
+    def dies_after_one_detector(self, jobs):
+        for outcome in real_run(self, jobs):
+            yield outcome
+            if jobs and jobs[0].fn is detect_stage.detect_job:
+                raise OSError("Timed out trying to connect to tcp://127.0.0.1: the scheduler is gone")
+
+    monkeypatch.setattr(executors.RunExecutor, "run", dies_after_one_detector)
+    with pytest.raises(OSError, match="scheduler is gone"):
+        run_pipeline(cfg)
+    finished = sorted(p.parent.name for p in (cfg.out / "state").glob("*/detect_seed0.json"))
+    assert len(finished) == 1 and not (cfg.out / "results.json").exists()
+
+    monkeypatch.setattr(executors.RunExecutor, "run", real_run)
+    trained: list[str] = []
+    real_job = detect_stage.detect_job
+
+    def counting(job):
+        trained.append(job["candidate"])
+        return real_job(job)
+
+    monkeypatch.setattr(detect_stage, "detect_job", counting)
+    cfg_local = PipelineConfig(**{**cfg.__dict__, "executor": "local", "jobs": 1})  # counted here: in this process
+    results = run_pipeline(cfg_local)
+    assert trained == [n for n in ("ir", "vis") if n not in finished]
+    assert all(r["error"] is None and r["detection"] for r in results["candidates"])
