@@ -15,9 +15,12 @@ from typing import Any
 import numpy as np
 
 from data.io import atomic_path, atomic_write_text, write_image
+from fusion.metrics import METRICS
+from fusion.temporal import temporal_metric_names
 
 # The fusion metrics shown beside mAP, in the order of the field's tables (CDDFuse), with AG added at the end.
-FUSION_METRICS: tuple[str, ...] = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "AG")
+# The columns are the metric registries' names: a metric registered in fusion.metrics is a column, nothing edited.
+FUSION_METRICS: tuple[str, ...] = tuple(METRICS.names())
 NO_FUSED_IMAGE = "n/a (no fused image)"  # early and late fusion's fusion-metric cells
 
 
@@ -266,7 +269,7 @@ def class_names_of(records: list[dict[str, Any]]) -> list[str]:
 
 
 # Temporal consistency over the evaluation split's consecutive-frame runs (fusion.temporal), shown when measured.
-TEMPORAL_COLUMNS: tuple[str, ...] = ("flicker", "temporal_correlation")
+TEMPORAL_COLUMNS: tuple[str, ...] = tuple(temporal_metric_names())
 
 
 def _temporal(record: dict[str, Any], metric: str) -> float | None:

@@ -61,7 +61,7 @@ def test_spearman_sign_and_constant_column():
     assert table["EN"]["rho"] == pytest.approx(1.0) and table["EN"]["n"] == 3
     for r in records:
         r["fusion"]["SSIM"] = 1.0
-    assert report.spearman_table(records)[-2]["metric"] == "SSIM"
+    assert report.spearman_table(records)[report.FUSION_METRICS.index("SSIM")]["metric"] == "SSIM"
     assert {row["metric"]: row for row in report.spearman_table(records)}["SSIM"]["rho"] is None
     assert report.spearman_table(records[:2]) == []
 
