@@ -396,7 +396,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "resumes from its EMA checkpoint without the random state, so those numbers can differ slightly "
                   "from an uninterrupted run's\n")
     out.write(f"- fusion metrics: mean over the `{cfg['eval_split']}` images, reference-evaluator conventions "
-              "(MI, SCD, VIF, SSIM summed over both sources; MI in nats)")
+              "(MI, SCD, VIF, SSIM summed over the sources; MI in nats)")
     if any(_has_temporal(records, m) for m in TEMPORAL_COLUMNS):
         runs = next(((r.get("temporal") or {}).get("n_runs") for r in records if r.get("temporal")), 0)
         out.write(f"; temporal consistency over its {runs} runs of consecutive frames (`fusion.temporal`: flicker "
