@@ -73,3 +73,30 @@ def test_the_pipeline_fuses_and_ranks_the_release(tmp_path, synthetic_root):
     release = rows[RELEASED_NAME]
     assert release["error"] is None and release["kind"] == "released" and release["detection"]
     assert "released DAE-Fuse" in release["origin"] and release["fuse_seconds_per_image"] > 0
+
+
+def test_the_three_band_weights_load_and_fuse_any_two_or_three_bands():
+    from fusion.weights import TRIBAND_CHECKPOINT
+
+    if not TRIBAND_CHECKPOINT.is_file():
+        pytest.skip(f"{TRIBAND_CHECKPOINT} is absent")
+    assert TRIBAND_CHECKPOINT.stat().st_size <= 8 * 1024 * 1024
+    _, state = load_checkpoint(TRIBAND_CHECKPOINT)
+    assert state["format"] == RELEASE_FORMAT and tuple(state["model_config"]["modalities"]) == ("vis", "nir", "lwir")
+    fuser = load_fuser_checkpoint(TRIBAND_CHECKPOINT)
+    assert fuser.modalities == ("vis", "nir", "lwir")
+    rng = np.random.default_rng(2)
+    images = {m: rng.uniform(0, 255, (64, 80)).astype(np.float32) for m in fuser.modalities}
+    fused = fuser.fuse(images)
+    assert fused.shape == (64, 80) and np.isfinite(fused).all() and 0 < fused.mean() < 255
+    # every band reaches the fused image
+    for m in fuser.modalities:
+        assert not np.allclose(fused, fuser.fuse({**images, m: np.zeros_like(images[m])}), atol=1)
+    # a blinded band declared missing: the model fuses the other two, whatever the blinded one shows
+    model = fuser.model
+    x = [torch.from_numpy(images[m] / 255.0)[None, None].float() for m in model.modalities]
+    present = torch.tensor([[False, True, True]])
+    with torch.inference_mode():
+        a = model(*x, present=present)
+        b = model(torch.ones_like(x[0]), *x[1:], present=present)
+    assert torch.equal(a, b)
