@@ -131,7 +131,7 @@ def methods(dae3: torch.nn.Module, release: torch.nn.Module) -> dict[str, Callab
 
 
 def picture(scenes: dict[str, dict[str, np.ndarray]], fused: dict[str, dict[str, np.ndarray]], names: list[str],
-            height: int = 200) -> np.ndarray:
+            height: int = 140) -> np.ndarray:
     """Rows: scenes; columns: the three bands then each method; a label row on top."""
     columns = [*BANDS, *names]
     rows = []

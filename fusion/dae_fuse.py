@@ -33,7 +33,9 @@ two-band model learned. What is per modality: one cross-attention block per moda
 modality's tokens), one slot of the merge, one gate logit per skip channel, one discriminator. Cost: the encoder
 runs N times; the cross-attention is N blocks of T queries over (N - 1) T keys, O(N (N - 1) T^2 C) with T tokens
 (T = H W / token_stride^2: 3072 at 1024x768, C = embed_dim = 128), so 2 -> 3 modalities triples the attention
-(2 x 1 -> 3 x 2 query-key products); ``benchmarks/bench_fuse.py`` times both. With two modalities every operation
+(2 x 1 -> 3 x 2 query-key products). Measured at 1024x768 on one CPU core: attention 0.13 -> 0.39 s, the whole
+inference copy 0.95 -> 1.77 s for 2 -> 3 modalities (``benchmarks/bench_fuse.py --modalities 2 3``;
+``benchmarks/results/triband.md``). With two modalities every operation
 is the one of the released two-band model, in the same order (its checkpoint loads and fuses bit for bit).
 
 **Any subset.** ``forward(*sources, present=mask)`` fuses the modalities a (B, N) boolean mask marks present (at
