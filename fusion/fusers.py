@@ -143,10 +143,19 @@ def colour_of(pair: Any, default: str | None = DEFAULT_COLOUR) -> str | None:
     return getattr(pair, "colour", default)
 
 
+def modalities_read(fuser: Any, names: Sequence[str]) -> list[str]:
+    """Which of a sample's modalities ``names`` the fuser reads: the ones it declares when the sample has them all
+    and more (a two-band model on three-band data fuses its own two bands), else all of them."""
+    declared = getattr(fuser, "modalities", None)
+    if declared and set(declared) < set(names):
+        return list(declared)
+    return list(names)
+
+
 def source_problems(fuser: Any, names: Sequence[str]) -> list[str]:
-    """Why ``fuser`` cannot fuse the modality set ``names`` (empty: it can): its own ``check_sources`` when it has
-    one, else its ``modalities`` (None: any non-empty set)."""
-    names = list(names)
+    """Why ``fuser`` cannot fuse the modality set ``names`` (empty: it can), after ``modalities_read``: its own
+    ``check_sources`` when it has one, else its ``modalities`` (None: any non-empty set)."""
+    names = modalities_read(fuser, names)
     own = getattr(fuser, "check_sources", None)
     if callable(own):
         return list(own(names))
@@ -279,8 +288,10 @@ def fuse_pair(fuser: Any, pair: Any, colour: str | None = DEFAULT_COLOUR) -> np.
     if image_for is not None:
         return image_for(pair)
     sources = sources_of(pair)
+    sources = {name: sources[name] for name in modalities_read(fuser, list(sources))}
     check_fuser_sources(fuser, list(sources))
     colour = colour_of(pair, colour)
+    colour = colour if colour in sources else None
     images, colour_bgr = read_sources(sources, colour)
     return fuse_images(fuser, images, colour_bgr, colour)
 
