@@ -54,6 +54,10 @@ class DataConfig:
 
     ir_dir: str | None = None
     vis_dir: str | None = None
+    # A data.datasets reader (m3fd, llvip, folder, synthetic, package.module:function) to read each root through,
+    # with its options (e.g. {modalities: "ir,vis,nir"}); None: an M3FD-layout root, else a paired folder.
+    dataset: str | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
     crop_size: int = 128
     crops_per_image: int = 8
     batch_size: int = 8

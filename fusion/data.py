@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from data.errors import DatasetError
 from data.io import read_ir, read_visible
-from data.m3fd import is_m3fd_root, load_m3fd
+from data.m3fd import is_m3fd_root
 from data.paired import find_pairs, resolve_pair_dirs
 from data.types import Pair
 
@@ -65,8 +65,13 @@ def resolve_training_pairs(root: str | Path, cfg: DataConfig, split: str = "trai
     ``cfg.val_fraction`` of its pairs are held out.
     """
     root = Path(root)
-    if cfg.ir_dir is None and cfg.vis_dir is None and is_m3fd_root(root):
-        dataset = load_m3fd(root)
+    if cfg.dataset is not None or (cfg.ir_dir is None and cfg.vis_dir is None and is_m3fd_root(root)):
+        from data.datasets import DatasetSpecError, load_dataset
+
+        try:
+            dataset = load_dataset(cfg.dataset or "m3fd", root, **cfg.dataset_options)
+        except DatasetSpecError as err:
+            raise DatasetError(str(root), [str(err)]) from None
         if not dataset.splits.get(split):
             have = ", ".join(f"{name} {len(ids)}" for name, ids in dataset.splits.items())
             raise DatasetError(str(root), [f"split '{split}' is empty or missing; the dataset has: {have}"])

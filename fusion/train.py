@@ -983,7 +983,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="run folder: args.yaml, last.pt, best.pt, tensorboard/")
     parser.add_argument("--preset", choices=PRESETS, default="paper", help="base configuration (default: paper)")
     parser.add_argument("--config", type=Path, help="YAML file applied on top of the preset")
-    parser.add_argument("--split", default="train", help="M3FD split to train on (default: train)")
+    parser.add_argument("--split", default="train", help="the dataset's split to train on (default: train)")
+    parser.add_argument("--dataset", help="read each root through this data.datasets reader (m3fd, llvip, folder, "
+                                          "synthetic, package.module:function): shortcut for data.dataset=NAME")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, help="shortcut for seed=N")
@@ -991,7 +993,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr_g=2e-4 data.batch_size=4")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else []) + (
+        [f"data.dataset={args.dataset}"] if args.dataset else [])
     try:
         cfg = load_train_config(args.config, preset=args.preset, overrides=overrides)
     except ConfigError as err:

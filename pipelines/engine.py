@@ -141,7 +141,12 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Key
     from fusion.config import load_train_config
     from fusion.train import train
 
-    fusion_cfg = load_train_config(preset=preset_name)
+    from data.datasets import parse_options
+
+    base = load_train_config(preset=preset_name)
+    fusion_cfg = replace(base, data=replace(base.data, dataset=dataset.name if cfg.dataset is None else cfg.dataset,
+                                            dataset_options={"seed": cfg.split_seed,
+                                                             **parse_options(cfg.dataset_options)}))
     ids = sorted(dataset.splits[cfg.train_split])
     key = content_key("dae_fuse_train", asdict(fusion_cfg), str(dataset.root), ids, source_fingerprint(dataset, ids),
                       torch_device(cfg.device))

@@ -357,3 +357,18 @@ def test_cli_prints_any_readers_summary(tmp_path, capsys):
     assert "vis/00000.png" in capsys.readouterr().err and not out.exists()
     assert main(["--dataset", "llvip", "--root", str(root), "--dataset-option", "bogus=1"]) == 2
     assert "takes no option bogus" in capsys.readouterr().err
+
+
+def test_fusion_training_reads_its_pairs_through_a_named_reader(tmp_path):
+    """``data.dataset=llvip`` (``python -m fusion.train --dataset llvip``): DAE-Fuse trains on LLVIP's train split
+    and validates on the val the reader carved, with no M3FD layout in sight."""
+    from fusion.config import load_train_config
+    from fusion.data import resolve_training_pairs
+
+    root = make_llvip(tmp_path / "LLVIP", [f"01{k:04d}" for k in range(10)], ["190001", "190002"])
+    cfg = load_train_config(preset="tiny", overrides=["data.dataset=llvip"]).data
+    train, val = resolve_training_pairs(root, cfg)
+    dataset = load_dataset("llvip", root)
+    assert sorted(p.stem for p in train) == sorted(dataset.splits["train"])
+    assert sorted(p.stem for p in val) == sorted(dataset.splits["val"]) and val
+    assert all(p.ir.is_file() and p.vis.is_file() for p in train + val)
