@@ -117,6 +117,10 @@ class PipelineConfig:
     severities: list[int] = field(default_factory=lambda: [1, 2, 3], metadata=option(
         "corruption severities (1-3)", type=int, nargs="+"))
     corruption_seed: int = field(default=0, metadata=option("seed of the corruptions' randomness", type=int))
+    sudden_change: str | None = field(default=None, metadata=option(
+        "sudden change of visibility on the evaluation split's consecutive frames: a corruption switching on, ramping "
+        "up or flashing (NAME:PROFILE:START[:DURATION[:SEVERITY]], e.g. fog:ramp:1:2:3, glare:flash:1:1); each fuser's "
+        "per-frame quality and temporal error around it -> plots/sudden_change.{png,md,json}", metavar="SPEC"))
     out: Path = field(default=Path("runs/m3fd"), metadata=option("the run's folder (one run at a time)", type=Path))
     force: bool = field(default=False, metadata=option(
         "redo everything: fusing, the DAE-Fuse trained here, exports, detector runs, robustness",
@@ -203,6 +207,13 @@ def check_options(cfg: PipelineConfig, seeds: list[int], jobs: int) -> list[str]
         problems.append(f"--bootstrap {cfg.bootstrap_resamples}: use at least 1000 resamples (or 0 for none); "
                         "fewer make the 95% interval's ends noisy")
     problems += check_corruptions(list(cfg.corruptions), list(cfg.severities) if cfg.corruptions else [])
+    if cfg.sudden_change:
+        from fusion.sudden_change import parse_corruption
+
+        try:
+            problems += [f"--sudden-change: {p}" for p in parse_corruption(cfg.sudden_change, key="check").problems()]
+        except ValueError as err:
+            problems.append(f"--sudden-change: {err}")
     if cfg.bootstrap_seed < 0:
         problems.append(f"--bootstrap-seed must be non-negative, got {cfg.bootstrap_seed}")
     if cfg.out.exists() and not cfg.out.is_dir():

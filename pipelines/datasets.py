@@ -63,9 +63,10 @@ def resolve_dataset(cfg: PipelineConfig, synthetic: SyntheticScenes | None):
         root = generate_scenes(cfg, synthetic)
     dataset = load_run_dataset(cfg, Path(root), "synthetic" if generate else None)
     problems = check_splits(cfg, {name: len(ids) for name, ids in dataset.splits.items()})
-    if cfg.corruptions and set(dataset.modalities) != {"ir", "vis"}:  # data.corruptions models those two cameras
-        problems.append(f"--corruptions corrupts an infrared and a visible camera; this dataset's modalities are "
-                        f"{', '.join(dataset.modalities)}")
+    for option, used in (("--corruptions", cfg.corruptions), ("--sudden-change", cfg.sudden_change)):
+        if used and set(dataset.modalities) != {"ir", "vis"}:  # data.corruptions models those two cameras
+            problems.append(f"{option} corrupts an infrared and a visible camera; this dataset's modalities are "
+                            f"{', '.join(dataset.modalities)}")
     if not problems and not any(ann.boxes for ann in dataset.annotations(cfg.eval_split).values()):
         problems.append(f"split '{cfg.eval_split}' (--eval-split) has no boxes: there is nothing to detect")
     if problems:

@@ -54,6 +54,7 @@ from .stages.late import stage_late
 from .stages.outputs import write_outputs
 from .stages.robustness import stage_robustness
 from .stages.score import stage_score
+from .stages.sudden import stage_sudden_change
 
 LOGGER = logging.getLogger(__name__)
 
@@ -279,6 +280,7 @@ def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: li
                  for s, ids in scenario_ids.items()}
     results = assemble_results(cfg, preset, seeds, settings, data_info, candidates, scenarios, time.time() - started)
     results["robustness"] = robustness
+    results["sudden_change"] = stage_sudden_change(cfg, candidates, dataset)
     write_outputs(cfg, results, candidates, dataset, sorted(dataset.splits[cfg.eval_split]))
     return results
 

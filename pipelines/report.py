@@ -444,6 +444,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     robust = results.get("robustness") or {}
     if robust.get("cells"):
         out.write(render_robustness(robust) + "\n")
+    sudden = results.get("sudden_change") or {}
+    if sudden.get("table"):
+        out.write(f"## Sudden change of visibility (`{sudden['corruption']}`)\n\n"
+                  + Path(sudden["table"]).read_text() + f"\n\nPlot: `{sudden['plot']}`.\n\n")
     origins = [r for r in records if r.get("origin")]
     if origins:
         out.write("## Candidates\n\n")

@@ -132,3 +132,25 @@ def test_a_three_band_folder_dataset_flows_through_rules_metrics_and_both_detect
     stack = YoloDataset.load(Path(rows["stack"]["detection_runs"][0]["dataset"]))
     assert stack.channels == ("ir", "vis.B", "vis.G", "vis.R", "nir")
     assert sorted(rows["late"]["detection_runs"][0]["merged"]) == ["ir", "nir", "vis"]
+
+
+def test_sudden_change_option_reports_each_fuser_around_the_change(tmp_path, synthetic_root):
+    cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", baselines=["max"], seeds=[0],
+                         train_dae_fuse=False, progress=False, bootstrap_resamples=0,
+                         sudden_change="glare:flash:1:1:3")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(detect_stage, "detect_job", stub_detect_job)
+        results = run_pipeline(cfg)
+    sudden = results["sudden_change"]
+    assert Path(sudden["plot"]) == cfg.out / "plots" / "sudden_change.png" and Path(sudden["plot"]).is_file()
+    assert {s["fuser"] for s in sudden["summaries"]} == {"ir", "vis", "max"}
+    assert all(s["change_frame"] == 1 for s in sudden["summaries"])
+    assert "## Sudden change of visibility (`glare:flash:1:1:3`)" in (cfg.out / "results.md").read_text()
+
+
+def test_a_bad_sudden_change_spec_is_refused_before_any_work(tmp_path):
+    from pipelines.config import OptionsError
+
+    with pytest.raises(OptionsError, match="--sudden-change: unknown corruption 'smog'"):
+        run_pipeline(PipelineConfig(out=tmp_path / "out", preset="tiny", sudden_change="smog:ramp:1", progress=False))
+    assert not (tmp_path / "out").exists()
