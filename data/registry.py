@@ -1,4 +1,5 @@
-"""A small name -> object registry (datasets, fusers, metrics, model variants, executors, ...): the bottom layer, so every package may use it and no import points upward."""
+"""A small name -> object registry (datasets, fusers, metrics, model variants, executors, ...): the bottom layer,
+so every package may use it and no import points upward."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
