@@ -142,3 +142,20 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return dict(data)
+
+
+def parse_key_values(tokens: Sequence[str], error: type[Exception] = ConfigError,
+                     what: str = "option") -> dict[str, Any]:
+    """``["weights=w.pth", "scale=0.5"]`` -> ``{"weights": "w.pth", "scale": 0.5}``: flat ``key=value`` arguments of a
+    command line (a plug-in's, a dataset reader's), values read as YAML scalars so numbers and booleans arrive typed
+    (a value YAML cannot read stays a string). A token that is not ``identifier=value`` raises ``error``."""
+    out: dict[str, Any] = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or not key.isidentifier():
+            raise error(f"{what} '{token}' is not key=value")
+        try:
+            out[key] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            out[key] = value
+    return out

@@ -360,18 +360,9 @@ class _EntryPointFactory:
 
 def parse_fuser_args(tokens: list[str]) -> dict[str, Any]:
     """``["weights=w.pth", "scale=0.5"]`` -> ``{"weights": "w.pth", "scale": 0.5}`` (values read as YAML scalars)."""
-    import yaml
+    from data.config import parse_key_values
 
-    out: dict[str, Any] = {}
-    for token in tokens:
-        key, sep, value = token.partition("=")
-        if not sep or not key.isidentifier():
-            raise FuserSpecError(f"fuser argument '{token}' is not key=value")
-        try:
-            out[key] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            out[key] = value
-    return out
+    return parse_key_values(tokens, FuserSpecError, "fuser argument")
 
 
 def fuser_names() -> list[str]:

@@ -113,18 +113,9 @@ def _options_of(load: Callable[..., Any]) -> list[str] | None:
 def parse_options(tokens: Sequence[str]) -> dict[str, Any]:
     """``["seed=3", "modalities=ir,vis,nir"]`` -> ``{"seed": 3, "modalities": "ir,vis,nir"}`` (values read as
     YAML scalars, so numbers and booleans arrive typed)."""
-    import yaml
+    from data.config import parse_key_values
 
-    out: dict[str, Any] = {}
-    for token in tokens:
-        key, sep, value = token.partition("=")
-        if not sep or not key.isidentifier():
-            raise DatasetSpecError(f"dataset option '{token}' is not key=value")
-        try:
-            out[key] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            out[key] = value
-    return out
+    return parse_key_values(tokens, DatasetSpecError, "dataset option")
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, *, root_flags: Sequence[str] = ("--root", "--data"),
