@@ -67,7 +67,7 @@ from data.paired import images_by_stem
 from data.probe import probe_images
 
 from .flow import consistent, resolve_flow, sample_along
-from .fusers import Fuser, fuse_arrays
+from .fusers import Fuser, fuse_arrays, prepare_images
 
 # Output extension -> FourCC. Each was checked on this project's OpenCV (5.0, FFmpeg backend) to write and read
 # back; 'avc1' (H.264) is absent from the pip builds, so it is not offered.
@@ -507,7 +507,9 @@ def fuse_batch(fuser: Fuser, batch: _Batch) -> list[np.ndarray]:
     batched = getattr(fuser, "fuse_luma_batch", None)
     if batched is None:
         return [fuse_arrays(fuser, ir, y, bgr) for ir, y, bgr in zip(batch.irs, batch.vis_ys, batch.vis_bgrs)]
-    lumas = batched(batch.irs, batch.vis_ys)
+    # The same inputs as the frame-by-frame path: whole-number lumas (fusion.fusers.prepare_images), one per frame.
+    prepared = [prepare_images({"ir": ir, "vis": y}) for ir, y in zip(batch.irs, batch.vis_ys)]
+    lumas = batched([p["ir"] for p in prepared], [p["vis"] for p in prepared])
     chroma = fuser.keeps_visible_chroma
     return [restore_colour(f, bgr if chroma else None) for f, bgr in zip(lumas, batch.vis_bgrs)]
 

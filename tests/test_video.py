@@ -468,3 +468,29 @@ def test_video_temporal_metrics_match_the_written_frames(clips, tmp_path):
 def test_consecutive_runs():
     assert consecutive_runs(["00003", "00001", "00002", "00007", "x"]) == [["00001", "00002", "00003"], ["00007"],
                                                                            ["x"]]
+
+
+def test_the_batched_path_gives_a_fuser_the_same_whole_number_lumas_as_the_frame_path():
+    """A fuser with ``fuse_luma_batch`` (DAE-Fuse on video) receives the visible luma rounded, as ``fuse_pair``
+    and the frame-by-frame path give it (the documented value domain), not the colour conversion's fractions."""
+    from fusion.video import _Batch, fuse_batch
+
+    seen = []
+
+    class Recording:
+        name, keeps_visible_chroma = "recording", True
+
+        def fuse_luma(self, ir, vis_y):
+            return ir
+
+        def fuse_luma_batch(self, irs, vis_ys):
+            seen.extend([*irs, *vis_ys])
+            return list(irs)
+
+    rng = np.random.default_rng(0)
+    batch = _Batch(irs=[rng.integers(0, 256, (8, 8)).astype(np.float32) for _ in range(2)],
+                   vis_ys=[rng.uniform(0, 255, (8, 8)).astype(np.float32) for _ in range(2)],
+                   vis_bgrs=[None, None])
+    assert any(np.any(y != np.round(y)) for y in batch.vis_ys)  # the input really has fractions
+    fuse_batch(Recording(), batch)
+    assert len(seen) == 4 and all(np.array_equal(a, np.round(a)) for a in seen)
