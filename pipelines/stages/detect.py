@@ -91,7 +91,7 @@ def export_stack(cfg: PipelineConfig, dataset):
     used = sorted({i for ids in roles.values() for i in ids})
     key = content_key("stack", str(dataset.root), used, source_fingerprint(dataset, used), list(dataset.modalities),
                       dataset.colour)
-    return export_stacked(roles, {p.stem: dict(p.sources) for p in dataset.pairs() if p.stem in set(used)},
+    return export_stacked(roles, {i: dict(dataset.sources(i)) for i in used},
                           {i: dataset.annotation(i) for i in used}, dataset.class_names,
                           cfg.out / "cache" / "yolo" / f"stack-{key[:16]}", colour=dataset.colour,
                           modalities=dataset.modalities, eval_split=eval_role, force=cfg.force)

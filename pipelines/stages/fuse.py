@@ -49,9 +49,7 @@ class FuseOutput:
 def source_fingerprint(dataset, ids: list[str]) -> str:
     """Key of every source file of ``ids`` (path, size, mtime): an edited or replaced source image invalidates
     what was fused or trained from it."""
-    wanted = set(ids)
-    return files_fingerprint(path for pair in sorted(dataset.pairs(), key=lambda p: p.stem) if pair.stem in wanted
-                             for path in pair.sources.values())
+    return files_fingerprint(path for i in ids for path in dataset.sources(i).values())
 
 
 def used_ids(cfg: PipelineConfig, dataset) -> list[str]:

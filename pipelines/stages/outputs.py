@@ -42,9 +42,8 @@ def write_outputs(cfg: PipelineConfig, results: dict, candidates: list[Candidate
         if r.get("fused_dir"):
             grid[r["name"]] = [read_image(Path(r["fused_dir"]) / f"{i}.png") for i in scenes]
     if grid:
-        pairs = {p.stem: p for p in dataset.pairs() if p.stem in set(scenes)}
-        sources = {f"{m} (source)": [read_visible_bgr(pairs[i].sources[m]) if m == dataset.colour
-                                     else read_ir(pairs[i].sources[m]) for i in scenes] for m in dataset.modalities}
+        sources = {f"{m} (source)": [read_visible_bgr(dataset.path(i, m)) if m == dataset.colour
+                                     else read_ir(dataset.path(i, m)) for i in scenes] for m in dataset.modalities}
         report.write_scene_grid(cfg.out / "plots" / "fused_scenes.png", {**sources, **grid})
     write_tensorboard(cfg.out / "tb", results, grid, scenes)
 

@@ -41,7 +41,7 @@ def _score(dataset, fused_dir: Path, ids: list[str]) -> Scores:
     from fusion.metrics import FileSet, evaluate_triples
     from fusion.temporal import consecutive_runs, evaluate_sequences
 
-    sources = {p.stem: dict(p.sources) for p in dataset.pairs() if p.stem in set(ids)}
+    sources = {i: dataset.sources(i) for i in ids}
     triples = [FileSet(i, fused_dir / f"{i}.png", sources[i]) for i in ids]
     per_image, mean = evaluate_triples(triples, workers=min(2, os.cpu_count() or 1))
     by_scene: dict[str | None, list[str]] = {}
