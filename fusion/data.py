@@ -121,6 +121,18 @@ def resolve_training_roots(
     return train, val
 
 
+def seed_transforms(transform: A.Compose, seed: int, epoch: int, index: int, extra: int = 0) -> np.ndarray:
+    """Seed ``transform`` and each of its transforms from (seed, epoch, index), each its own stream (one shared seed
+    would correlate e.g. the flip with the crop position), so an item's augmentation depends on nothing else.
+    Returns ``extra`` further seeds of the same sequence for the caller's own draws."""
+    n = len(transform.transforms)
+    seeds = np.random.SeedSequence([seed, epoch, index]).generate_state(n + 1 + extra)
+    transform.set_random_seed(int(seeds[0]))
+    for step, step_seed in zip(transform.transforms, seeds[1:n + 1]):
+        step.set_random_seed(int(step_seed))
+    return seeds[n + 1:]
+
+
 def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     """(ir, visible luma), float32 (H, W) in [0, 1]."""
     ir = read_ir(pair.ir).astype(np.float32) / 255.0
@@ -182,17 +194,9 @@ class PairedCropDataset(Dataset):
             self.cache[key] = read_pair(pair)
         return self.cache[key]
 
-    def _seed_transforms(self, index: int) -> None:
-        # Each transform gets its own stream: one shared seed would correlate e.g. the flip with the crop position.
-        n = len(self.transform.transforms) + 1
-        seeds = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(n)
-        self.transform.set_random_seed(int(seeds[0]))
-        for transform, seed in zip(self.transform.transforms, seeds[1:]):
-            transform.set_random_seed(int(seed))
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         ir, vis = self._images(self.pairs[index % len(self.pairs)])
-        self._seed_transforms(index)
+        seed_transforms(self.transform, self.seed, self.epoch, index)
         out = self.transform(image=ir, vis=vis)
         return {
             "ir": torch.from_numpy(np.ascontiguousarray(out["image"]))[None],
@@ -395,14 +399,11 @@ class MultiModalCropDataset(Dataset):
         shape = next(iter(images.values())).shape
         present = [m in images for m in self.modalities]
         filled = {m: images.get(m, np.zeros(shape, np.float32)) for m in self.modalities}
-        seeds = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(len(self.transform.transforms) + 2)
-        self.transform.set_random_seed(int(seeds[0]))
-        for transform, seed in zip(self.transform.transforms, seeds[1:]):
-            transform.set_random_seed(int(seed))
+        (dropout_seed,) = seed_transforms(self.transform, self.seed, self.epoch, index, extra=1)
         first, *rest = self.modalities
         out = self.transform(image=filled[first], **{m: filled[m] for m in rest})
         out[first] = out.pop("image")
-        rng = np.random.default_rng(int(seeds[-1]))
+        rng = np.random.default_rng(int(dropout_seed))
         if sum(present) > 2 and rng.random() < self.modality_dropout:
             drop = int(rng.choice([i for i, p in enumerate(present) if p]))
             present[drop] = False
