@@ -53,7 +53,7 @@ from fusion.checkpoint import ARCHITECTURE
 from fusion.dae_fuse import create_model
 from fusion.fuse import load_fuser_checkpoint
 from fusion.fusers import create_fuser
-from fusion.inference import for_inference
+from fusion.inference import for_inference, keep_freed_memory
 from fusion.video import VideoConfig, fuse_video
 
 RULES: tuple[str, ...] = ("ir", "mean", "max")
@@ -236,9 +236,13 @@ def speed_main(argv: list[str]) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (frames fused 16 per forward there)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--return-freed-memory", action="store_true",
+                        help="leave glibc's default (freed blocks go back to the OS), as before keep_freed_memory")
+    parser.add_argument("--no-warmup", action="store_true", help="time from the first frame (no untimed round)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
+    allocator = "glibc default" if args.return_freed_memory else f"freed memory kept: {keep_freed_memory()}"
     m3fd = SHARED_DATA / "m3fd_sample"
     needed = [VIDEO_ROOT / EVAL_CLIPS["0117_1605"][0], m3fd / "Ir"]
     if not all(p.exists() for p in needed):
@@ -262,21 +266,25 @@ def speed_main(argv: list[str]) -> None:
                                      True),
             "max": (lambda: create_fuser("max"), True),
         }
-        for round_ in range(args.rounds):
+        # round -1 is an untimed warm-up (oneDNN picks and caches its kernels per shape on first use: the first
+        # configuration timed without it ran 30 % slower than the same one a round later)
+        for round_ in range(0 if args.no_warmup else -1, args.rounds):
             for clip, (ir, vis) in clips.items():
                 for label, (make, overlap) in configs.items():
                     load = os.getloadavg()[0]
                     report = fuse_video(make(), ir, vis, tmp / "out.mp4",
                                         VideoConfig(batch_size=batch, overlap_io=overlap))
+                    if round_ < 0:
+                        continue
                     s, n = report.seconds, report.frames
                     rows.append({"round": round_, "clip": clip, "config": label, "device": args.device, "frames": n,
                                  "fps": n / s["total"], "read_ms": 1000 * s["read"] / n,
                                  "fuse_ms": 1000 * s["fuse"] / n, "write_ms": 1000 * s["write"] / n,
-                                 "load_avg_1min": load})
+                                 "load_avg_1min": load, "allocator": allocator})
                     print(json.dumps(rows[-1]), flush=True)
     if args.json:
         atomic_write_json(args.json, {"command": "benchmarks/bench_video.py speed " + " ".join(argv),
-                                      "threads": args.threads, "versions": package_versions(), "rows": rows})
+                                      "threads": args.threads, "allocator": allocator, "versions": package_versions(), "rows": rows})
 
 
 def main() -> None:

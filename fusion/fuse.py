@@ -79,7 +79,7 @@ from .fusers import (
     source_problems,
     sources_of,
 )
-from .inference import for_inference
+from .inference import for_inference, keep_freed_memory
 from .metrics import match_source_folders, parse_sources
 
 LOGGER = logging.getLogger(__name__)
@@ -347,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("; ".join(problems))
     if args.video:  # the streams are checked by fusion.video
         args.ir, args.vis = source_dirs["ir"], source_dirs["vis"]
+    keep_freed_memory()  # a process that fuses frame after frame: 13-17 % faster on CPU (fusion.inference)
     try:
         if args.video:
             pairs = None
