@@ -97,3 +97,31 @@ def test_cpu_fuser_runs_a_frame_per_forward_with_the_whole_batch_result(tmp_path
         reference = model(ir, vis)[:, 0].numpy() * 255
     assert chunked.shape == (3, 48, 80)
     assert np.abs(chunked - whole).max() < 1e-2 and np.abs(chunked - reference).max() < 1e-2
+
+
+KEEP_FREED_MEMORY_SCRIPT = """
+import platform, torch
+from fusion.dae_fuse import create_model
+from fusion.inference import for_inference, keep_freed_memory
+torch.manual_seed(0)
+model = for_inference(create_model("dae_fuse_t").eval())
+ir, vis = torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)
+with torch.inference_mode():
+    before = model(ir, vis)
+    kept = keep_freed_memory()
+    after = model(ir, vis)
+assert kept == (platform.libc_ver()[0] == "glibc"), (kept, platform.libc_ver())
+assert torch.equal(before, after)
+print("ok", kept)
+"""
+
+
+def test_keeping_freed_memory_is_set_on_glibc_and_leaves_outputs_bit_identical():
+    """A process-wide allocator setting: run in its own interpreter so the test session keeps glibc's default."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", KEEP_FREED_MEMORY_SCRIPT], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("ok")
