@@ -1,12 +1,13 @@
 """Export images + VOC annotations as an Ultralytics YOLO dataset, with COCO ground truth for pycocotools.
 
-Layout written under ``out_dir`` (built in a temporary sibling folder and renamed into place)::
+Layout written under ``out_dir`` (a ``data.store.KeyedStore`` folder: built in a temporary sibling folder and
+renamed into place)::
 
     data.yaml                    absolute paths; names = the dataset's classes (class_names), index order
     images/<split>/<id><ext>     hard links to the source images (symlink, else copy, where linking fails)
     labels/<split>/<id>.txt      "class cx cy w h", normalised to 0..1; empty file for an image without objects
     annotations/<split>.json     COCO ground truth for every split (pycocotools)
-    manifest.json                written last: the content key, ids per split, counts and warnings
+    manifest.json                the store's record, written last: the content key, ids per split, counts, warnings
 
 Conventions shared with Ultralytics' ``predictions.json`` (``DetectionValidator.pred_to_json``) so that its
 predictions can be scored against these files:
@@ -15,10 +16,11 @@ predictions can be scored against these files:
 * COCO ``category_id`` = class index + 1;
 * COCO ``bbox`` = ``[xmin - 1, ymin - 1, w, h]`` with ``w = xmax - xmin + 1`` (VOC boxes are 1-based, inclusive).
 
-The export is reused when ``manifest.json`` carries the same content key (ids, split lists, annotations, and
-each source image's path, size and modification time), so re-running costs a ``stat`` per image, and an
-interrupted export (no manifest, or a temporary folder) is never taken for a finished one. Otherwise every
-input is validated first (each image decoded once by ``data.probe.probe_images``).
+The store reuses the export when ``manifest.json`` carries the same content key (ids, split lists, annotations,
+and each source image's path, size and modification time), so re-running costs a ``stat`` per image, and an
+interrupted export (no manifest, or a temporary folder) is never taken for a finished one; ``force`` rebuilds it
+(the store's ``--force``). Otherwise every input is validated first (each image decoded once by
+``data.probe.probe_images``).
 
 Early fusion (:func:`export_stacked`) writes the same layout with one N-channel TIFF per sample instead of a
 link, each modality a channel, and ``channels: N`` in ``data.yaml`` (how Ultralytics trains on N channels).
@@ -40,9 +42,10 @@ import cv2
 import numpy as np
 import yaml
 from data.errors import DatasetError
-from data.io import IMAGE_EXTENSIONS, atomic_dir, gray_reference, read_8bit, read_record, write_record
+from data.io import IMAGE_EXTENSIONS, gray_reference, read_8bit
 from data.m3fd import check_annotation
 from data.probe import probe_images
+from data.store import KeyedStore, finished
 from data.types import Annotation
 
 LOGGER = logging.getLogger(__name__)
@@ -105,7 +108,7 @@ class YoloDataset:
     def load(cls, root: str | Path) -> YoloDataset:
         """Open a finished export; raises FileNotFoundError when ``root`` holds no complete export."""
         root = Path(root).resolve()
-        manifest = _read_manifest(root)
+        manifest = finished(root, record=MANIFEST_NAME)
         if manifest is None:
             raise FileNotFoundError(f"no complete YOLO dataset export at {root} "
                                     f"(missing or unreadable {MANIFEST_NAME})")
@@ -326,13 +329,6 @@ def _coco_json(split: str, ids: Sequence[str], checked: Mapping[str, _Checked],
             "categories": [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]}
 
 
-def _read_manifest(root: Path, key: str | None = None) -> dict[str, Any] | None:
-    """The manifest of a finished export (of ``key``, when given; written last: a folder without it is never taken
-    for a finished export)."""
-    manifest = read_record(root / MANIFEST_NAME, key)
-    return manifest if isinstance(manifest, dict) else None
-
-
 def _dataset_from_manifest(root: Path, manifest: Mapping[str, Any]) -> YoloDataset:
     return YoloDataset(
         root=root, yaml_path=root / YAML_NAME,
@@ -375,23 +371,36 @@ def export_yolo_dataset(
     """
     out_dir = Path(out_dir).resolve()
     class_names = tuple(class_names) if class_names is not None else default_class_names()
-    key = _input_key(images, annotations, splits, eval_split, out_dir, class_names)
-    existing = _read_manifest(out_dir, key) if key is not None and not force else None
-    if existing is not None:
-        return _dataset_from_manifest(out_dir, existing)  # the same inputs were validated when it was built
-    checked, warnings = _validate(images, annotations, splits, eval_split, class_names)
-    for line in warnings:
-        LOGGER.warning("YOLO export: %s", line)
 
-    return _write_export(out_dir, splits, checked, warnings, key, eval_split, class_names,
-                         lambda item, target: link_file(item.image, target))
+    def check() -> tuple[dict[str, _Checked], list[str]]:
+        checked, warnings = _validate(images, annotations, splits, eval_split, class_names)
+        for line in warnings:
+            LOGGER.warning("YOLO export: %s", line)
+        return checked, warnings
+
+    def build(tmp: Path) -> dict[str, Any]:
+        checked, warnings = check()
+        return _write_export(tmp, out_dir, splits, checked, warnings, key, eval_split, class_names,
+                             lambda item, target: link_file(item.image, target))
+
+    key = _input_key(images, annotations, splits, eval_split, out_dir, class_names) or _unkeyable(check)
+    # A reused export's inputs were validated when it was built.
+    manifest, _ = KeyedStore(out_dir.parent, force=force).folder(out_dir, key, build, record=MANIFEST_NAME)
+    return _dataset_from_manifest(out_dir, manifest)
 
 
-def _write_export(out_dir: Path, splits: Mapping[str, Sequence[str]], checked: Mapping[str, _Checked],
-                  warnings: Sequence[str], key: str | None, eval_split: str, class_names: Sequence[str],
+def _unkeyable(check: Callable[[], Any]) -> str:
+    """For an export whose content key could not be computed (an image missing): raise what ``check()`` finds."""
+    check()
+    raise DatasetError("YOLO dataset export", ["a source image changed or went missing while it was read"])
+
+
+def _write_export(tmp: Path, out_dir: Path, splits: Mapping[str, Sequence[str]], checked: Mapping[str, _Checked],
+                  warnings: Sequence[str], key: str, eval_split: str, class_names: Sequence[str],
                   place_image: Callable[[_Checked, Path], None], *, channels: Sequence[str] = (),
-                  ) -> YoloDataset:
-    """Write the layout of the module docstring into a temporary folder renamed onto ``out_dir``.
+                  ) -> dict[str, Any]:
+    """Write the layout of the module docstring into ``tmp`` (the store's temporary folder, renamed onto
+    ``out_dir`` once finished); returns the manifest, which the store writes last.
 
     ``place_image(item, target)`` puts the image of ``item`` at ``target`` (``images/<split>/<id><suffix of
     item.image>``); ``channels`` (a stacked export's channel names) go into the yaml and the manifest.
@@ -400,35 +409,32 @@ def _write_export(out_dir: Path, splits: Mapping[str, Sequence[str]], checked: M
         split: {name: int(sum((checked[i].classes == c).sum() for i in ids)) for c, name in enumerate(class_names)}
         for split, ids in splits.items()
     }
-    with atomic_dir(out_dir) as tmp:
-        for split, ids in splits.items():
-            (tmp / "images" / split).mkdir(parents=True)
-            (tmp / "labels" / split).mkdir(parents=True)
-            for id_ in ids:
-                item = checked[id_]
-                place_image(item, tmp / "images" / split / f"{id_}{item.image.suffix.lower()}")
-                (tmp / "labels" / split / f"{id_}.txt").write_text(_label_text(item))
-            (tmp / "annotations").mkdir(exist_ok=True)
-            (tmp / "annotations" / f"{split}.json").write_text(json.dumps(_coco_json(split, ids, checked, class_names)))
-        data_yaml: dict[str, Any] = {"path": str(out_dir),
-                                     **{split: str(out_dir / "images" / split) for split in splits},
-                                     "names": dict(enumerate(class_names))}
-        for role in ("train", "val"):  # Ultralytics' dataset check needs both keys; a scoring-only export
-            data_yaml.setdefault(role, str(out_dir / "images" / eval_split))  # (robustness) trains on neither
-        if channels:
-            # Ultralytics builds the first convolution for this many channels and, for any count but 1 and 3,
-            # reads images with IMREAD_UNCHANGED (a multi-page TIFF's pages become the channels).
-            data_yaml["channels"] = len(channels)
-            data_yaml["channel_names"] = list(channels)  # not read by Ultralytics; for people and tools
-        (tmp / YAML_NAME).write_text(yaml.safe_dump(data_yaml, sort_keys=False))
-        manifest = {"key": key, "format_version": EXPORT_FORMAT_VERSION, "eval_split": eval_split,
-                    "class_names": list(class_names), "splits": {k: list(v) for k, v in splits.items()},
-                    "box_counts": box_counts, "warnings": list(warnings)}
-        if channels:
-            manifest["channels"] = list(channels)
-        # Written last: a folder without it is never taken for a finished export.
-        write_record(tmp / MANIFEST_NAME, key, manifest)
-    return _dataset_from_manifest(out_dir, manifest)
+    for split, ids in splits.items():
+        (tmp / "images" / split).mkdir(parents=True)
+        (tmp / "labels" / split).mkdir(parents=True)
+        for id_ in ids:
+            item = checked[id_]
+            place_image(item, tmp / "images" / split / f"{id_}{item.image.suffix.lower()}")
+            (tmp / "labels" / split / f"{id_}.txt").write_text(_label_text(item))
+        (tmp / "annotations").mkdir(exist_ok=True)
+        (tmp / "annotations" / f"{split}.json").write_text(json.dumps(_coco_json(split, ids, checked, class_names)))
+    data_yaml: dict[str, Any] = {"path": str(out_dir),
+                                 **{split: str(out_dir / "images" / split) for split in splits},
+                                 "names": dict(enumerate(class_names))}
+    for role in ("train", "val"):  # Ultralytics' dataset check needs both keys; a scoring-only export
+        data_yaml.setdefault(role, str(out_dir / "images" / eval_split))  # (robustness) trains on neither
+    if channels:
+        # Ultralytics builds the first convolution for this many channels and, for any count but 1 and 3,
+        # reads images with IMREAD_UNCHANGED (a multi-page TIFF's pages become the channels).
+        data_yaml["channels"] = len(channels)
+        data_yaml["channel_names"] = list(channels)  # not read by Ultralytics; for people and tools
+    (tmp / YAML_NAME).write_text(yaml.safe_dump(data_yaml, sort_keys=False))
+    manifest = {"key": key, "format_version": EXPORT_FORMAT_VERSION, "eval_split": eval_split,
+                "class_names": list(class_names), "splits": {k: list(v) for k, v in splits.items()},
+                "box_counts": box_counts, "warnings": list(warnings)}
+    if channels:
+        manifest["channels"] = list(channels)
+    return manifest
 
 
 # Bump when the stacked images' content or file format changes (joins a stacked export's key).
@@ -590,31 +596,35 @@ def export_stacked(
     layout = {"stack_version": STACK_FORMAT_VERSION, "channels": list(channels), "suffix": STACK_SUFFIX}
     sources = {id_: {m: Path(mapping[m]) for m in modalities if m in mapping}  # in channel order
                for id_, mapping in sources_by_id.items()}
-    key = _input_key(sources, annotations, ids_by_split, eval_split, out_dir, class_names, layout)
-    existing = _read_manifest(out_dir, key) if key is not None and not force else None
-    if existing is not None:
-        return _dataset_from_manifest(out_dir, existing)
+    def check() -> tuple[dict[str, _Checked], list[str]]:
+        # The first modality stands for the sample in the shared checks (ids, boxes, its size); the others are
+        # checked against it, and every problem of both is reported together.
+        reference = {id_: mapping[modalities[0]] for id_, mapping in sources.items() if modalities[0] in mapping}
+        problems: list[str] = []
+        try:
+            checked, warnings = _validate(reference, annotations, ids_by_split, eval_split, class_names)
+        except DatasetError as err:
+            checked, warnings, problems = {}, [], list(err.problems)
+        ids = list(dict.fromkeys(i for split_ids in ids_by_split.values() for i in split_ids))
+        problems += _check_stack_sources(sources, ids, modalities, checked)
+        if problems:
+            raise DatasetError("YOLO dataset export (stacked)", problems)
+        for line in warnings:
+            LOGGER.warning("YOLO export: %s", line)
+        return checked, warnings
 
-    # The first modality stands for the sample in the shared checks (ids, boxes, its size); the others are
-    # checked against it, and every problem of both is reported together.
-    reference = {id_: mapping[modalities[0]] for id_, mapping in sources.items() if modalities[0] in mapping}
-    problems: list[str] = []
-    try:
-        checked, warnings = _validate(reference, annotations, ids_by_split, eval_split, class_names)
-    except DatasetError as err:
-        checked, warnings, problems = {}, [], list(err.problems)
-    ids = list(dict.fromkeys(i for split_ids in ids_by_split.values() for i in split_ids))
-    problems += _check_stack_sources(sources, ids, modalities, checked)
-    if problems:
-        raise DatasetError("YOLO dataset export (stacked)", problems)
-    for line in warnings:
-        LOGGER.warning("YOLO export: %s", line)
-    LOGGER.info("early-fusion export %s: channels %s", out_dir, ", ".join(channels))
+    def build(tmp: Path) -> dict[str, Any]:
+        checked, warnings = check()
+        LOGGER.info("early-fusion export %s: channels %s", out_dir, ", ".join(channels))
+        stacked = {id_: replace(item, image=Path(f"{id_}{STACK_SUFFIX}")) for id_, item in checked.items()}
 
-    stacked = {id_: replace(item, image=Path(f"{id_}{STACK_SUFFIX}")) for id_, item in checked.items()}
+        def place(item: _Checked, target: Path) -> None:
+            write_stacked(target, stack_planes(sources[target.stem], modalities, colour))
 
-    def place(item: _Checked, target: Path) -> None:
-        write_stacked(target, stack_planes(sources[target.stem], modalities, colour))
+        return _write_export(tmp, out_dir, ids_by_split, stacked, warnings, key, eval_split, class_names, place,
+                             channels=channels)
 
-    return _write_export(out_dir, ids_by_split, stacked, warnings, key, eval_split, class_names, place,
-                         channels=channels)
+    key = (_input_key(sources, annotations, ids_by_split, eval_split, out_dir, class_names, layout)
+           or _unkeyable(check))
+    manifest, _ = KeyedStore(out_dir.parent, force=force).folder(out_dir, key, build, record=MANIFEST_NAME)
+    return _dataset_from_manifest(out_dir, manifest)
