@@ -47,9 +47,10 @@ import numpy as np
 import torch
 
 from data.errors import DatasetError
-from data.io import record_key, remove_stale_temps, write_image, write_record
+from data.io import write_image
 from data.paired import check_image_groups, find_pairs
 from data.provenance import content_key
+from data.store import FolderClaimedError, claim_folder
 from data.types import Pair
 
 from .baselines import BASELINE_NAMES
@@ -84,7 +85,8 @@ from .metrics import match_source_folders, parse_sources
 
 LOGGER = logging.getLogger(__name__)
 
-# Written into every folder fuse_folder fills: which fuser made its images (its cache_key).
+# Written into every folder fuse_folder fills (``data.store.claim_folder``'s record): which fuser made its images
+# (its cache_key).
 FUSER_MARKER = ".fuser.json"
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -221,9 +223,10 @@ def fuse_folder(
 
     Returns ``{"per_image": {stem: seconds}, "total_seconds": float, "written": [stems], "skipped": [stems]}``.
     ``skip_existing=True`` (resuming an interrupted folder) leaves outputs that already exist; since every output
-    is written atomically, an existing file is always complete. ``out_dir/.fuser.json`` records the fuser's
-    ``cache_key``, and a folder fused by another fuser is never resumed (its images would be passed off as this
-    fuser's). Nothing else is skipped: a pair that fails to read or fuse raises.
+    is written atomically, an existing file is always complete. The folder is claimed for the fuser's ``cache_key``
+    (``data.store.claim_folder``, record ``out_dir/.fuser.json``), and a folder fused by another fuser is never
+    resumed (its images would be passed off as this fuser's); without ``skip_existing`` every image is written
+    again and the folder is taken over. Nothing else is skipped: a pair that fails to read or fuse raises.
 
     Raises:
         FuserInputError: the fuser does not take some sample's set of modalities (every distinct set named), before
@@ -246,15 +249,13 @@ def fuse_folder(
         lines = [line for problems in refused.values() for line in problems]
         if lines:
             raise FuserInputError(f"fuser {getattr(fuser, 'name', fuser)}: " + "; ".join(dict.fromkeys(lines)))
-    marker, key = out_dir / FUSER_MARKER, fuser.cache_key()
-    if skip_existing and marker.is_file():
-        previous = record_key(marker)
-        if previous != key:
-            raise ValueError(f"{out_dir} holds images of another fuser ({previous}); resume only the same fuser "
-                             f"({key}), or fuse into another folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir)  # half-written images of a killed run (SIGKILL skips every cleanup)
-    write_record(marker, key, {"fuser": getattr(fuser, "name", None)})
+    key = fuser.cache_key()
+    try:  # sweeps the half-written images of a killed run too (SIGKILL skips every cleanup)
+        claim_folder(out_dir, key, record=FUSER_MARKER, other="refuse" if skip_existing else "keep",
+                     start={"fuser": getattr(fuser, "name", None)})
+    except FolderClaimedError as err:
+        raise ValueError(f"{out_dir} holds images of another fuser ({err.held}); resume only the same fuser "
+                         f"({key}), or fuse into another folder") from None
     per_image: dict[str, float] = {}
     written, skipped = [], []
     t0 = time.perf_counter()

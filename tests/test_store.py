@@ -137,3 +137,30 @@ def test_claiming_a_folder_sweeps_dead_writers_temporaries_inside(tmp_path):
     write_record(folder / PROGRESS_NAME, "k", {})
     claim_folder(folder, "k")
     assert not dead.exists()
+
+
+def test_fuse_folder_claims_its_folder_for_its_fuser(tmp_path, synthetic_root):
+    """The fuser marker is the folder's claim: resuming another fuser's folder is refused, touching nothing; fusing
+    without skip_existing takes it over; a dead writer's half image is swept."""
+    from data.m3fd import load_m3fd
+    from fusion.fuse import FUSER_MARKER, fuse_folder
+    from fusion.fusers import create_fuser
+
+    pairs = load_m3fd(synthetic_root).pairs()[:2]
+    out = tmp_path / "fused"
+    maximum, mean = create_fuser("max"), create_fuser("mean")
+    fuse_folder(maximum, pairs, out, progress=False)
+    assert read_progress(out, maximum.cache_key(), record=FUSER_MARKER) == {"fuser": "max"}
+    images = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    with pytest.raises(ValueError, match=r"holds images of another fuser \(baseline:max:"):
+        fuse_folder(mean, pairs, out, progress=False, skip_existing=True)
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == images
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    half = out / f".{pairs[0].stem}.png.{child.pid}.ab12cd34.tmp.png"
+    half.write_bytes(b"half an image")
+    assert fuse_folder(maximum, pairs, out, progress=False, skip_existing=True)["skipped"] == [p.stem for p in pairs]
+    assert not half.exists()
+    assert len(fuse_folder(mean, pairs, out, progress=False)["written"]) == 2  # taken over, every image rewritten
+    assert read_progress(out, mean.cache_key(), record=FUSER_MARKER) == {"fuser": "mean"}
