@@ -12,9 +12,14 @@ Everything is written under ``out_dir``: the run in ``out_dir/<name>`` (Ultralyt
 its evaluation in ``out_dir/<name>/eval_<split>``, and Ultralytics' config (settings, font) in
 ``out_dir/.ultralytics`` for the first run of a process (see ``detection.ultralytics_env``).
 
-Runs resume: a finished run (``detection_result.json`` with the same key) is returned without work; an
-interrupted training continues from ``weights/last.pt`` (Ultralytics ``resume``); a run whose key changed is
-started again from scratch. The key covers the dataset's content key and every argument that changes the result.
+A run is a resumable folder of the keyed store (``data.store.KeyedStore.folder``): it trains and is evaluated in
+``out_dir/<name>.partial`` and is renamed to ``out_dir/<name>`` once finished, with its result as the folder's
+record (``detection_result.json``). A finished run of the same key is returned without work; an interrupted
+training continues from ``weights/last.pt`` (Ultralytics ``resume``; the partial folder's progress record says
+whether training had ended); a partial run of another key is started again from scratch; ``force`` trains again
+from scratch once per call. The key covers the dataset's content key and every argument that changes the result.
+A finished run written by an earlier version (the same ``detection_result.json``) is reused; a run it left
+interrupted is trained again from scratch.
 
 Command line (a thin wrapper; the pipeline calls :func:`train_and_evaluate` directly)::
 
@@ -34,8 +39,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.io import clear_dir, read_record, write_record
+from data.io import clear_dir
 from data.provenance import content_key, file_fingerprint
+from data.store import KeyedStore, read_progress, save_progress
 from detection.coco_eval import CocoScores, coco_map
 from detection.export import YoloDataset, link_file
 from detection.presets import load_preset, preset_names
@@ -43,8 +49,7 @@ from detection.ultralytics_env import default_threads, setup_offline
 
 LOGGER = logging.getLogger(__name__)
 
-RESULT_NAME = "detection_result.json"
-STATE_NAME = "run_state.json"
+RESULT_NAME = "detection_result.json"  # the finished run folder's store record
 CONFIG_DIR_NAME = ".ultralytics"
 # Arguments this module sets itself (paths, seed, resume logic, evaluation); extra_args may not override them.
 OWNED_ARGS = frozenset({
@@ -277,8 +282,9 @@ def train_and_evaluate(
             dataset of 3 channels trains without HSV jitter (:data:`STACK_OF_THREE_ARGS`).
         eval_split: the split scored at the end.
         threads: torch CPU threads (default :func:`detection.ultralytics_env.default_threads`).
-        force: train from scratch even when a finished or interrupted run of the same key is there (the old
-            run folder is removed whole first, ``data.io.clear_dir``).
+        force: train from scratch even when a finished or interrupted run of the same key is there (an
+            interrupted one is removed whole first, ``data.io.clear_dir``; a finished one stays until the new one
+            replaces it).
 
     Raises:
         ValueError: bad arguments (listed together) before anything is imported or trained.
@@ -295,47 +301,61 @@ def train_and_evaluate(
     settings = {"model": model, "epochs": epochs, "imgsz": imgsz, "batch": batch, "seed": seed, "device": device,
                 "workers": workers, "extra_args": extra_args, "eval_split": eval_split, "threads": threads}
     key = _run_key(dataset, settings, weights)
-    if force:
-        clear_dir(run_dir)
-    finished = read_record(run_dir / RESULT_NAME, key)
-    # A result from before the deployed protocol was measured is scored again (its weights are kept), not retrained.
-    if finished and finished.get("deployed_predictions_path"):
-        LOGGER.info("detection run %s is complete; reusing its result", run_dir)
-        return DetectionResult.from_dict(finished)
 
-    setup_offline(out_dir / CONFIG_DIR_NAME, threads=threads)
-    state = read_record(run_dir / STATE_NAME, key) or {}
-    same_run = bool(state)
-    last, best = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"
-    resumed = same_run and not state.get("trained") and _resumable(last)
+    def build(tmp: Path) -> dict[str, Any]:
+        return _train_and_score(tmp, run_dir, key, dataset, model=model, weights=weights, settings=settings,
+                                tb_writer=tb_writer, tb_prefix=tb_prefix, start=start).to_dict()
+
+    # A result from before the deployed protocol was measured is not used: the run is trained again.
+    record, reused = KeyedStore(out_dir, force=force).folder(
+        run_dir, key, build, resumable=True, record=RESULT_NAME,
+        accept=lambda result: bool(result.get("deployed_predictions_path")))
+    if reused:
+        LOGGER.info("detection run %s is complete; reusing its result", run_dir)
+    return DetectionResult.from_dict(record)
+
+
+def _train_and_score(tmp: Path, run_dir: Path, key: str, dataset: YoloDataset, *, model: str, weights: Path | None,
+                     settings: Mapping[str, Any], tb_writer: Any, tb_prefix: str, start: float) -> DetectionResult:
+    """Train (or resume) in ``tmp``, the run's partial folder, then evaluate; paths in the result are those the run
+    will have at ``run_dir`` once the store renames ``tmp`` there."""
+    epochs, imgsz, batch, seed = settings["epochs"], settings["imgsz"], settings["batch"], settings["seed"]
+    device, workers, eval_split = settings["device"], settings["workers"], settings["eval_split"]
+    setup_offline(run_dir.parent / CONFIG_DIR_NAME, threads=settings["threads"])
+    state = read_progress(tmp, key) or {}
+    last, best = tmp / "weights" / "last.pt", tmp / "weights" / "best.pt"
+    resumed = state.get("trained") is False and _resumable(last)
     mirror = TensorBoardMirror(tb_writer, tb_prefix) if tb_writer is not None else None
-    if not (same_run and state.get("trained") and best.is_file()):
+    if not (state.get("trained") and best.is_file()):
         if resumed:
             LOGGER.info("resuming interrupted detection run %s from %s", run_dir, last)
             _fit(last, {"resume": True}, mirror)
         else:
-            clear_dir(run_dir)  # stale files from another configuration, removed whole
-            run_dir.mkdir(parents=True)
-            write_record(run_dir / STATE_NAME, key, {"trained": False, "settings": settings})
+            clear_dir(tmp)  # what a run killed before its first checkpoint left, removed whole
+            tmp.mkdir(parents=True)
+            save_progress(tmp, key, {"trained": False, "settings": dict(settings)})
             pretrained: str | bool = False
             if weights is not None:
                 # A neutral name: Ultralytics renames e.g. yolov5s.pt to yolov5su.pt and would then download it.
-                pretrained = str(run_dir / "initial_weights.pt")
+                pretrained = str(tmp / "initial_weights.pt")
                 link_file(weights, Path(pretrained))
-            train_args = {"amp": False, "plots": False, "val": True, **extra_args,
+            train_args = {"amp": False, "plots": False, "val": True, **settings["extra_args"],
                           "data": str(dataset.yaml_path), "epochs": epochs, "imgsz": imgsz, "batch": batch,
                           "seed": seed, "deterministic": True, "device": device, "workers": workers,
-                          "project": str(out_dir), "name": name, "exist_ok": True, "pretrained": pretrained,
+                          "project": str(tmp.parent), "name": tmp.name, "exist_ok": True, "pretrained": pretrained,
                           "save_json": False}
             _fit(model, train_args, mirror)
-        if mirror is not None and not mirror.received and (run_dir / "results.csv").is_file():
-            mirror.replay_results_csv(run_dir / "results.csv")  # e.g. --device 0,1: Ultralytics trained in DDP
-        write_record(run_dir / STATE_NAME, key, {"trained": True, "settings": settings})
+        if mirror is not None and not mirror.received and (tmp / "results.csv").is_file():
+            mirror.replay_results_csv(tmp / "results.csv")  # e.g. --device 0,1: Ultralytics trained in DDP
+        save_progress(tmp, key, {"trained": True, "settings": dict(settings)})
+
+    def final(path: Path) -> str:
+        return str(run_dir / Path(path).relative_to(tmp))
 
     kept = best if best.is_file() else last
-    metrics, coco, predictions = _evaluate(kept, dataset, run_dir, eval_split=eval_split, imgsz=imgsz, batch=batch,
+    metrics, coco, predictions = _evaluate(kept, dataset, tmp, eval_split=eval_split, imgsz=imgsz, batch=batch,
                                            device=device, workers=workers)
-    _, deployed, deployed_predictions = _evaluate(kept, dataset, run_dir, eval_split=eval_split, imgsz=imgsz,
+    _, deployed, deployed_predictions = _evaluate(kept, dataset, tmp, eval_split=eval_split, imgsz=imgsz,
                                                   batch=batch, device=device, workers=workers, protocol="deployed")
     n_boxes = dict(dataset.box_counts[eval_split])
     ap50, absent = _per_class_ap50(metrics, n_boxes, dataset.class_names)
@@ -345,19 +365,17 @@ def train_and_evaluate(
         notes.append(f"Ultralytics counted boxes per class {[int(n) for n in counted]}, the export "
                      f"{list(n_boxes.values())}")
         LOGGER.warning("detection run %s: %s", run_dir, notes[-1])
-    result = DetectionResult(
+    return DetectionResult(
         map50=float(metrics.box.map50), map50_95=float(metrics.box.map), precision=float(metrics.box.mp),
         recall=float(metrics.box.mr), ap50=ap50, absent_classes=absent, coco_map50=coco.map50,
-        coco_map50_95=coco.map50_95, run_dir=str(run_dir), predictions_path=str(predictions),
-        wall_time_s=round(time.perf_counter() - start, 3), epochs=epochs, epochs_completed=_epochs_completed(run_dir),
+        coco_map50_95=coco.map50_95, run_dir=str(run_dir), predictions_path=final(predictions),
+        wall_time_s=round(time.perf_counter() - start, 3), epochs=epochs, epochs_completed=_epochs_completed(tmp),
         imgsz=imgsz, batch=batch, seed=seed, model=model, weights=str(weights) if weights else None,
         eval_split=eval_split, n_images=dataset.split_counts[eval_split], n_boxes=n_boxes, resumed=resumed,
         key=key, notes=notes, map50_deployed=deployed.map50, map50_95_deployed=deployed.map50_95,
         ap50_deployed=_named_ap50(deployed, dataset.class_names, absent),
-        deployed_predictions_path=str(deployed_predictions),
+        deployed_predictions_path=final(deployed_predictions),
     )
-    write_record(run_dir / RESULT_NAME, key, result.to_dict())
-    return result
 
 
 def _fit(model: str | Path, train_args: Mapping[str, Any], mirror: TensorBoardMirror | None) -> None:

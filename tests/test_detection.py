@@ -467,6 +467,112 @@ def test_train_rejects_bad_arguments_before_any_work(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+class _FakeUltralytics:
+    """Stands in for Ultralytics' training and validation in ``detection.train`` (milliseconds): records every call;
+    a training writes ``weights/last.pt`` (resumable: epoch and optimizer) after epoch 1 and stops there when
+    ``interrupt`` is set, else finishes with ``best.pt``; a validation writes an empty ``predictions.json``."""
+
+    def __init__(self, monkeypatch):
+        import detection.train as train_module
+
+        self.calls: list[str] = []
+        self.interrupt = False
+        monkeypatch.setattr(train_module, "_fit", self.fit)
+        monkeypatch.setattr(train_module, "_evaluate", self.evaluate)
+        monkeypatch.setattr(train_module, "setup_offline", lambda *a, **k: None)
+
+    def fit(self, model, train_args, mirror):
+        import torch
+
+        resume = bool(train_args.get("resume"))
+        folder = Path(model).parents[1] if resume else Path(train_args["project"]) / train_args["name"]
+        self.calls.append(f"resume {folder.name}" if resume else f"train {folder.name}")
+        (folder / "weights").mkdir(parents=True, exist_ok=True)
+        if not resume:
+            torch.save({"epoch": 0, "optimizer": {"lr": 0.01}}, folder / "weights" / "last.pt")
+            (folder / "results.csv").write_text("epoch,time\n1,1.0\n")
+            if self.interrupt:
+                raise KeyboardInterrupt("simulated interruption after epoch 1")
+        with (folder / "results.csv").open("a") as f:
+            f.write("2,2.0\n")
+        for kind in ("last", "best"):
+            torch.save({"epoch": -1, "optimizer": None}, folder / "weights" / f"{kind}.pt")
+
+    def evaluate(self, weights, dataset, run_dir, *, eval_split, imgsz, batch, device, workers, protocol="field"):
+        from detection.coco_eval import CocoScores
+
+        self.calls.append(f"evaluate {run_dir.name} {protocol}")
+        eval_dir = run_dir / (f"eval_{eval_split}" if protocol == "field" else f"eval_{eval_split}_{protocol}")
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        (eval_dir / "predictions.json").write_text("[]")
+        box = SimpleNamespace(map50=0.5, map=0.3, mp=0.4, mr=0.6, ap_class_index=[], ap50=[])
+        return SimpleNamespace(box=box), CocoScores(0.5, 0.3, 0, {}), eval_dir / "predictions.json"
+
+
+def _tiny_export(tmp_path):
+    images, annotations = make_synthetic(tmp_path / "src", 4)
+    return export_yolo_dataset(images, annotations, {"train": ["00000", "00001"], "val": ["00002", "00003"]},
+                               tmp_path / "yolo")
+
+
+def test_a_detector_run_is_a_store_folder_resumed_reused_and_forced_once(tmp_path, monkeypatch):
+    """Training and evaluation happen in ``<name>.partial``, renamed to ``<name>`` with the result as its record:
+    an interrupted run resumes from its last checkpoint, a finished one is reused, ``force`` trains it again."""
+    fake = _FakeUltralytics(monkeypatch)
+    ds, runs = _tiny_export(tmp_path), tmp_path / "runs"
+    kwargs = {"model": "yolov8n.yaml", "epochs": 2, "imgsz": 64, "batch": 2, "out_dir": runs, "name": "c"}
+    fake.interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(ds, **kwargs)
+    assert not (runs / "c").exists() and (runs / "c.partial" / "weights" / "last.pt").is_file()
+
+    fake.interrupt = False
+    result = train_and_evaluate(ds, **kwargs)
+    assert fake.calls == ["train c.partial", "resume c.partial", "evaluate c.partial field",
+                          "evaluate c.partial deployed"]
+    assert result.resumed and result.epochs_completed == 2 and not (runs / "c.partial").exists()
+    assert result.run_dir == str(runs / "c")
+    for path in (result.predictions_path, result.deployed_predictions_path):
+        assert Path(path).is_file() and Path(path).is_relative_to(runs / "c")
+    assert sorted(p.name for p in (runs / "c").iterdir() if p.name.startswith(".") or p.suffix == ".json") == [
+        "detection_result.json"]  # the store's record; no progress record left
+
+    fake.calls.clear()
+    assert train_and_evaluate(ds, **kwargs) == result and fake.calls == []  # finished: reused
+    forced = train_and_evaluate(ds, **kwargs, force=True)
+    assert fake.calls[0] == "train c.partial" and not forced.resumed  # from scratch, not resumed
+    assert forced.key == result.key and not (runs / "c.partial").exists()
+
+
+def test_a_run_folder_written_by_the_previous_version_is_reused_or_trained_again(tmp_path, monkeypatch):
+    """The previous version kept ``run_state.json`` and ``detection_result.json`` in ``<name>/`` itself: a finished
+    run is reused (the same record); one it left interrupted, or one scored before the deployed protocol, is
+    trained again from scratch and replaces the folder whole."""
+    from data.io import read_record, write_record
+
+    fake = _FakeUltralytics(monkeypatch)
+    ds, runs = _tiny_export(tmp_path), tmp_path / "runs"
+    kwargs = {"model": "yolov8n.yaml", "epochs": 2, "imgsz": 64, "batch": 2, "out_dir": runs, "name": "old"}
+    result = train_and_evaluate(ds, **kwargs)
+    run = runs / "old"
+    write_record(run / "run_state.json", result.key, {"trained": True, "settings": {}})
+    fake.calls.clear()
+    assert train_and_evaluate(ds, **kwargs) == result and fake.calls == []
+
+    legacy = {k: v for k, v in read_record(run / "detection_result.json").items()
+              if k != "deployed_predictions_path"}
+    write_record(run / "detection_result.json", result.key, legacy)
+    again = train_and_evaluate(ds, **kwargs)
+    assert fake.calls[0] == "train old.partial" and again.deployed_predictions_path
+    assert not (run / "run_state.json").exists()
+
+    (run / "detection_result.json").unlink()  # killed during training by the previous version
+    write_record(run / "run_state.json", result.key, {"trained": False, "settings": {}})
+    fake.calls.clear()
+    train_and_evaluate(ds, **kwargs)
+    assert fake.calls[0] == "train old.partial" and not (run / "run_state.json").exists()
+
+
 _TINY_RUN_SCRIPT = """
 import json, sys
 from pathlib import Path
