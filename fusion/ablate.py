@@ -14,8 +14,9 @@ pair (one timed forward after a warm-up, measured in this run so that variants c
 seeds, the config and the package versions.
 
 Resumable: runs live in ``OUT/runs/<variant>/seed<N>`` and resume through the trainer (a finished run is not
-retrained); a run's scores are kept in ``OUT/runs/<variant>/seed<N>/eval/<set>.json``, keyed by its fuser (the
-checkpoint's bytes) and the evaluation folders, and reused. The default evaluation sets are the paired folders
+retrained); a run's fused evaluation images (``OUT/runs/<variant>/seed<N>/eval/<set>/``) and scores
+(``.../eval/<set>.json``) are the keyed store's (``data.store.KeyedStore``), keyed by its fuser (the checkpoint's
+bytes) and the evaluation folders, and reused. The default evaluation sets are the paired folders
 ``TNO`` and ``RoadScene`` under ``../shared/data/fusion_benchmarks`` (``SHARED_DATA``), where present.
 """
 from __future__ import annotations
@@ -33,10 +34,11 @@ from typing import Any
 import torch
 
 from data.errors import DatasetError
-from data.io import atomic_write_json, atomic_write_text, read_record, write_record
+from data.io import atomic_write_json, atomic_write_text
 from data.paired import find_pairs, resolve_pair_dirs
 from data.provenance import content_key, package_versions
 from data.shared import SHARED_DATA
+from data.store import KeyedStore
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import PRESETS, ConfigError, FusionTrainConfig, load_train_config, replace_config, to_dict
@@ -122,20 +124,25 @@ def evaluate_checkpoint(
 ) -> dict[str, dict[str, float]]:
     """Fuse every evaluation set with ``checkpoint`` into ``out_dir/<set>/`` and score it: {set: mean metrics}.
 
-    A set's scores are recorded in ``out_dir/<set>.json`` under a key of the fuser (the checkpoint's bytes) and the
-    folders, and reused while that key holds."""
+    Both are the keyed store's, under a key of the fuser (the checkpoint's bytes) and the folders: the fused images
+    a resumable folder (a killed run's are resumed; another checkpoint's, e.g. a run trained further, are
+    replaced), the scores a stage record ``out_dir/<set>.json``; each is reused while that key holds."""
     fuser = load_fuser_checkpoint(checkpoint, device)
+    store = KeyedStore(out_dir.parent)
     scores = {}
     for name, (ir_dir, vis_dir) in eval_sets.items():
-        record = out_dir / f"{name}.json"
         key = content_key(fuser.cache_key(), str(ir_dir.resolve()), str(vis_dir.resolve()))
-        mean = read_record(record, key)
-        if mean is None:
-            fused_dir = out_dir / name
-            fuse_folder(fuser, find_pairs(ir_dir, vis_dir), fused_dir, progress=False, skip_existing=True)
-            _, mean = evaluate_triples(find_triples(fused_dir, ir_dir, vis_dir), workers=workers)
-            write_record(record, key, mean)
-        scores[name] = mean
+
+        def fuse(folder: Path) -> dict[str, Any]:
+            pairs = find_pairs(ir_dir, vis_dir)
+            fuse_folder(fuser, pairs, folder, progress=False, skip_existing=True)
+            return {"images": len(pairs)}
+
+        def score() -> dict[str, Any]:
+            store.folder(out_dir / name, key, fuse, resumable=True)
+            return evaluate_triples(find_triples(out_dir / name, ir_dir, vis_dir), workers=workers)[1]
+
+        scores[name] = store.cached(out_dir.name, name, key, score)
     return scores
 
 

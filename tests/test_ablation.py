@@ -168,3 +168,47 @@ def test_ablation_cli_trains_scores_and_resumes(tmp_path, synthetic_root, capsys
     with pytest.raises(SystemExit):
         main([*argv[:4], "no_such_variant", *argv[5:]])
     assert "unknown variant(s) no_such_variant" in capsys.readouterr().err
+
+
+def test_evaluation_images_and_scores_are_the_stores(tmp_path, synthetic_root, monkeypatch):
+    """A run's fused evaluation set is a resumable store folder and its scores a stage record: both reused; another
+    checkpoint's images (a killed partial folder, or a folder an earlier version fused) are replaced, never mixed
+    in or refused."""
+    from data.io import write_record
+    from data.store import PROGRESS_NAME, finished
+    from fusion import ablate
+    from fusion.fuse import FUSER_MARKER
+
+    checkpoint = train(tiny_config("phases=[{name: fuse, epochs: 1}]"), synthetic_root, tmp_path / "run",
+                       progress=False).last_checkpoint
+    eval_dir = tmp_path / "eval_set"
+    for sub in ("ir", "vi"):
+        (eval_dir / sub).mkdir(parents=True)
+    for pair in load_m3fd(synthetic_root).pairs("test")[:2]:
+        shutil.copy(pair.ir, eval_dir / "ir")
+        shutil.copy(pair.vis, eval_dir / "vi")
+    sets = ablate.resolve_eval_sets({"tiny": eval_dir})
+    out = tmp_path / "run" / "eval"
+
+    # a killed evaluation of another checkpoint left its partial folder
+    partial = out / "tiny.partial"
+    partial.mkdir(parents=True)
+    (partial / "stale.png").write_bytes(b"another checkpoint's image")
+    write_record(partial / PROGRESS_NAME, "another key", {})
+    first = ablate.evaluate_checkpoint(checkpoint, sets, out)
+    assert set(first["tiny"]) == set(metric_names())
+    assert finished(out / "tiny") == {"images": 2} and not partial.exists()
+    assert sorted(p.name for p in (out / "tiny").glob("*.png")) == sorted(p.name for p in (eval_dir / "ir").iterdir())
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ablate, "fuse_folder", lambda *a, **k: pytest.fail("finished fusing was redone"))
+        patch.setattr(ablate, "evaluate_triples", lambda *a, **k: pytest.fail("finished scores were redone"))
+        assert ablate.evaluate_checkpoint(checkpoint, sets, out) == first
+
+    # The previous version's folder: images and a fuser marker of another checkpoint, no records. It made
+    # fuse_folder refuse to resume; now the folder is fused again and replaced.
+    (out / "tiny.json").unlink()
+    (out / "tiny" / ".record.json").unlink()
+    write_record(out / "tiny" / FUSER_MARKER, "dae_fuse:another", {"fuser": "dae_fuse"})
+    assert ablate.evaluate_checkpoint(checkpoint, sets, out) == first
+    assert finished(out / "tiny") == {"images": 2}
