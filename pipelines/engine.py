@@ -138,11 +138,17 @@ def build_candidates(cfg: PipelineConfig, dataset=None, preset: PipelinePreset |
 
 
 def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: KeyedStore) -> Path:
-    """Train a DAE-Fuse with a short schedule on the training split (cached and resumable). Returns its checkpoint."""
+    """Train a DAE-Fuse with a short schedule on the training split (cached and resumable). Returns its checkpoint.
+
+    The trainer reads the run's dataset again by its root, reader and options; the run showed that dataset's
+    DatasetWarnings when it loaded it, so the second read's are not shown again."""
+    import warnings
+
     from fusion.config import load_train_config
     from fusion.train import train
 
     from data.datasets import parse_options
+    from data.errors import DatasetWarning
 
     base = load_train_config(preset=preset_name)
     fusion_cfg = replace(base, data=replace(base.data, dataset=dataset.name if cfg.dataset is None else cfg.dataset,
@@ -163,9 +169,11 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Key
 
     writer = SummaryWriter(str(cfg.out / "tb" / "fusion_training"))
     try:
-        result = train(fusion_cfg, dataset.root, run_dir, device=torch_device(cfg.device),
-                       resume=(run_dir / "last.pt").is_file(), tb_writer=writer, progress=cfg.progress,
-                       split=cfg.train_split)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DatasetWarning)
+            result = train(fusion_cfg, dataset.root, run_dir, device=torch_device(cfg.device),
+                           resume=(run_dir / "last.pt").is_file(), tb_writer=writer, progress=cfg.progress,
+                           split=cfg.train_split)
     finally:
         writer.close()
     checkpoint = Path(result.best_checkpoint)

@@ -185,6 +185,37 @@ def test_missing_partners_and_size_mismatch_in_a_three_modality_folder(tmp_path)
 # --------------------------------------------------------------------------------------------------- LLVIP
 
 
+def test_a_pipeline_run_on_llvip_shows_each_dataset_warning_once(tmp_path, monkeypatch):
+    """The run loads the dataset (its warnings shown), then the DAE-Fuse trained inside the run reads it again by
+    root and options: that second read's warnings are not shown again. Counted under "always", so a repeat shows
+    even where Python's once-per-place memory (reset by torch's imports) would have hidden it."""
+    from types import SimpleNamespace
+
+    from data.store import KeyedStore
+    from fusion.data import resolve_training_roots
+    from pipelines import engine
+    from pipelines.config import PipelineConfig
+    from pipelines.datasets import load_run_dataset
+
+    root = shared_path("llvip_sample", "LLVIP")
+    cfg = PipelineConfig(out=tmp_path / "out", data=root, dataset="llvip", preset="tiny", progress=False)
+    read = []
+
+    def train(fusion_cfg, roots, run_dir, **kwargs):  # the trainer's first step: its data, by root and options
+        read.append(resolve_training_roots(roots, fusion_cfg.data, kwargs["split"]))
+        return SimpleNamespace(best_checkpoint=str(run_dir / "best.pt"), wall_time_s=0.0)
+
+    monkeypatch.setattr("fusion.train.train", train)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        dataset = load_run_dataset(cfg, root)
+        engine.train_fusion_here(cfg, "tiny", dataset, KeyedStore(cfg.out / "state"))
+    messages = [str(w.message) for w in shown if issubclass(w.category, DatasetWarning)]
+    assert read and len(read[0][0]) == len(dataset.pairs(cfg.train_split))  # the same dataset was read again
+    assert any("9 image(s) have no label file" in m for m in messages)
+    assert len(messages) == len(set(messages)) >= 2, messages
+
+
 def test_llvip_sample_counts_splits_and_unlabelled_ids():
     root = shared_path("llvip_sample", "LLVIP")
     with pytest.warns(DatasetWarning) as record:
