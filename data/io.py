@@ -11,6 +11,8 @@ Reading conventions
   (``v >> 8``), exactly what ``cv2.imread`` does, so the image fused is the image the reference evaluator scores.
 * ``read_visible`` gives (luma float32 (H, W) in 0..255, BGR uint8 (H, W, 3) or None for a grey image).
   The luma is ITU-R BT.601 Y = 0.299 R + 0.587 G + 0.114 B (OpenCV's BGR->GRAY / the Y of YCbCr).
+* Inside ``decoding_once()`` a thread decodes each file once: one sample's sources, read by a fuser and then by the
+  metrics, cost one decode each.
 
 Writing
 -------
@@ -25,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,12 +58,37 @@ def is_image_file(path: Path) -> bool:
 _IGNORE_ORIENTATION = cv2.IMREAD_IGNORE_ORIENTATION
 
 
+# The decodes a thread keeps inside ``decoding_once``: {(path, flags): image}, or None outside any block.
+_KEPT = threading.local()
+
+
+@contextlib.contextmanager
+def decoding_once() -> Iterator[None]:
+    """Within the block, this thread decodes each file once per decoding mode: reading it again (through any reader
+    here) returns the first decode, read-only, so no reader's caller can change what the next one gets. Every
+    decode is held until the block ends: keep it to what is needed at once (one sample's files). A nested block
+    shares the outer one's decodes."""
+    outer = getattr(_KEPT, "images", None)
+    _KEPT.images = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _KEPT.images = outer
+
+
 def _imread(path: Path, flags: int) -> np.ndarray:
+    kept = getattr(_KEPT, "images", None)
+    key = (str(path), flags)
+    if kept is not None and key in kept:
+        return kept[key]
     # cv2.imread does not understand non-ASCII paths on every platform; imdecode on the bytes always works.
     data = np.fromfile(str(path), dtype=np.uint8)
     image = cv2.imdecode(data, flags | _IGNORE_ORIENTATION) if data.size else None
     if image is None:
         raise ValueError(f"cannot decode image: {path}")
+    if kept is not None:
+        image.flags.writeable = False
+        kept[key] = image
     return image
 
 
@@ -79,6 +107,15 @@ def gray_reference(bgr: np.ndarray) -> np.ndarray:
     """A decoded BGR image (e.g. a video frame) as ``read_gray_reference`` returns a file: its float32 luma rounded
     half to even, whole numbers 0..255 (H, W)."""
     return np.round(luma(bgr))
+
+
+def gray_reference_of(image: np.ndarray) -> np.ndarray:
+    """An 8-bit image in memory, grey (H, W) or BGR (H, W, 3), as ``read_gray_reference`` reads it back once
+    written to a lossless file (PNG): a grey image is decoded as three equal channels, then reduced as any other.
+    E.g. a fused image just written, scored without decoding it again."""
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"expected an 8-bit grey or BGR image, got {image.dtype} of shape {image.shape}")
+    return gray_reference(image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
 
 
 def _is_grey(bgr: np.ndarray) -> bool:
