@@ -35,7 +35,7 @@ import random
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,9 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor
 
+from data.config import from_dict, merge, parse_override, read_yaml
 from data.io import atomic_write_json, gray_reference, visible_from_bgr
 from data.provenance import package_versions
 
@@ -94,14 +94,12 @@ class TemporalTrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> TemporalTrainConfig:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        """The config file with ``key=value`` overrides, through the project's one config mechanism
+        (``data.config``: unknown keys and wrong types are a ``ConfigError`` naming them)."""
+        values = read_yaml(Path(path))
         for item in overrides:
-            key, _, value = item.partition("=")
-            values[key] = yaml.safe_load(value)
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown temporal training keys in {path}: {', '.join(unknown)}")
-        return cls(**values)
+            values = merge(values, parse_override(item))
+        return from_dict(cls, values, str(path))
 
 
 def read_luma_frames(path: str | Path, kind: str) -> list[np.ndarray]:
@@ -303,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = TemporalTrainConfig.from_yaml(args.config, args.overrides)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError) as err:  # ConfigError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     missing = [p for p in (cfg.init, cfg.ir_video, cfg.vis_video) if not Path(p).is_file()]

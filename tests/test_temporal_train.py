@@ -37,8 +37,12 @@ def test_config_lists_every_problem(tmp_path):
         assert piece in str(err.value)
     path = tmp_path / "c.yaml"
     path.write_text("steps: 3\nbogus: 1\n")
-    with pytest.raises(ValueError, match="unknown temporal training keys.*bogus"):
+    with pytest.raises(ValueError, match="unknown key.*bogus"):
         TemporalTrainConfig.from_yaml(path)
+    path.write_text("steps: 3\n")
+    with pytest.raises(ValueError, match="steps: expected an integer"):  # typed, through data.config
+        TemporalTrainConfig.from_yaml(path, ["steps=many"])
+    assert TemporalTrainConfig.from_yaml(path, ["temporal_weight=200"]).temporal_weight == 200.0
 
 
 def clip(tmp_path, frames: int = 5):

@@ -4,22 +4,29 @@ The key follows the fuser (``cache_key``), the dataset, the ids and every source
 edited source or a changed fuser is fused again. Fusing thousands of images resumes image by image after a kill
 (``KeyedStore.folder(..., resumable=True)``); a folder candidate's images are copied in as PNG so metrics and
 detectors read every candidate the same way.
+
+Each sample is read once: while its sources and its fused image are in memory, an evaluation image is scored for
+the score stage (``fuse_and_score``, ``pipelines.stages.score.EvalScorer``), which then reads nothing again.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data.io import clear_dir
+from data.io import clear_dir, decoding_once, write_image
 from data.provenance import content_key, files_fingerprint
 from data.store import KeyedStore
 
 from ..executors import Job, RunExecutor
+from .score import EvalScorer, PartialScores, ScorePlan, metric_workers, score_key, score_plan
 
 if TYPE_CHECKING:
     from pipelines.candidates import Candidate
@@ -40,10 +47,11 @@ class FuseOutput:
     seconds_per_image: float | None   # None: not fused here (a folder of another method's images)
     key: str = ""
     cached: bool = False              # this run's: reused from the cache
+    scored: PartialScores | None = None  # this run's: the evaluation images scored while fusing them
 
     def stored(self) -> dict[str, Any]:
-        """What the record keeps (the key is the record's own, ``cached`` is this run's)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("key", "cached")}
+        """What the record keeps (the key is the record's own, ``cached`` and ``scored`` are this run's)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("key", "cached", "scored")}
 
 
 def source_fingerprint(dataset, ids: list[str]) -> str:
@@ -59,32 +67,40 @@ def used_ids(cfg: PipelineConfig, dataset) -> list[str]:
 
 def stage_fuse(cfg: PipelineConfig, candidate: Candidate, dataset, store: KeyedStore,
                executor: RunExecutor | None = None) -> FuseOutput:
-    """Fuse every sample of the splits in use with the candidate's fuser (or reuse the finished folder)."""
+    """Fuse every sample of the splits in use with the candidate's fuser (or reuse the finished folder), scoring
+    the evaluation images as they are fused unless the score stage's record is there already."""
     fuser = candidate.source(cfg)
     ids = used_ids(cfg, dataset)
     key = content_key("fuse", fuser.cache_key(), str(dataset.root), ids, source_fingerprint(dataset, ids))
     wanted = set(ids)
-    return fuse_into_cache(cfg, candidate, [p for p in dataset.pairs() if p.stem in wanted], key, store, executor)
+    plan = score_plan(cfg, dataset)
+    scoring = None if store.get(candidate.name, "score", score_key(key, plan)) is not None else plan
+    return fuse_into_cache(cfg, candidate, [p for p in dataset.pairs() if p.stem in wanted], key, store, executor,
+                           scoring=scoring)
 
 
 def fuse_into_cache(cfg: PipelineConfig, candidate: Candidate, pairs, key: str, store: KeyedStore,
-                    executor: RunExecutor | None = None) -> FuseOutput:
+                    executor: RunExecutor | None = None, *, scoring: ScorePlan | None = None) -> FuseOutput:
     """Fuse ``pairs`` with the candidate's fuser into ``cache/fused/<key>``, or reuse that folder when finished.
 
     On a distributed executor the pairs not yet fused go out as tasks of ``SHARD_IMAGES`` each (``fuse_shard``),
     each building the fuser from its spec on its worker and writing into its own shard folder, whose images this
-    process then moves into place; elsewhere they are fused here, where the fuser is loaded once.
+    process then moves into place; elsewhere they are fused here, where the fuser is loaded once. With
+    ``scoring``, the plan's images fused now are scored while in memory (``FuseOutput.scored``).
     """
-    from fusion.fuse import fuse_folder
-
     fuser = candidate.source(cfg)
     sharded = executor is not None and executor.distributed and candidate.kind != "folder"
+    scored = PartialScores()
 
     def build(folder: Path) -> dict[str, Any]:
         if sharded:
-            per_image = fuse_in_shards(cfg, candidate, pairs, folder, executor)
+            per_image = fuse_in_shards(cfg, candidate, pairs, folder, executor, scoring, scored)
         else:
-            per_image = fuse_folder(fuser, pairs, folder, progress=cfg.progress, skip_existing=True)["per_image"]
+            scorer = EvalScorer(scoring, workers=metric_workers(), strict=False) if scoring is not None else None
+            with scorer or contextlib.nullcontext():
+                per_image = fuse_and_score(fuser, pairs, folder, scorer, progress=cfg.progress)
+            if scorer is not None:
+                scored.update(scorer.done)
         seconds = list(per_image.values())  # images fused now (a resumed folder kept the others)
         measured = bool(seconds) and candidate.kind != "folder"  # reading another method's images is no fusing time
         return FuseOutput(dir=str(fused_dir), n_images=len(pairs),
@@ -94,12 +110,58 @@ def fuse_into_cache(cfg: PipelineConfig, candidate: Candidate, pairs, key: str, 
     stored, cached = store.folder(fused_dir, key, build, resumable=True)
     if cached:
         LOGGER.info("%s: fused images reused from %s", candidate.name, fused_dir)
-    return FuseOutput(**stored, key=key, cached=cached)
+    return FuseOutput(**stored, key=key, cached=cached, scored=None if cached or scoring is None else scored)
 
 
-def fuse_in_shards(cfg: PipelineConfig, candidate: Candidate, pairs, folder: Path,
-                   executor: RunExecutor) -> dict[str, float]:
-    """Fuse the ``pairs`` not yet in ``folder`` as executor tasks; returns seconds per image fused now. A task
+def fuse_and_score(fuser, pairs: Sequence, out_dir: str | Path, scorer: EvalScorer | None = None, *,
+                   progress: bool = True) -> dict[str, float]:
+    """Fuse the ``pairs`` not yet in ``out_dir`` as ``fusion.fuse.fuse_folder(..., skip_existing=True)`` does (its
+    refusals, its claim on the folder for the fuser, its images), and hand each image ``scorer`` wants to it while
+    the image and its decoded sources (``data.io.decoding_once``) are in memory: a sample is read once.
+
+    Returns seconds per image fused now: reading, fusing and writing it, as ``fuse_folder`` times them (scoring is
+    not counted). Raises what ``fuse_folder`` raises.
+    """
+    from tqdm.auto import tqdm
+
+    from data.store import FolderClaimedError, claim_folder
+    from fusion.fuse import FUSER_MARKER
+    from fusion.fusers import FuserInputError, fuse_pair, output_path, source_problems, sources_of
+
+    out_dir = Path(out_dir)
+    if out_dir.resolve() in {p.parent.resolve() for pair in pairs for p in sources_of(pair).values()}:
+        raise ValueError(f"output folder {out_dir} holds source images: fusing into it would overwrite them")
+    if not hasattr(fuser, "image_for"):  # a pre-fused folder takes any sample it has an image for
+        sets = dict.fromkeys(tuple(sources_of(pair)) for pair in pairs)
+        lines = [line for names in sets for line in source_problems(fuser, names)]
+        if lines:
+            raise FuserInputError(f"fuser {getattr(fuser, 'name', fuser)}: " + "; ".join(dict.fromkeys(lines)))
+    key = fuser.cache_key()
+    try:  # sweeps the half-written images of a killed run too
+        claim_folder(out_dir, key, record=FUSER_MARKER, other="refuse", start={"fuser": getattr(fuser, "name", None)})
+    except FolderClaimedError as err:
+        raise ValueError(f"{out_dir} holds images of another fuser ({err.held}); resume only the same fuser "
+                         f"({key}), or fuse into another folder") from None
+    todo = [pair for pair in pairs if not output_path(out_dir, pair.stem).is_file()]
+    if len(todo) < len(pairs):
+        LOGGER.info("kept %d existing outputs in %s", len(pairs) - len(todo), out_dir)
+    per_image: dict[str, float] = {}
+    for pair in tqdm(todo, desc=f"fuse {getattr(fuser, 'name', 'fuser')}", disable=not progress, unit="pair"):
+        wanted = scorer is not None and scorer.wants(pair.stem)
+        with decoding_once() if wanted else contextlib.nullcontext():
+            started = time.perf_counter()
+            image = fuse_pair(fuser, pair)
+            write_image(output_path(out_dir, pair.stem), image)
+            per_image[pair.stem] = time.perf_counter() - started
+            if wanted:
+                scorer.add(pair.stem, image)
+    return per_image
+
+
+def fuse_in_shards(cfg: PipelineConfig, candidate: Candidate, pairs, folder: Path, executor: RunExecutor,
+                   scoring: ScorePlan | None = None, scored: PartialScores | None = None) -> dict[str, float]:
+    """Fuse the ``pairs`` not yet in ``folder`` as executor tasks; returns seconds per image fused now, and adds
+    to ``scored`` what the tasks scored of ``scoring`` (each the images and whole runs of its shard). A task
     that fails fails the candidate (its finished shards stay in ``folder``, so the next run resumes them)."""
     from fusion.fusers import output_path
 
@@ -108,7 +170,9 @@ def fuse_in_shards(cfg: PipelineConfig, candidate: Candidate, pairs, folder: Pat
     jobs = [Job(fuse_shard, {"spec": candidate.spec.to_dict(), "device": cfg.device,
                              "out": str(folder / f"shard-{k:05d}"),
                              "pairs": [{"stem": p.stem, "sources": {m: str(f) for m, f in p.sources.items()},
-                                        "colour": p.colour} for p in shard]})
+                                        "colour": p.colour} for p in shard],
+                             "score": (scoring.only(p.stem for p in shard).to_dict() if scoring is not None
+                                       else None)})
             for k, shard in enumerate(shards)]
     per_image: dict[str, float] = {}
     errors = []
@@ -117,10 +181,13 @@ def fuse_in_shards(cfg: PipelineConfig, candidate: Candidate, pairs, folder: Pat
             errors.append(outcome.error)
             continue
         shard_dir = Path(jobs[outcome.index].arg["out"])
-        for stem in outcome.result:
+        seconds = outcome.result["seconds"]
+        for stem in seconds:
             target = output_path(folder, stem)
             os.replace(output_path(shard_dir, stem), target)
-        per_image.update(outcome.result)
+        per_image.update(seconds)
+        if scored is not None and outcome.result["scored"] is not None:
+            scored.update(PartialScores(**outcome.result["scored"]))
         clear_dir(shard_dir)
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(jobs)} fusing task(s) failed; first: "
@@ -128,15 +195,21 @@ def fuse_in_shards(cfg: PipelineConfig, candidate: Candidate, pairs, folder: Pat
     return per_image
 
 
-def fuse_shard(arg: dict[str, Any]) -> dict[str, float]:
+def fuse_shard(arg: dict[str, Any]) -> dict[str, Any]:
     """One fusing task (any process, any machine): build the spec's fuser and fuse the shard's pairs into its
-    folder. Returns seconds per image fused."""
+    folder, scoring its part of the score plan (``arg["score"]``, or None) on the way. Returns ``{"seconds":
+    {stem: seconds per image fused}, "scored": PartialScores as a dict, or None}``."""
+    from dataclasses import asdict
+
     from data.types import Pair
-    from fusion.fuse import fuse_folder
     from pipelines.candidates import CandidateSpec, build_source
     from pipelines.config import torch_device
 
     spec = CandidateSpec.from_dict(arg["spec"])
     fuser = build_source(spec, device=torch_device(arg["device"]))
     pairs = [Pair(p["stem"], p["sources"], colour=p["colour"]) for p in arg["pairs"]]
-    return fuse_folder(fuser, pairs, arg["out"], progress=False, skip_existing=True)["per_image"]
+    plan = ScorePlan.from_dict(arg["score"]) if arg.get("score") is not None else None
+    scorer = EvalScorer(plan, strict=False) if plan is not None else None
+    with scorer or contextlib.nullcontext():
+        seconds = fuse_and_score(fuser, pairs, arg["out"], scorer, progress=False)
+    return {"seconds": seconds, "scored": asdict(scorer.done) if scorer is not None else None}

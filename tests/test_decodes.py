@@ -1,0 +1,186 @@
+"""How often the fuse and score stages decode an image, counted through a reader that counts its calls: each
+source once on its way to the scores, no fused image again when it was just fused, and the numbers those of reading
+every file (fusion.metrics.evaluate_triples, fusion.temporal.evaluate_sequences), bit for bit."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import data.io
+import pipelines.stages.fuse as fuse_stage
+from data.io import clear_dir, decoding_once, gray_reference_of, read_gray_reference, read_ir, write_image
+from data.m3fd import load_m3fd
+from data.store import KeyedStore
+from data.synthetic import generate_synthetic_m3fd
+from pipelines.candidates import Candidate, CandidateSpec
+from pipelines.config import PipelineConfig
+from pipelines.executors import LocalExecutor
+from pipelines.stages.fuse import stage_fuse, used_ids
+from pipelines.stages.score import EvalScorer, score_fused, score_plan, stage_score
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory) -> Path:
+    """Twelve scenes of three consecutive frames (96x80, colour visible): runs of frames in every split."""
+    return generate_synthetic_m3fd(tmp_path_factory.mktemp("decodes") / "m3fd", num_scenes=12, frames_per_scene=3,
+                                   size=(96, 80))
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> Counter:
+    """Every decode of this process by file: data.io's reader counted, and checked to be the only decoder."""
+    counts: Counter = Counter()
+    raw = {"n": 0}
+    real_read, real_decode = data.io._imread, cv2.imdecode
+
+    def counted_read(path, flags):
+        before = raw["n"]
+        image = real_read(path, flags)
+        counts[Path(path)] += raw["n"] - before  # 0 when decoding_once kept the first decode
+        return image
+
+    def counted_decode(*args, **kwargs):
+        raw["n"] += 1
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(data.io, "_imread", counted_read)
+    monkeypatch.setattr(cv2, "imdecode", counted_decode)
+    counts.raw = raw  # type: ignore[attr-defined]
+    return counts
+
+
+def _reset(decodes: Counter) -> None:
+    decodes.clear()
+    decodes.raw["n"] = 0
+
+
+def _old_scores(dataset, fused_dir: Path, ids: list[str]) -> dict:
+    """The score stage as it was: every image read by evaluate_triples, then again by evaluate_sequences."""
+    from fusion.metrics import FileSet, evaluate_triples
+    from fusion.temporal import consecutive_runs, evaluate_sequences
+
+    per_image, mean = evaluate_triples([FileSet(i, fused_dir / f"{i}.png", dataset.sources(i)) for i in ids],
+                                       workers=2)
+    by_scene: dict = {}
+    for i in ids:
+        by_scene.setdefault(dataset.scene_of(i), []).append(i)
+    runs = [[(fused_dir / f"{i}.png", dataset.path(i, "ir"), dataset.path(i, "vis")) for i in run]
+            for scene in by_scene.values() for run in consecutive_runs(scene)]
+    scored = [run for run in runs if len(run) >= 2]
+    return {"metrics": mean, "per_image": per_image,
+            "temporal": {"mean": evaluate_sequences(runs), "n_runs": len(scored), "n_frames": sum(map(len, scored))}}
+
+
+def test_decoding_once_keeps_a_threads_decodes_for_the_block(tmp_path, decodes):
+    path = tmp_path / "a.png"
+    write_image(path, np.arange(64 * 48, dtype=np.uint8).reshape(48, 64) % 251)
+    with decoding_once():
+        first, again = read_ir(path), read_gray_reference(path)
+        with pytest.raises(ValueError, match="read-only"):
+            data.io._imread(path, cv2.IMREAD_COLOR)[0, 0] = 1  # a caller cannot change what the next one reads
+    assert decodes[path] == 1 and np.array_equal(first, again)
+    read_ir(path)
+    assert decodes[path] == 2  # outside the block every read decodes
+
+
+@pytest.mark.parametrize("image", [np.arange(256, dtype=np.uint8).reshape(16, 16).repeat(3, 0),
+                                   np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)],
+                         ids=["grey", "colour"])
+def test_an_image_in_memory_is_scored_as_its_file_reads_back(tmp_path, image):
+    write_image(tmp_path / "f.png", image)
+    assert np.array_equal(gray_reference_of(image), read_gray_reference(tmp_path / "f.png"))
+
+
+def test_fusing_reads_each_source_once_and_scoring_then_reads_nothing(tmp_path, runs_root, decodes):
+    cfg = PipelineConfig(out=tmp_path / "out", data=runs_root, preset="tiny", progress=False)
+    dataset, store = load_m3fd(runs_root), KeyedStore(tmp_path / "out" / "state")
+    candidate = Candidate(CandidateSpec(name="max", kind="baseline", fuser="max"))
+    ids, eval_ids = used_ids(cfg, dataset), sorted(dataset.splits[cfg.eval_split])
+    assert len(score_plan(cfg, dataset).runs) >= 2
+
+    _reset(decodes)  # loading the dataset checked every image
+    fused = stage_fuse(cfg, candidate, dataset, store)
+    sources = [p for i in ids for p in dataset.sources(i).values()]
+    assert decodes == Counter(dict.fromkeys(sources, 1)), "each source once per image, no fused image read back"
+    assert decodes.raw["n"] == len(sources)
+    assert set(fused.scored.per_image) == set(eval_ids)
+
+    _reset(decodes)
+    scores = stage_score(cfg, candidate, dataset, fused, store)
+    assert decodes.raw["n"] == 0, "the score stage decoded what the fuse stage had in memory"
+    assert vars(scores) == _old_scores(dataset, Path(fused.dir), eval_ids)  # ==: bit for bit
+
+    # The fused folder reused with its score record gone: each evaluation file read once, for both kinds of metric.
+    (tmp_path / "out" / "state" / "max" / "score.json").unlink()
+    reused = stage_fuse(cfg, candidate, dataset, store)
+    assert reused.cached and reused.scored is None
+    _reset(decodes)
+    again = stage_score(cfg, candidate, dataset, reused, store)
+    fused_files = [Path(fused.dir) / f"{i}.png" for i in eval_ids]
+    assert decodes == Counter(dict.fromkeys(fused_files + [p for i in eval_ids for p in dataset.sources(i).values()],
+                                            1))
+    assert decodes.raw["n"] == len(fused_files) * 3
+    assert vars(again) == vars(scores)
+
+
+def test_a_score_record_already_there_is_not_scored_while_fusing(tmp_path, synthetic_root):
+    cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", progress=False)
+    dataset, store = load_m3fd(synthetic_root), KeyedStore(tmp_path / "out" / "state")
+    candidate = Candidate(CandidateSpec(name="max", kind="baseline", fuser="max"))
+    first = stage_fuse(cfg, candidate, dataset, store)
+    stage_score(cfg, candidate, dataset, first, store)
+    clear_dir(Path(first.dir))  # the fused folder lost, its score record kept
+    assert stage_fuse(cfg, candidate, dataset, store).scored is None
+
+
+class _Cluster(LocalExecutor):
+    """A distributed executor (the fuse stage shards for it) that runs its tasks here, one after another."""
+
+    distributed = True
+
+    def __init__(self):
+        super().__init__(None)
+
+
+def test_shards_score_their_images_and_whole_runs_on_the_workers(tmp_path, runs_root, monkeypatch, decodes):
+    """Fused in shards of 4 (a task each): each shard scores its images and the runs wholly inside it; a run cut
+    by a shard boundary is read back by the score stage, and every number is the same as a local run's."""
+    monkeypatch.setattr(fuse_stage, "SHARD_IMAGES", 4)
+    cfg = PipelineConfig(out=tmp_path / "out", data=runs_root, preset="tiny", progress=False)
+    dataset = load_m3fd(runs_root)
+    candidate = Candidate(CandidateSpec(name="max", kind="baseline", fuser="max"))
+    _reset(decodes)
+    fused = stage_fuse(cfg, candidate, dataset, KeyedStore(tmp_path / "out" / "state"), _Cluster())
+    plan = score_plan(cfg, dataset)
+    assert set(fused.scored.per_image) == set(plan.ids)
+    cut = [run for run in plan.runs if run[0] not in fused.scored.runs]
+    assert cut and len(cut) < len(plan.runs)  # the layout this test is about
+    assert decodes.raw["n"] == sum(len(dataset.sources(i)) for i in used_ids(cfg, dataset))
+
+    _reset(decodes)
+    scores = stage_score(cfg, candidate, dataset, fused, KeyedStore(tmp_path / "out" / "state"))
+    assert decodes.raw["n"] == 3 * sum(map(len, cut))  # fused, ir and vis of each frame of a cut run
+    assert vars(scores) == _old_scores(dataset, Path(fused.dir), list(plan.ids))
+
+
+def test_what_cannot_be_scored_while_fusing_is_read_back(tmp_path, runs_root):
+    """Frames out of time order and an image that fails to score are left to the files, which give the same
+    numbers; reading the files, the same failures raise."""
+    cfg = PipelineConfig(out=tmp_path / "out", data=runs_root, preset="tiny", progress=False)
+    dataset = load_m3fd(runs_root)
+    candidate = Candidate(CandidateSpec(name="max", kind="baseline", fuser="max"))
+    fused = stage_fuse(cfg, candidate, dataset, KeyedStore(tmp_path / "out" / "state"))
+    plan, folder = score_plan(cfg, dataset), Path(fused.dir)
+    with EvalScorer(plan, workers=2, strict=False) as scorer:
+        scorer.add(plan.ids[-1], np.zeros((10, 10), np.uint8))  # not the size of its sources: fails to score
+        for stem in reversed(plan.ids[:-1]):
+            scorer.add(stem, folder / f"{stem}.png")
+    assert set(scorer.done.per_image) == set(plan.ids[:-1]) and scorer.done.runs == {}
+    assert vars(score_fused(plan, folder, scorer.done)) == _old_scores(dataset, folder, list(plan.ids))
+    with pytest.raises(ValueError, match="out of time order"), EvalScorer(plan) as strict:
+        for stem in reversed(plan.runs[0]):
+            strict.add(stem, folder / f"{stem}.png")
