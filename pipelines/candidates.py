@@ -16,7 +16,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .records import SeedRun
 
 # What a row is: an image fusion (baseline rule or single modality, checkpoint, released model, plug-in, folder,
 # DAE-Fuse trained here), or one of the two alternatives that need no fused image: early fusion (the detector
@@ -189,7 +192,7 @@ class CandidateRecord:
 
     fuse: Any = None                                 # stages.fuse.FuseOutput
     scores: Any = None                               # stages.score.Scores
-    detection_runs: dict[int, dict[str, Any]] = field(default_factory=dict)  # seed -> DetectionResult dict
+    detection_runs: dict[int, SeedRun] = field(default_factory=dict)  # seed -> its detector's (or late fusion's) record
     yolo: str | None = None                          # the exported detector dataset's folder
 
 

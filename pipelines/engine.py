@@ -41,6 +41,7 @@ from .config import OptionsError, PipelineConfig, PipelinePreset, check_options,
 from .datasets import dataset_root, prepare_out, resolve_dataset
 from .executors import ExecutorConfig, RunExecutor, default_executor
 from .progress import Progress
+from .records import CandidateResult
 from .stages.detect import (
     clear_tb_events,
     detection_settings,
@@ -287,7 +288,7 @@ def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: li
     scenarios = {s: {"n_images": len(ids), "n_boxes": sum(len(eval_annotations[i].boxes) for i in ids)}
                  for s, ids in scenario_ids.items()}
     results = assemble_results(cfg, preset, seeds, settings, data_info, candidates, scenarios, time.time() - started)
-    results["robustness"] = robustness
+    results["robustness"] = robustness.to_dict() if robustness is not None else {}
     results["sudden_change"] = stage_sudden_change(cfg, candidates, dataset)
     write_outputs(cfg, results, candidates, dataset, sorted(dataset.splits[cfg.eval_split]))
     return results
@@ -295,35 +296,36 @@ def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: li
 
 def assemble_results(cfg: PipelineConfig, preset: PipelinePreset, seeds: list[int], settings: dict, data_info: dict,
                      candidates: list[Candidate], scenarios: dict, wall: float) -> dict[str, Any]:
-    """The results.json document: config, versions, data and split, ranked candidates, Spearman, scenarios."""
+    """The results.json document: config, versions, data and split, ranked candidates, Spearman, scenarios.
+
+    The records are assembled and judged as ``pipelines.records`` dataclasses and serialised once, here."""
     records = []
     for cand in candidates:
         runs = [cand.record.detection_runs[s] for s in seeds if s in cand.record.detection_runs]
         fuse, scores = cand.record.fuse, cand.record.scores
-        records.append({
-            "name": cand.name, "kind": cand.kind, "baseline": cand.baseline, "single_modality": cand.spec.modality,
-            "fused_image": cand.spec.fuses_images,
-            "checkpoint": str(cand.checkpoint) if cand.checkpoint else None, "error": cand.error,
-            "origin": cand.spec.origin, "spec": cand.spec.to_dict(),
-            "fusion": scores.metrics if scores else None, "temporal": scores.temporal if scores else None,
-            "fuse_seconds_per_image": fuse.seconds_per_image if fuse else None,
-            "fused_dir": fuse.dir if fuse else None,
+        records.append(CandidateResult(
+            name=cand.name, kind=cand.kind, baseline=cand.baseline, single_modality=cand.spec.modality,
+            fused_image=cand.spec.fuses_images, checkpoint=str(cand.checkpoint) if cand.checkpoint else None,
+            error=cand.error, origin=cand.spec.origin, spec=cand.spec,
+            fusion=scores.metrics if scores else None, temporal=scores.temporal if scores else None,
+            fuse_seconds_per_image=fuse.seconds_per_image if fuse else None, fused_dir=fuse.dir if fuse else None,
             # A candidate with any failed seed is not ranked: a mean over fewer seeds than the others' is no match.
-            "detection": report.summarise_detection(runs) if runs and not cand.error else None,
-            "detection_runs": runs,
-        })
+            detection=report.summarise_detection(runs) if runs and not cand.error else None,
+            detection_runs=runs))
     best_single = report.add_gains(records, cfg.protocol)
     bootstrap = {}
     if cfg.bootstrap_resamples:
         from .significance import bootstrap_verdicts
 
         started = time.perf_counter()
-        bootstrap = bootstrap_verdicts(records, seeds, cfg.bootstrap_resamples, cfg.bootstrap_seed)
-        bootstrap["seconds"] = round(time.perf_counter() - started, 3)
+        judged = bootstrap_verdicts(records, seeds, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+        judged.seconds = round(time.perf_counter() - started, 3)
+        bootstrap = judged.to_dict()
     cfg_dict = cfg.to_dict()
     cfg_dict.update({"seeds": seeds, "detection": settings, "preset_values": asdict(preset)})
     return {"config": cfg_dict, "versions": package_versions(), "data": data_info,
-            "candidates": report.ranked(records, cfg.protocol), "best_single_map50": best_single,
+            "candidates": [r.to_dict() for r in report.ranked(records, cfg.protocol)],
+            "best_single_map50": best_single,
             "bootstrap": bootstrap,
             "spearman": report.spearman_table(records, cfg.protocol) if len(records) >= 3 else [],
             "scenarios": scenarios, "wall_time_s": wall, "command": " ".join(sys.argv)}

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from detection.export import YoloDataset
+from detection.train import DetectionResult
 from pipelines.engine import PipelineConfig, run_pipeline
+from pipelines.records import DetectorRun
 from pipelines.stages import detect as detect_stage
 
 SEEDS = [0, 1]
@@ -41,11 +43,19 @@ def stub_detect_job(job: dict) -> dict:
     from detection.coco_eval import coco_map
 
     score = coco_map(Path(job["coco_gt"]), paths["field"]).map50
-    return {"seed": job["seed"], "map50": score, "map50_95": score, "map50_deployed": score,
-            "map50_95_deployed": score, "ap50": {}, "ap50_deployed": {}, "predictions_path": str(paths["field"]),
-            "deployed_predictions_path": str(paths["deployed"]), "coco_gt": job["coco_gt"],
-            "eval_split": job["eval_split"], "n_images": 0, "n_boxes": {}, "run_dir": str(run_dir),
-            "key": job["key"], "scenarios": {}, "dataset": job["dataset"]}
+    result = DetectionResult(
+        map50=score, map50_95=score, precision=score, recall=score, ap50={}, absent_classes=[], coco_map50=score,
+        coco_map50_95=score, run_dir=str(run_dir), predictions_path=str(paths["field"]), wall_time_s=0.0, epochs=1,
+        epochs_completed=1, imgsz=64, batch=4, seed=job["seed"], model="yolov8n.yaml", weights=None,
+        eval_split=job["eval_split"], n_images=0, n_boxes={}, key=job["key"], map50_deployed=score,
+        map50_95_deployed=score, ap50_deployed={}, deployed_predictions_path=str(paths["deployed"]))
+    return DetectorRun.of(result, coco_gt=job["coco_gt"], scenarios={}).to_dict()
+
+
+def stack_export(out: Path) -> YoloDataset:
+    """The early-fusion export the stack row's detectors trained on (one per run: the modalities' stack)."""
+    (folder,) = (out / "cache" / "yolo").glob("stack-*")
+    return YoloDataset.load(folder)
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +83,10 @@ def test_late_fusion_merges_the_single_modality_detectors_boxes(stubbed_run):
 
 
 def test_early_fusion_trains_on_the_modalities_as_channels(stubbed_run):
-    _, results = stubbed_run
+    cfg, results = stubbed_run
     stack = next(r for r in results["candidates"] if r["name"] == "stack")
     assert stack["error"] is None and stack["fusion"] is None and stack["fused_dir"] is None
-    exported = YoloDataset.load(Path(stack["detection_runs"][0]["dataset"]))
+    exported = stack_export(cfg.out)
     assert exported.channels == ("ir", "vis.B", "vis.G", "vis.R")
 
 
@@ -129,7 +139,7 @@ def test_a_three_band_folder_dataset_flows_through_rules_metrics_and_both_detect
 
     assert rows["max"]["fusion"]["MI"] > 0 and rows["mean"]["fusion"]["VIF"] > 0
     assert rows["release2"]["fusion"] is not None  # the two-band release reads its own two bands of the three
-    stack = YoloDataset.load(Path(rows["stack"]["detection_runs"][0]["dataset"]))
+    stack = stack_export(cfg.out)
     assert stack.channels == ("ir", "vis.B", "vis.G", "vis.R", "nir")
     assert sorted(rows["late"]["detection_runs"][0]["merged"]) == ["ir", "nir", "vis"]
 

@@ -8,33 +8,43 @@ import pytest
 
 from data.types import CLASS_NAMES
 from pipelines import report
+from pipelines.records import CandidateResult, DetectorRun
+
+# What a detector seed's record holds beside the numbers these tests vary.
+_RUN = {"absent_classes": [], "run_dir": "runs/x", "predictions_path": "", "wall_time_s": 0.0, "epochs": 2,
+        "epochs_completed": 2, "imgsz": 64, "batch": 4, "model": "yolov8n.yaml", "weights": None,
+        "eval_split": "test", "n_images": 3, "n_boxes": {}, "coco_gt": "gt.json"}
 
 
 def _run(seed, map50, ap_people=0.5, scen=None):
-    return {"seed": seed, "map50": map50, "map50_95": map50 / 2, "precision": 0.6, "recall": 0.5,
-            "coco_map50": map50 + 0.001, "coco_map50_95": map50 / 2,
-            "ap50": {**{c: None for c in CLASS_NAMES}, "People": ap_people, "Car": 0.9},
-            "scenarios": scen or {"night": {"map50": map50 - 0.1, "n_images": 3, "n_boxes": 7}}}
+    return DetectorRun.from_dict({
+        **_RUN, "seed": seed, "map50": map50, "map50_95": map50 / 2, "precision": 0.6, "recall": 0.5,
+        "coco_map50": map50 + 0.001, "coco_map50_95": map50 / 2,
+        "ap50": {**{c: None for c in CLASS_NAMES}, "People": ap_people, "Car": 0.9},
+        "scenarios": scen or {"night": {"map50": map50 - 0.1, "n_images": 3, "n_boxes": 7}}})
 
 
 def _record(name, maps, baseline=None, fusion_value=1.0, error=None):
     runs = [_run(s, m) for s, m in enumerate(maps)]
-    return {"name": name, "kind": "baseline" if baseline else "checkpoint", "baseline": baseline, "error": error,
-            "fusion": None if error else {m: fusion_value * (i + 1) for i, m in enumerate(report.FUSION_METRICS)},
-            "fuse_seconds_per_image": 0.01, "detection": report.summarise_detection(runs) if runs else None}
+    return CandidateResult(
+        name=name, kind="baseline" if baseline else "checkpoint", baseline=baseline,
+        single_modality=baseline if baseline in ("ir", "vis") else None, error=error,
+        fusion=None if error else {m: fusion_value * (i + 1) for i, m in enumerate(report.FUSION_METRICS)},
+        fuse_seconds_per_image=0.01, detection=report.summarise_detection(runs) if runs else None)
 
 
 def test_mean_std_over_seeds_skips_missing():
-    assert report.mean_std([0.5, 0.7, None]) == pytest.approx({"mean": 0.6, "std": 0.1, "n": 2})
+    assert report.mean_std([0.5, 0.7, None]).to_dict() == pytest.approx({"mean": 0.6, "std": 0.1, "n": 2})
     assert report.mean_std([None]) is None
 
 
 def test_summary_keeps_absent_classes_absent():
     s = report.summarise_detection([_run(0, 0.5), _run(1, 0.7)])
-    assert s["ap50"]["Bus"] is None
-    assert s["ap50"]["People"]["mean"] == pytest.approx(0.5)
-    assert s["scenarios"]["night"]["map50"]["mean"] == pytest.approx(0.5)
-    assert s["seeds"] == [0, 1]
+    assert s.ap50["Bus"] is None
+    assert s.ap50["People"].mean == pytest.approx(0.5)
+    assert s.scenarios["night"].map50.mean == pytest.approx(0.5)
+    assert s.scenarios["night"].map50_deployed is None  # a scenario record written without it
+    assert s.seeds == [0, 1]
 
 
 def test_gain_is_against_the_better_single_modality_and_ranking():
@@ -43,10 +53,10 @@ def test_gain_is_against_the_better_single_modality_and_ranking():
                _record("broken", [], None, error="checkpoint rejected: bad file")]
     best = report.add_gains(records)
     assert best == pytest.approx(0.71)
-    gains = {r["name"]: r["gain_map50"] for r in records}
+    gains = {r.name: r.gain_map50 for r in records}
     assert gains["dae"] == pytest.approx(0.09) and gains["mean"] == pytest.approx(-0.10)
     assert gains["broken"] is None
-    assert [r["name"] for r in report.ranked(records)] == ["dae", "ir", "mean", "vis", "broken"]
+    assert [r.name for r in report.ranked(records)] == ["dae", "ir", "mean", "vis", "broken"]
     rows = report.table_rows(records)
     assert rows[0]["candidate"] == "dae" and rows[-1]["status"] == "FAILED (see below)"
     assert rows[1]["mAP@50"] == "0.710 ± 0.010"  # two seeds -> mean ± std
@@ -60,7 +70,7 @@ def test_spearman_sign_and_constant_column():
     table = {row["metric"]: row for row in report.spearman_table(records)}
     assert table["EN"]["rho"] == pytest.approx(1.0) and table["EN"]["n"] == 3
     for r in records:
-        r["fusion"]["SSIM"] = 1.0
+        r.fusion["SSIM"] = 1.0
     assert report.spearman_table(records)[report.FUSION_METRICS.index("SSIM")]["metric"] == "SSIM"
     assert {row["metric"]: row for row in report.spearman_table(records)}["SSIM"]["rho"] is None
     assert report.spearman_table(records[:2]) == []
@@ -104,9 +114,10 @@ def test_verdict_names_winners_noise_and_inconclusive_tables():
 
 
 def test_a_gain_that_prints_as_zero_is_no_gain_and_never_negative_zero():
-    def row(name, baseline, value):
-        return {"name": name, "baseline": baseline, "error": None, "fusion": None, "fuse_seconds_per_image": None,
-                "detection": {"map50": {"mean": value, "std": 0.0, "n": 1}}}
+    def row(name, baseline, value):  # as results.json held it before single_modality: ir/vis are the singles
+        return CandidateResult.from_dict({
+            "name": name, "kind": "baseline", "baseline": baseline, "error": None, "fusion": None,
+            "fuse_seconds_per_image": None, "detection": {"map50": {"mean": value, "std": 0.0, "n": 1}}})
 
     records = [row("ir", "ir", 0.5), row("vis", "vis", 0.2), row("mean", "mean", 0.4996), row("max", "max", 0.5004)]
     best = report.add_gains(records)

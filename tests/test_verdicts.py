@@ -8,6 +8,7 @@ import pytest
 from detection.bootstrap import PairedBootstrap, image_matches, map50, resample_weights
 from detection.coco_eval import coco_map
 from pipelines import report
+from pipelines.records import CandidateResult, ProtocolIntervals
 
 
 def synthetic_coco(n_images=40, n_classes=3, seed=0, clutter=15, tie_scores=False, recall=0.8):
@@ -118,9 +119,11 @@ def test_deployed_protocol_keeps_one_class_per_box(tmp_path):
 
 
 def _record(name, value, deployed, baseline=None):
-    return {"name": name, "baseline": baseline, "error": None, "fusion": None, "fuse_seconds_per_image": None,
-            "detection": {"map50": {"mean": value, "std": 0.0, "n": 1},
-                          "map50_deployed": {"mean": deployed, "std": 0.0, "n": 1}}}
+    return CandidateResult.from_dict({
+        "name": name, "kind": "baseline" if baseline else "checkpoint", "baseline": baseline, "error": None,
+        "fusion": None, "fuse_seconds_per_image": None,
+        "detection": {"map50": {"mean": value, "std": 0.0, "n": 1},
+                      "map50_deployed": {"mean": deployed, "std": 0.0, "n": 1}}})
 
 
 def test_the_verdict_reads_from_the_intervals_and_the_protocols_are_compared():
@@ -133,23 +136,23 @@ def test_the_verdict_reads_from_the_intervals_and_the_protocols_are_compared():
         "max": {"point": -0.06, "low": -0.10, "high": 0.01, "n_seeds": 3},
         "dae": {"point": 0.07, "low": 0.02, "high": 0.11, "n_seeds": 3}},
         "top_two": {"first": "dae", "second": "ir", "point": 0.07, "low": 0.02, "high": 0.11, "n_seeds": 3}}
-    text = report.verdict(records, best, "deployed", intervals)
+    text = report.verdict(records, best, "deployed", ProtocolIntervals.from_dict(intervals))
     assert "Beat `ir` (95% interval over 3 detector seeds and the images above 0): `dae` +0.070 [+0.020, +0.110]" \
         in text
     assert "Not distinguishable from `ir` (interval includes 0): `max` -0.060 [-0.100, +0.010]" in text
     assert "vis" not in text.split("Better single")[1].split("(deployed protocol)")[1]  # single rows are references
-    rows = report.table_rows(records, protocol="deployed", intervals=intervals)
+    rows = report.table_rows(records, protocol="deployed", intervals=ProtocolIntervals.from_dict(intervals))
     assert [r["candidate"] for r in rows] == ["dae", "ir", "max", "vis"]
     assert rows[0]["gain vs best single"] == "+0.070 [+0.020, +0.110]" and rows[0]["mAP@50 field"] == "0.580"
     assert "The protocols disagree" in report.ranking_disagreement(records, "deployed")  # field: max first
     no_win = {**intervals, "gains": {**intervals["gains"], "dae": {"point": 0.07, "low": -0.01, "high": 0.11,
                                                                     "n_seeds": 3}}}
-    assert "none earns its keep" in report.verdict(records, best, "deployed", no_win)
+    assert "none earns its keep" in report.verdict(records, best, "deployed", ProtocolIntervals.from_dict(no_win))
     # one detector seed (or intervals written before seeds counted): provisional, nothing called a win or a loss
     one_seed = {**intervals, "gains": {n: {**iv, "n_seeds": 1} for n, iv in intervals["gains"].items()}}
     for provisional in (one_seed, {**intervals, "gains": {n: {k: v for k, v in iv.items() if k != "n_seeds"}
                                                           for n, iv in intervals["gains"].items()}}):
-        text = report.verdict(records, best, "deployed", provisional)
+        text = report.verdict(records, best, "deployed", ProtocolIntervals.from_dict(provisional))
         assert "Provisional: one detector seed; run `--seeds 0 1 2` to include training noise" in text
         assert "Ahead of `ir` on these images: `dae` +0.070 [+0.020, +0.110]" in text
         assert "Beat" not in text and "Worse" not in text and "earns its keep" not in text
@@ -157,7 +160,7 @@ def test_the_verdict_reads_from_the_intervals_and_the_protocols_are_compared():
     # pycocotools': the gain shown with it is the interval's own point, as in the verdict
     report.add_gains(records, "field")
     field = {"reference": "ir", "gains": {"dae": {"point": 0.104, "low": 0.03, "high": 0.17}}}
-    rows = report.table_rows(records, protocol="field", intervals=field)
+    rows = report.table_rows(records, protocol="field", intervals=ProtocolIntervals.from_dict(field))
     shown = {r["candidate"]: r["gain vs best single"] for r in rows}
     assert shown["dae"] == "+0.104 [+0.030, +0.170]" and shown["vis"] == "-0.080"
 

@@ -14,6 +14,7 @@ from data.store import KeyedStore
 
 from ..executors import Job, RunExecutor
 from ..progress import Progress
+from ..records import DetectorRun, ScenarioScore
 
 if TYPE_CHECKING:
     from pipelines.candidates import Candidate
@@ -101,7 +102,7 @@ def queue_detector_jobs(cfg: PipelineConfig, candidate: Candidate, yolo, input_k
                         settings: dict[str, Any], seeds: list[int], scenarios: dict[str, list[str]],
                         store: KeyedStore) -> list[dict[str, Any]]:
     """The jobs of the candidate's seeds not yet finished on its exported dataset ``yolo`` (``input_key``: what
-    its images were made from); finished ones go straight into ``candidate.record.detection_runs``."""
+    its images were made from); finished ones are read back into ``candidate.record.detection_runs``."""
     roles, eval_role = detector_splits(cfg, dataset)
     annotations = dataset.annotations(cfg.eval_split)
     scenario_boxes = {s: sum(len(annotations[i].boxes) for i in ids) for s, ids in scenarios.items()}
@@ -115,8 +116,9 @@ def queue_detector_jobs(cfg: PipelineConfig, candidate: Candidate, yolo, input_k
                           DETECT_SCORING)
         stored = store.get(candidate.name, f"detect_seed{seed}", key)
         if stored:
-            LOGGER.info("%s: detector seed %d reused (%s)", candidate.name, seed, stored.get("run_dir"))
-            candidate.record.detection_runs[seed] = stored
+            run = DetectorRun.from_dict(stored)
+            LOGGER.info("%s: detector seed %d reused (%s)", candidate.name, seed, run.run_dir)
+            candidate.record.detection_runs[seed] = run
             continue
         jobs.append({"candidate": candidate.name, "seed": seed, "recipe": settings, "dataset": str(yolo.root),
                      "coco_gt": str(yolo.coco_gt_path), "device": cfg.device, "eval_split": eval_role,
@@ -126,7 +128,7 @@ def queue_detector_jobs(cfg: PipelineConfig, candidate: Candidate, yolo, input_k
 
 
 def scenario_scores(coco_gt: Path, field_predictions: Path, deployed_predictions: Path,
-                    scenarios: dict[str, list[str]], boxes: dict[str, int]) -> dict[str, dict[str, Any]]:
+                    scenarios: dict[str, list[str]], boxes: dict[str, int]) -> dict[str, ScenarioScore]:
     """mAP@50 per scenario under both protocols from saved predictions (a missing file: no detections, which is
     what Ultralytics leaves for a detector that predicted nothing)."""
     from detection.coco_eval import coco_map
@@ -138,13 +140,13 @@ def scenario_scores(coco_gt: Path, field_predictions: Path, deployed_predictions
         field = coco_map(coco_gt, field_predictions if field_predictions.is_file() else [], image_ids=image_ids)
         one_class = coco_map(coco_gt, deployed_predictions if deployed_predictions.is_file() else [],
                              image_ids=image_ids)
-        out[scenario] = {"map50": field.map50, "map50_deployed": one_class.map50, "n_images": len(ids),
-                         "n_boxes": boxes[scenario]}
+        out[scenario] = ScenarioScore(field.map50, one_class.map50, n_images=len(ids), n_boxes=boxes[scenario])
     return out
 
 
 def detect_job(job: dict[str, Any]) -> dict[str, Any]:
-    """One detector run on an exported dataset, plus mAP@50 per scenario from its saved predictions."""
+    """One detector run on an exported dataset, plus mAP@50 per scenario from its saved predictions: a
+    :class:`DetectorRun`, returned as its JSON (plain data back across the executor's boundary)."""
     from torch.utils.tensorboard import SummaryWriter
 
     from detection.export import YoloDataset
@@ -161,12 +163,9 @@ def detect_job(job: dict[str, Any]) -> dict[str, Any]:
             force=job.get("force", False))
     finally:
         writer.close()
-    out = result.to_dict()
-    out["coco_gt"] = job["coco_gt"]  # the bootstrap re-matches the saved predictions against it
-    out["scenarios"] = scenario_scores(Path(job["coco_gt"]), Path(result.predictions_path),
-                                       Path(result.deployed_predictions_path), job["scenario_ids"],
-                                       job["scenario_boxes"])
-    return out
+    scenarios = scenario_scores(Path(job["coco_gt"]), Path(result.predictions_path),
+                                Path(result.deployed_predictions_path), job["scenario_ids"], job["scenario_boxes"])
+    return DetectorRun.of(result, coco_gt=job["coco_gt"], scenarios=scenarios).to_dict()
 
 
 def run_detector_jobs(pending: list[tuple[Candidate, dict[str, Any]]], executor: RunExecutor,
@@ -186,6 +185,7 @@ def run_detector_jobs(pending: list[tuple[Candidate, dict[str, Any]]], executor:
             cand.error = f"detector (seed {job['seed']}): {type(err).__name__}: {err}"
             progress.stage(progress.done, cand.name, f"seed {job['seed']} failed")
             continue
-        store.put(cand.name, f"detect_seed{job['seed']}", job["key"], outcome.result)
-        cand.record.detection_runs[job["seed"]] = outcome.result
+        run = DetectorRun.from_dict(outcome.result)
+        store.put(cand.name, f"detect_seed{job['seed']}", job["key"], run.to_dict())
+        cand.record.detection_runs[job["seed"]] = run
         progress.stage(progress.done, cand.name, f"seed {job['seed']} done")

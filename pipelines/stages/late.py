@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from data.provenance import content_key
 from data.store import KeyedStore
 
+from ..records import DetectorRun, LateRun, ProtocolScore
 from .detect import scenario_scores
 
 if TYPE_CHECKING:
@@ -41,21 +42,22 @@ def stage_late(cfg: PipelineConfig, candidate: Candidate, singles: list[Candidat
     candidate.record.detection_runs = {}
     for seed in seeds:
         runs = {c.spec.modality: c.record.detection_runs[seed] for c in singles}
-        key = content_key("late", method, {m: r.get("key") for m, r in runs.items()}, scenarios)
+        key = content_key("late", method, {m: r.key for m, r in runs.items()}, scenarios)
 
-        def merge(runs: dict[str, dict[str, Any]] = runs, seed: int = seed) -> dict[str, Any]:
+        def merge(runs: dict[str, DetectorRun] = runs, seed: int = seed) -> dict[str, Any]:
             out_dir = cfg.out / "runs" / candidate.name / f"seed{seed}"
             scores = score_late_fusion(runs, yolo, out_dir, method=method)
-            field, deployed = scores["field"], scores["deployed"]
+            field, deployed = ProtocolScore.from_dict(scores["field"]), ProtocolScore.from_dict(scores["deployed"])
             first = next(iter(runs.values()))
-            return {"seed": seed, "map50": field["map50"], "map50_95": field["map50_95"], "ap50": field["ap50"],
-                    "map50_deployed": deployed["map50"], "map50_95_deployed": deployed["map50_95"],
-                    "ap50_deployed": deployed["ap50"], "predictions_path": field["predictions_path"],
-                    "deployed_predictions_path": deployed["predictions_path"], "coco_gt": first["coco_gt"],
-                    "eval_split": first["eval_split"], "n_images": first.get("n_images"),
-                    "n_boxes": first.get("n_boxes"), "run_dir": str(out_dir), "key": key,
-                    "merged": {m: r.get("run_dir") for m, r in runs.items()}, "method": method,
-                    "scenarios": scenario_scores(Path(first["coco_gt"]), Path(field["predictions_path"]),
-                                                 Path(deployed["predictions_path"]), scenarios, boxes)}
+            return LateRun(
+                seed=seed, map50=field.map50, map50_95=field.map50_95, ap50=field.ap50,
+                map50_deployed=deployed.map50, map50_95_deployed=deployed.map50_95,
+                ap50_deployed=deployed.ap50, predictions_path=field.predictions_path,
+                deployed_predictions_path=deployed.predictions_path, coco_gt=first.coco_gt,
+                eval_split=first.eval_split, n_images=first.n_images, n_boxes=first.n_boxes, run_dir=str(out_dir),
+                key=key, merged={m: r.run_dir for m, r in runs.items()}, method=method,
+                scenarios=scenario_scores(Path(first.coco_gt), Path(field.predictions_path),
+                                          Path(deployed.predictions_path), scenarios, boxes)).to_dict()
 
-        candidate.record.detection_runs[seed] = store.cached(candidate.name, f"late_seed{seed}", key, merge)
+        stored = store.cached(candidate.name, f"late_seed{seed}", key, merge)
+        candidate.record.detection_runs[seed] = LateRun.from_dict(stored)

@@ -1,6 +1,7 @@
 """Stage ``outputs``: results.json/csv/md, the plots, the side-by-side grid of fused scenes and TensorBoard.
 
-Every file is written atomically; the tables and plots themselves are ``pipelines.report``'s.
+Every file is written atomically; the tables and plots themselves are ``pipelines.report``'s. results.json is the
+document as it is; everything else reads its sections back through their records (``pipelines.records``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 from data.io import atomic_write_json, atomic_write_text, read_image, read_ir, read_visible
 
 from .. import report
+from ..records import Bootstrap, CandidateResult, DetectionSummary, MeanStd, Robustness
 
 if TYPE_CHECKING:
     from pipelines.candidates import Candidate
@@ -24,28 +26,30 @@ GRID_SCENES = 4  # scenes shown in the side-by-side grid of fused images
 
 
 def write_outputs(cfg: PipelineConfig, results: dict, candidates: list[Candidate], dataset, eval_ids) -> None:
-    records = results["candidates"]
+    records = [CandidateResult.from_dict(r) for r in results["candidates"]]
+    bootstrap = Bootstrap.from_dict(results["bootstrap"]) if results["bootstrap"] else None
+    robust = Robustness.from_dict(results["robustness"]) if results["robustness"] else None
     # matplotlib's font cache goes into the run, not the user's home (Ultralytics' setup does the same when it ran).
     os.environ.setdefault("MPLCONFIGDIR", str(cfg.out / ".matplotlib"))
     atomic_write_json(cfg.out / "results.json", results)
-    report.write_csv(cfg.out / "results.csv", records, cfg.protocol, results.get("bootstrap"))
+    report.write_csv(cfg.out / "results.csv", records, cfg.protocol, bootstrap)
     atomic_write_text(cfg.out / "results.md", report.render_markdown(results))
     report.plot_metric_vs_map(cfg.out / "plots" / "map50_vs_fusion_metrics.png", records, cfg.protocol)
-    report.plot_gains(cfg.out / "plots" / "gains.png", results.get("bootstrap"))
-    if (results.get("robustness") or {}).get("cells"):
-        clean = {r["name"]: (r.get("detection") or {}).get("map50_deployed", {}).get("mean") for r in records
-                 if (r.get("detection") or {}).get("map50_deployed")}
-        report.plot_robustness(cfg.out / "plots" / "robustness.png", results["robustness"], clean)
+    report.plot_gains(cfg.out / "plots" / "gains.png", bootstrap)
+    if robust is not None and robust.cells:
+        clean = {r.name: r.detection.map50_deployed.mean for r in records
+                 if r.detection is not None and r.detection.map50_deployed is not None}
+        report.plot_robustness(cfg.out / "plots" / "robustness.png", robust, clean)
     scenes = pick_grid_scenes(dataset, eval_ids)
     grid = {}
     for r in records:
-        if r.get("fused_dir"):
-            grid[r["name"]] = [read_image(Path(r["fused_dir"]) / f"{i}.png") for i in scenes]
+        if r.fused_dir:
+            grid[r.name] = [read_image(Path(r.fused_dir) / f"{i}.png") for i in scenes]
     if grid:
         sources = {f"{m} (source)": [read_visible_bgr(dataset.path(i, m)) if m == dataset.colour
                                      else read_ir(dataset.path(i, m)) for i in scenes] for m in dataset.modalities}
         report.write_scene_grid(cfg.out / "plots" / "fused_scenes.png", {**sources, **grid})
-    write_tensorboard(cfg.out / "tb", results, grid, scenes)
+    write_tensorboard(cfg.out / "tb", records, grid, scenes)
 
 
 def pick_grid_scenes(dataset, eval_ids: list[str]) -> list[str]:
@@ -65,28 +69,32 @@ def read_visible_bgr(path: Path) -> np.ndarray:
     return bgr if bgr is not None else y.astype(np.uint8)
 
 
-def write_tensorboard(tb_root: Path, results: dict, grid: dict[str, list[np.ndarray]], scenes: list[str]) -> None:
+def _mean(stat: MeanStd | None) -> float:
+    """A summary's mean for TensorBoard's hparams view (NaN where there is none)."""
+    return math.nan if stat is None else stat.mean
+
+
+def write_tensorboard(tb_root: Path, records: list[CandidateResult], grid: dict[str, list[np.ndarray]],
+                      scenes: list[str]) -> None:
     """Per candidate, a TensorBoard run ``<name>/summary`` with fused sample images and the hparams view (the
     detector curves are in ``<name>``, written by the runs). It is rewritten, not appended to, on every run, so a
     rerun does not show each candidate twice."""
     from torch.utils.tensorboard import SummaryWriter
 
-    for r in results["candidates"]:
-        summary_dir = tb_root / r["name"] / "summary"
+    for r in records:
+        summary_dir = tb_root / r.name / "summary"
         shutil.rmtree(summary_dir, ignore_errors=True)
         writer = SummaryWriter(str(summary_dir))
         try:
-            for scene, image in zip(scenes, grid.get(r["name"], [])):
+            for scene, image in zip(scenes, grid.get(r.name, [])):
                 rgb = image[..., ::-1] if image.ndim == 3 else image
                 writer.add_image(f"fused/{scene}", np.ascontiguousarray(rgb),
                                  dataformats="HWC" if image.ndim == 3 else "HW")
-            det = r.get("detection") or {}
-            metrics = {"hparam/mAP50": (det.get("map50") or {}).get("mean", math.nan),
-                       "hparam/mAP50_deployed": (det.get("map50_deployed") or {}).get("mean", math.nan),
-                       "hparam/mAP50-95": (det.get("map50_95") or {}).get("mean", math.nan),
-                       "hparam/gain_vs_best_single": r["gain_map50"] if r.get("gain_map50") is not None else math.nan}
-            metrics.update({f"hparam/{m}": v for m, v in (r.get("fusion") or {}).items()})
-            writer.add_hparams({"candidate": r["name"], "kind": r["kind"], "failed": bool(r.get("error"))},
-                               metrics, run_name=".")
+            det = r.detection or DetectionSummary()
+            metrics = {"hparam/mAP50": _mean(det.map50), "hparam/mAP50_deployed": _mean(det.map50_deployed),
+                       "hparam/mAP50-95": _mean(det.map50_95),
+                       "hparam/gain_vs_best_single": r.gain_map50 if r.gain_map50 is not None else math.nan}
+            metrics.update({f"hparam/{m}": v for m, v in (r.fusion or {}).items()})
+            writer.add_hparams({"candidate": r.name, "kind": r.kind, "failed": bool(r.error)}, metrics, run_name=".")
         finally:
             writer.close()

@@ -21,6 +21,7 @@ from data.store import KeyedStore
 from data.types import Pair
 
 from ..executors import Job
+from ..records import CellScore, CorruptedRun, ProtocolScore, Robustness, RobustIntervals, RobustnessCell
 
 if TYPE_CHECKING:
     from pipelines.candidates import Candidate
@@ -55,7 +56,7 @@ def corrupted_pairs(cache_root: Path, dataset, ids: list[str], corruption: str, 
 
 
 def robustness_intervals(clean: dict[str, list[Any]], corrupted: dict[str, list[Any]], image_ids: list[Any],
-                         n_resamples: int, seed: int, singles: tuple[str, ...] = ("ir", "vis")) -> dict[str, Any]:
+                         n_resamples: int, seed: int, singles: tuple[str, ...] = ("ir", "vis")) -> RobustIntervals:
     """Intervals for one corruption and severity: per candidate its deployed mAP@50, its drop from clean and its
     gain over the better single modality under the corruption (``clean``/``corrupted``: name -> matches per seed)."""
     from detection.bootstrap import PairedBootstrap
@@ -65,18 +66,17 @@ def robustness_intervals(clean: dict[str, list[Any]], corrupted: dict[str, list[
         boot.add(name, matches)
         if name in clean:
             boot.add(f"clean/{name}", clean[name])
-    out: dict[str, Any] = {"map50": {n: boot.interval(n).to_dict() for n in corrupted},
-                           "drop": {n: boot.gain(n, f"clean/{n}").to_dict() for n in corrupted if n in clean}}
+    map50 = {n: boot.interval(n) for n in corrupted}
+    drop = {n: boot.gain(n, f"clean/{n}") for n in corrupted if n in clean}
     singles = [n for n in corrupted if n in singles]
-    if singles:
-        reference = max(singles, key=lambda n: boot.points[n])
-        out["reference"] = reference
-        out["gains"] = {n: boot.gain(n, reference).to_dict() for n in corrupted if n != reference}
-    return out
+    if not singles:
+        return RobustIntervals(map50, drop)
+    reference = max(singles, key=lambda n: boot.points[n])
+    return RobustIntervals(map50, drop, reference, {n: boot.gain(n, reference) for n in corrupted if n != reference})
 
 
 def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, settings: dict, seeds: list[int],
-                     store: KeyedStore, executor: RunExecutor) -> dict[str, Any]:
+                     store: KeyedStore, executor: RunExecutor) -> Robustness | None:
     """Every candidate's kept detectors scored on corrupted evaluation inputs, one cell per corruption and
     severity, with intervals from one paired bootstrap per cell.
 
@@ -84,7 +84,7 @@ def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, 
     then every (cell, candidate, seed) scoring not yet stored is one job on the run's executor, all at once.
     """
     if not cfg.corruptions:
-        return {}
+        return None
     from detection.bootstrap import image_matches
     from detection.export import export_yolo_dataset
 
@@ -100,11 +100,11 @@ def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, 
     skipped.update({c.name: "early and late fusion are not yet scored on corrupted inputs"
                     for c in candidates if not c.spec.fuses_images})
     singles = tuple(c.name for c in candidates if c.spec.modality is not None)
-    out: dict[str, Any] = {"corruptions": list(cfg.corruptions), "severities": list(cfg.severities),
-                           "seed": cfg.corruption_seed, "cells": {}, "skipped": skipped, "singles": list(singles)}
+    out = Robustness(corruptions=list(cfg.corruptions), severities=list(cfg.severities), seed=cfg.corruption_seed,
+                     skipped=skipped, singles=list(singles))
     cells = [(corruption, severity) for corruption in cfg.corruptions for severity in cfg.severities]
     progress = Progress("robustness", len(cells))
-    scored: dict[tuple[str, int], dict[str, dict[int, dict[str, Any]]]] = {cell: {} for cell in cells}
+    scored: dict[tuple[str, int], dict[str, dict[int, CorruptedRun]]] = {cell: {} for cell in cells}
     jobs: list[tuple[tuple[str, int], Candidate, int, str, dict[str, Any]]] = []
     for corruption, severity in cells:
         cell_name = f"{corruption}/{severity}"
@@ -121,14 +121,14 @@ def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, 
                                            class_names=dataset.class_names, force=cfg.force)
             except Exception as err:  # noqa: BLE001 - one candidate's failure leaves the others' cells
                 LOGGER.exception("robustness %s %s failed", cell_name, cand.name)
-                out.setdefault("errors", {})[f"{cell_name}/{cand.name}"] = f"{type(err).__name__}: {err}"
+                out.errors[f"{cell_name}/{cand.name}"] = f"{type(err).__name__}: {err}"
                 continue
             scored[(corruption, severity)][cand.name] = {}
             for seed in seeds:
                 stage, key, job = scoring_job(cfg, cand, yolo, fused, settings, seed, corruption, severity)
                 stored = store.get(cand.name, stage, key)
                 if stored is not None:
-                    scored[(corruption, severity)][cand.name][seed] = stored
+                    scored[(corruption, severity)][cand.name][seed] = CorruptedRun.from_dict(stored)
                 else:
                     jobs.append(((corruption, severity), cand, seed, stage, job))
         progress.finished()
@@ -138,31 +138,33 @@ def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, 
         cell, cand, seed, stage, job = jobs[outcome.index]
         if outcome.error is not None:
             err = outcome.error
-            out.setdefault("errors", {})[f"{cell[0]}/{cell[1]}/{cand.name}"] = f"{type(err).__name__}: {err}"
+            out.errors[f"{cell[0]}/{cell[1]}/{cand.name}"] = f"{type(err).__name__}: {err}"
             scored[cell].pop(cand.name, None)
             continue
-        store.put(cand.name, stage, job["key"], outcome.result)
+        run = CorruptedRun.from_dict(outcome.result)
+        store.put(cand.name, stage, job["key"], run.to_dict())
         if cand.name in scored[cell]:
-            scored[cell][cand.name][seed] = outcome.result
+            scored[cell][cand.name][seed] = run
 
     clean = {}
     for cand in usable:
         runs = [cand.record.detection_runs[s] for s in seeds]
-        if all(r.get("coco_gt") and r.get("deployed_predictions_path") for r in runs):
-            clean[cand.name] = [image_matches(Path(r["coco_gt"]), _predictions(r["deployed_predictions_path"]))
+        if all(r.coco_gt and r.deployed_predictions_path for r in runs):
+            clean[cand.name] = [image_matches(Path(r.coco_gt), _predictions(r.deployed_predictions_path))
                                 for r in runs]
     for (corruption, severity), by_name in scored.items():
         runs_of = {name: [runs[s] for s in seeds] for name, runs in by_name.items() if len(runs) == len(seeds)}
-        cell: dict[str, Any] = {"candidates": {
-            name: {"map50_deployed": report.mean_std([r["deployed"]["map50"] for r in runs]),
-                   "map50": report.mean_std([r["field"]["map50"] for r in runs])} for name, runs in runs_of.items()}}
+        scores = {name: CellScore(map50_deployed=report.mean_std([r.scores["deployed"].map50 for r in runs]),
+                                  map50=report.mean_std([r.scores["field"].map50 for r in runs]))
+                  for name, runs in runs_of.items()}
+        intervals = None
         if cfg.bootstrap_resamples and runs_of:
-            corrupted = {name: [image_matches(Path(r["coco_gt"]), _predictions(r["deployed"]["predictions_path"]))
+            corrupted = {name: [image_matches(Path(r.coco_gt), _predictions(r.scores["deployed"].predictions_path))
                                 for r in runs] for name, runs in runs_of.items()}
             image_ids = next(iter(corrupted.values()))[0].image_ids
-            cell["intervals"] = robustness_intervals(clean, corrupted, image_ids, cfg.bootstrap_resamples,
-                                                     cfg.bootstrap_seed, singles)
-        out["cells"][f"{corruption}/{severity}"] = cell
+            intervals = robustness_intervals(clean, corrupted, image_ids, cfg.bootstrap_resamples,
+                                             cfg.bootstrap_seed, singles)
+        out.cells[f"{corruption}/{severity}"] = RobustnessCell(scores, intervals)
     return out
 
 
@@ -177,8 +179,8 @@ def scoring_job(cfg: PipelineConfig, cand: Candidate, yolo, fused, settings: dic
     from .detect import DETECT_SCORING
 
     run = cand.record.detection_runs[seed]
-    key = content_key("robust", fused.key, yolo.key, run.get("key"), DETECT_SCORING)
-    weights = Path(run["run_dir"]) / "weights" / "best.pt"
+    key = content_key("robust", fused.key, yolo.key, run.key, DETECT_SCORING)
+    weights = Path(run.run_dir) / "weights" / "best.pt"
     if not weights.is_file():
         weights = weights.with_name("last.pt")
     job = {"key": key, "weights": str(weights), "dataset": str(yolo.root), "coco_gt": str(yolo.coco_gt_path),
@@ -189,12 +191,12 @@ def scoring_job(cfg: PipelineConfig, cand: Candidate, yolo, fused, settings: dic
 
 
 def score_job(job: dict[str, Any]) -> dict[str, Any]:
-    """One kept detector scored on one corrupted cell under every protocol (any process, any machine)."""
+    """One kept detector scored on one corrupted cell under every protocol (any process, any machine): a
+    :class:`CorruptedRun`, returned as its JSON (plain data back across the executor's boundary)."""
     from detection.export import YoloDataset
     from detection.train import score_detector
 
     scores = score_detector(Path(job["weights"]), YoloDataset.load(Path(job["dataset"])), Path(job["out_dir"]),
                             eval_split="test", imgsz=job["imgsz"], batch=job["batch"], device=job["device"],
                             threads=job["threads"])
-    scores["coco_gt"] = job["coco_gt"]
-    return scores
+    return CorruptedRun({p: ProtocolScore.from_dict(s) for p, s in scores.items()}, job["coco_gt"]).to_dict()
