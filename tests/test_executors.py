@@ -173,6 +173,8 @@ def test_dask_cluster_gives_the_same_detector_records_as_a_local_run(local_and_d
         assert images and sorted(p.name for p in fused_r.glob("*.png")) == images
         assert all((fused_r / n).read_bytes() == (fused_l / n).read_bytes() for n in images)
         assert not list(fused_r.glob("shard-*"))  # every shard folder emptied and removed
+        # Scored on the workers while fused (each shard its images and whole runs), the rest read back here.
+        assert (remote["fusion"], remote["temporal"]) == (local["fusion"], local["temporal"]), name
         # Stored as it arrived, so a rerun resumes from it like a local run's.
         assert (dask_cfg.out / "state" / name / "detect_seed0.json").is_file()
     assert compared_boxes > 0  # predictions were compared, not two absent files

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -183,15 +183,19 @@ class EvalScorer:
 
     def _score_image(self, stem: str, fused: np.ndarray, sources: dict[str, np.ndarray]) -> None:
         if self._pool is None:
-            self._collect(stem, lambda: _metrics(fused, sources))
+            self._keep(stem, lambda: _metrics(fused, sources))
             return
         while len(self._waiting) >= 2 * self._workers:
-            self._collect(*self._waiting.popleft())
+            self._collect_oldest()
         self._waiting.append((stem, self._pool.submit(_metrics, fused, sources)))
 
-    def _collect(self, stem: str, result: Future | Any) -> None:
+    def _collect_oldest(self) -> None:
+        stem, future = self._waiting.popleft()
+        self._keep(stem, future.result)
+
+    def _keep(self, stem: str, metrics: Callable[[], dict[str, float]]) -> None:
         try:
-            self.done.per_image[stem] = result.result() if isinstance(result, Future) else result()
+            self.done.per_image[stem] = metrics()
         except Exception:  # noqa: BLE001 - lenient: the score stage scores it again and reports it
             if self.strict:
                 raise
@@ -227,7 +231,7 @@ class EvalScorer:
         """Wait for the metrics still running; returns everything scored."""
         try:
             while self._waiting:
-                self._collect(*self._waiting.popleft())
+                self._collect_oldest()
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
