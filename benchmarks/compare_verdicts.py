@@ -7,7 +7,8 @@ A run *claims* "A beats B" when an interval it reports excludes 0: a candidate's
 modality (either sign) or the top two's gap. Two runs contradict each other when one claims "A beats B" and the
 other "B beats A". Claims only one run makes are listed too (the other found the pair not distinguishable, or did
 not compare it): that is disagreement in confidence, not in direction. A provisional run (one detector seed) makes no
-claims. Prints (and with --out writes) a markdown summary; exits 1 on a contradiction.
+claims. Prints (and with --out writes) a markdown summary; exits 1 on a contradiction. The results files are read
+through the pipeline's own records (``pipelines.records.RunResults``).
 """
 from __future__ import annotations
 
@@ -15,32 +16,37 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines.records import ProtocolIntervals, RunResults  # noqa: E402
 from pipelines.report import _fmt_interval, is_provisional  # noqa: E402
 
 
-def claims(results: dict[str, Any], protocol: str) -> dict[tuple[str, str], str]:
+def intervals_of(results: RunResults, protocol: str) -> ProtocolIntervals:
+    """The run's bootstrap intervals under ``protocol`` (empty when it computed none: ``--bootstrap 0``)."""
+    section = None if results.bootstrap is None else results.bootstrap.protocols.get(protocol)
+    return ProtocolIntervals() if section is None else section
+
+
+def claims(results: RunResults, protocol: str) -> dict[tuple[str, str], str]:
     """``{(winner, loser): "how"}`` for every interval of ``protocol`` that excludes 0 (none when provisional)."""
-    section = ((results.get("bootstrap") or {}).get("protocols") or {}).get(protocol) or {}
-    if not section or is_provisional(section):
+    section = intervals_of(results, protocol)
+    if is_provisional(section):
         return {}
     out: dict[tuple[str, str], str] = {}
-    reference = section.get("reference")
-    for name, iv in (section.get("gains") or {}).items():
-        if iv["low"] > 0:
-            out[(name, reference)] = f"gain {_fmt_interval(iv)}"
-        elif iv["high"] < 0:
-            out[(reference, name)] = f"gain of `{name}` {_fmt_interval(iv)}"
-    top = section.get("top_two")
-    if top and top["low"] > 0:
-        out.setdefault((top["first"], top["second"]), f"top two {_fmt_interval(top)}")
+    for name, iv in section.gains.items():
+        if iv.low > 0:
+            out[(name, section.reference)] = f"gain {_fmt_interval(iv)}"
+        elif iv.high < 0:
+            out[(section.reference, name)] = f"gain of `{name}` {_fmt_interval(iv)}"
+    top = section.top_two
+    if top and top.gain.low > 0:
+        out.setdefault((top.first, top.second), f"top two {_fmt_interval(top.gain)}")
     return out
 
 
-def compare(a: dict[str, Any], b: dict[str, Any], protocol: str) -> dict[str, list]:
+def compare(a: RunResults, b: RunResults, protocol: str) -> dict[str, list]:
     ca, cb = claims(a, protocol), claims(b, protocol)
     return {"agree": sorted(set(ca) & set(cb)),
             "contradict": sorted(pair for pair in ca if pair[::-1] in cb),
@@ -49,25 +55,23 @@ def compare(a: dict[str, Any], b: dict[str, Any], protocol: str) -> dict[str, li
             "claims_a": ca, "claims_b": cb}
 
 
-def render(paths: list[Path], runs: list[dict[str, Any]], protocol: str, result: dict[str, list]) -> str:
+def render(paths: list[Path], runs: list[RunResults], protocol: str, result: dict[str, list]) -> str:
     lines = [f"# Verdicts of two runs compared ({protocol} protocol)", ""]
-    for label, path, run in zip("AB", paths, runs):
-        cfg = run["config"]
-        section = (run.get("bootstrap") or {}).get("protocols", {}).get(protocol, {})
-        lines.append(f"- run {label}: `{path}`, seeds {cfg['seeds']}, preset `{cfg['preset']}`, reference "
-                     f"`{section.get('reference')}`; command `{run.get('command', '')}`")
+    sections = [intervals_of(run, protocol) for run in runs]
+    for label, path, run, section in zip("AB", paths, runs, sections):
+        lines.append(f"- run {label}: `{path}`, seeds {run.config.seeds}, preset `{run.config.preset}`, reference "
+                     f"`{section.reference}`; command `{run.command}`")
     lines += ["", "| candidate | " + " | ".join(f"run {x} mAP@50 [95%]" for x in "AB") + " | "
               + " | ".join(f"run {x} gain vs best single" for x in "AB") + " |", "|---|---|---|---|---|"]
-    sections = [(r.get("bootstrap") or {}).get("protocols", {}).get(protocol, {}) for r in runs]
-    names = list(dict.fromkeys(n for s in sections for n in (s.get("map50") or {})))
+    names = list(dict.fromkeys(n for s in sections for n in s.map50))
     for name in names:
         cells = []
         for s in sections:
-            iv = (s.get("map50") or {}).get(name)
-            cells.append("-" if iv is None else f"{iv['point']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]")
+            iv = s.map50.get(name)
+            cells.append("-" if iv is None else f"{iv.point:.3f} [{iv.low:.3f}, {iv.high:.3f}]")
         for s in sections:
-            iv = (s.get("gains") or {}).get(name)
-            cells.append("reference" if s.get("reference") == name else "-" if iv is None else _fmt_interval(iv))
+            iv = s.gains.get(name)
+            cells.append("reference" if s.reference == name else "-" if iv is None else _fmt_interval(iv))
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     lines.append("")
 
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", default="deployed")
     parser.add_argument("--out", type=Path, help="also write the summary here (markdown)")
     args = parser.parse_args(argv)
-    runs = [json.loads(p.read_text()) for p in args.results]
+    runs = [RunResults.from_dict(json.loads(p.read_text())) for p in args.results]
     result = compare(runs[0], runs[1], args.protocol)
     text = render(args.results, runs, args.protocol, result)
     print(text)

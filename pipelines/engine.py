@@ -41,7 +41,7 @@ from .config import OptionsError, PipelineConfig, PipelinePreset, check_options,
 from .datasets import dataset_root, prepare_out, resolve_dataset
 from .executors import ExecutorConfig, RunExecutor, default_executor
 from .progress import Progress
-from .records import CandidateResult
+from .records import CandidateResult, DatasetInfo, RunConfig, RunResults, ScenarioSize, SuddenChange
 from .stages.detect import (
     clear_tb_events,
     detection_settings,
@@ -184,7 +184,7 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Key
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
-    """Run the whole comparison; returns the results dict also written to OUT/results.json.
+    """Run the whole comparison; returns the results document as written to OUT/results.json (its JSON).
 
     Every check (options, dataset, candidates) passes before the first write into ``--out``, and from that write to
     its end the run holds ``--out``'s lock (``data.lock``): a second run on the same ``--out`` (another terminal, a
@@ -285,20 +285,21 @@ def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: li
 
     # 4. Assemble, rank, write.
     eval_annotations = dataset.annotations(cfg.eval_split)
-    scenarios = {s: {"n_images": len(ids), "n_boxes": sum(len(eval_annotations[i].boxes) for i in ids)}
+    scenarios = {s: ScenarioSize(n_images=len(ids), n_boxes=sum(len(eval_annotations[i].boxes) for i in ids))
                  for s, ids in scenario_ids.items()}
     results = assemble_results(cfg, preset, seeds, settings, data_info, candidates, scenarios, time.time() - started)
-    results["robustness"] = robustness.to_dict() if robustness is not None else {}
-    results["sudden_change"] = stage_sudden_change(cfg, candidates, dataset)
+    results.robustness = robustness
+    sudden = stage_sudden_change(cfg, candidates, dataset)
+    results.sudden_change = SuddenChange.from_dict(sudden) if sudden else None
     write_outputs(cfg, results, candidates, dataset, sorted(dataset.splits[cfg.eval_split]))
-    return results
+    return results.to_dict()
 
 
 def assemble_results(cfg: PipelineConfig, preset: PipelinePreset, seeds: list[int], settings: dict, data_info: dict,
-                     candidates: list[Candidate], scenarios: dict, wall: float) -> dict[str, Any]:
-    """The results.json document: config, versions, data and split, ranked candidates, Spearman, scenarios.
-
-    The records are assembled and judged as ``pipelines.records`` dataclasses and serialised once, here."""
+                     candidates: list[Candidate], scenarios: dict[str, ScenarioSize], wall: float) -> RunResults:
+    """The results document: config, versions, data and split, ranked candidates, bootstrap, Spearman, scenarios
+    (``stages.outputs`` writes it, once, as results.json). The rows are assembled and judged as
+    ``pipelines.records`` dataclasses."""
     records = []
     for cand in candidates:
         runs = [cand.record.detection_runs[s] for s in seeds if s in cand.record.detection_runs]
@@ -313,21 +314,18 @@ def assemble_results(cfg: PipelineConfig, preset: PipelinePreset, seeds: list[in
             detection=report.summarise_detection(runs) if runs and not cand.error else None,
             detection_runs=runs))
     best_single = report.add_gains(records, cfg.protocol)
-    bootstrap = {}
+    bootstrap = None
     if cfg.bootstrap_resamples:
         from .significance import bootstrap_verdicts
 
         started = time.perf_counter()
-        judged = bootstrap_verdicts(records, seeds, cfg.bootstrap_resamples, cfg.bootstrap_seed)
-        judged.seconds = round(time.perf_counter() - started, 3)
-        bootstrap = judged.to_dict()
-    cfg_dict = cfg.to_dict()
-    cfg_dict.update({"seeds": seeds, "detection": settings, "preset_values": asdict(preset)})
-    return {"config": cfg_dict, "versions": package_versions(), "data": data_info,
-            "candidates": [r.to_dict() for r in report.ranked(records, cfg.protocol)],
-            "best_single_map50": best_single,
-            "bootstrap": bootstrap,
-            "spearman": report.spearman_table(records, cfg.protocol) if len(records) >= 3 else [],
-            "scenarios": scenarios, "wall_time_s": wall, "command": " ".join(sys.argv)}
+        bootstrap = bootstrap_verdicts(records, seeds, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+        bootstrap.seconds = round(time.perf_counter() - started, 3)
+    return RunResults(
+        config=RunConfig.of(cfg, seeds=seeds, detection=settings, preset=preset), versions=package_versions(),
+        data=DatasetInfo.from_dict(data_info), candidates=report.ranked(records, cfg.protocol),
+        best_single_map50=best_single, bootstrap=bootstrap,
+        spearman=report.spearman_table(records, cfg.protocol) if len(records) >= 3 else [], scenarios=scenarios,
+        wall_time_s=wall, command=" ".join(sys.argv))
 
 

@@ -4,23 +4,30 @@ One detector seed of a candidate is a :class:`DetectorRun` (``detection.train.De
 pipeline adds: the ground truth its predictions are matched against and mAP@50 per scenario) or, for late fusion, a
 :class:`LateRun` (the single-modality detectors' boxes merged; nothing trained). A candidate's row in results.json is
 a :class:`CandidateResult`, its mean ± std over seeds a :class:`DetectionSummary`; the bootstrap section is a
-:class:`Bootstrap`, the robustness section a :class:`Robustness`.
+:class:`Bootstrap`, the robustness section a :class:`Robustness`. The whole document is a :class:`RunResults`: what
+ran (:class:`RunConfig`, the package versions, :class:`DatasetInfo`), the rows and the sections.
 
 ``to_dict`` writes the JSON that the keyed store and results.json hold, keys in the order of the results files the
 tests and earlier runs have; ``from_dict`` reads it back. A field that older records lack reads back as its default,
-so a run resumes from an existing store. An optional section (``reference``, ``top_two``, ``errors``, ...) is left
-out of the JSON when it is absent, as the results files always had it.
+so a run resumes from an existing store and the report reads an older results.json. An optional part (``reference``,
+``top_two``, ``errors``, ...) is left out of the JSON when it is absent, and an absent top-level section (bootstrap,
+robustness, sudden change) is ``{}``, as the results files always had them.
 """
 from __future__ import annotations
 
+import functools
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar, Union
 
+from data import config as config_data
 from detection.bootstrap import Interval
 from detection.train import DetectionResult
 
 from .candidates import CandidateSpec
+from .config import PipelineConfig, PipelinePreset
 
 T = TypeVar("T")
 
@@ -33,6 +40,16 @@ def _optional(read: Callable[[Any], T], data: Any) -> T | None:
 def _each(read: Callable[[Any], T], data: Mapping[str, Any] | None) -> dict[str, T | None]:
     """A name-keyed mapping of records read one by one (null entries stay None: e.g. a class the split lacks)."""
     return {name: _optional(read, value) for name, value in (data or {}).items()}
+
+
+def _section(read: Callable[[Any], T], data: Mapping[str, Any] | None) -> T | None:
+    """A top-level section of results.json read back, or None where the run left it out (``{}``, or absent)."""
+    return read(data) if data else None
+
+
+def _section_dict(section: Bootstrap | Robustness | SuddenChange | None) -> dict[str, Any]:
+    """A top-level section's JSON: ``{}`` for one the run did not compute."""
+    return {} if section is None else section.to_dict()
 
 
 def _without_none(data: dict[str, Any], *optional: str) -> dict[str, Any]:
@@ -440,3 +457,184 @@ class Robustness:
         values["cells"] = {c: RobustnessCell.from_dict(cell) for c, cell in (data.get("cells") or {}).items()}
         return cls(**values)
 
+
+# ---- the results document ----------------------------------------------------------------------------------------
+
+@functools.cache
+def _option_types() -> dict[str, Any]:
+    """Every ``PipelineConfig`` option's type, by name (its annotations evaluated once)."""
+    return typing.get_type_hints(PipelineConfig)
+
+
+def _option_read_back(value: Any, hint: Any) -> Any:
+    """One option as ``PipelineConfig.to_dict`` wrote it, back as its field's type: paths were written as strings."""
+    if value is None:
+        return None
+    if typing.get_origin(hint) is list and typing.get_args(hint) == (Path,):
+        return [Path(v) for v in value]
+    return Path(value) if Path in (hint, *typing.get_args(hint)) else value
+
+
+@dataclass
+class RunConfig(PipelineConfig):
+    """results.json's ``config``: the run's :class:`PipelineConfig` (every option; the JSON holds its paths as
+    strings) with its seeds resolved (the preset's when none were given, a repeat dropped), then the detector recipe every candidate trained
+    with (``stages.detect.detection_settings``: Ultralytics' model, epochs, imgsz, batch, extra_args, ...) and the
+    preset's values."""
+
+    detection: dict[str, Any] = field(default_factory=dict)
+    preset_values: PipelinePreset | None = None
+
+    @classmethod
+    def of(cls, cfg: PipelineConfig, *, seeds: list[int], detection: dict[str, Any],
+           preset: PipelinePreset) -> RunConfig:
+        options = {f.name: getattr(cfg, f.name) for f in fields(PipelineConfig)}
+        return cls(**{**options, "seeds": list(seeds)}, detection=detection, preset_values=preset)
+
+    @property
+    def keeps_best_epoch(self) -> bool:
+        """Whether the detectors kept their best epoch on ``select_split``: not when the recipe validates only at
+        the end (Ultralytics' ``val: false``), where the last epoch is kept."""
+        return (self.detection.get("extra_args") or {}).get("val", True) is not False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "preset_values": _optional(config_data.to_dict, self.preset_values)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """An option written before it existed reads as its default, except two whose old behaviour was not the
+        default's: the epoch was selected on the scored split before ``select_split`` and the ranking followed the
+        field protocol before ``protocol``. An option no longer known is left out."""
+        types = _option_types()
+        options = {name: _option_read_back(data[name], hint) for name, hint in types.items() if name in data}
+        if "select_split" not in data and "eval_split" in data:
+            options["select_split"] = data["eval_split"]
+        options.setdefault("protocol", "field")
+        preset = data.get("preset_values")
+        if preset is not None:
+            known = {f.name for f in fields(PipelinePreset)}
+            preset = config_data.from_dict(PipelinePreset, {k: v for k, v in preset.items() if k in known},
+                                           "results.json config.preset_values")
+        return cls(**options, detection=dict(data.get("detection") or {}), preset_values=preset)
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """How the dataset was split (the reader's lists or the scene-aware split, its seed), where the split was
+    written, and the images in each split."""
+
+    method: str | None = None
+    file: str | None = None
+    seed: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def size(self, split: str) -> int:
+        """The images in ``split`` (0 for a split the dataset does not have)."""
+        return self.counts.get(split, 0)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """results.json's ``data``: the dataset the run read (its root, reader, modalities and the colour one, whether
+    it is the built-in synthetic scenes), its images and classes, and its split."""
+
+    root: str
+    reader: str | None = None
+    modalities: list[str] = field(default_factory=lambda: ["ir", "vis"])  # records before the key: the two cameras
+    colour: str | None = "vis"
+    synthetic: bool = False
+    n_images: int = field(kw_only=True)
+    class_names: list[str] = field(default_factory=list)
+    split: SplitInfo = field(kw_only=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DatasetInfo:
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        return cls(**{**values, "split": SplitInfo(**data["split"])})
+
+
+@dataclass(frozen=True)
+class ScenarioSize:
+    """The evaluation split's images and boxes in one scenario."""
+
+    n_images: int
+    n_boxes: int
+
+
+@dataclass(frozen=True)
+class SpearmanRow:
+    """Spearman's rank correlation of one fusion metric with mAP@50 across ``n`` candidates (``rho`` and ``p``
+    None when a column is constant: it has no rank order)."""
+
+    metric: str
+    rho: float | None
+    p: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class SuddenChange:
+    """The sudden-change section (``--sudden-change``, ``fusion.sudden_change``): the corruption, where its plot,
+    table and JSON were written and each fuser's summary; or only why nothing was measured (``skipped``)."""
+
+    corruption: str | None = None
+    plot: str | None = None
+    table: str | None = None
+    json: str | None = None
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.skipped is not None:
+            return {"skipped": self.skipped}
+        return {"corruption": self.corruption, "plot": self.plot, "table": self.table, "json": self.json,
+                "summaries": list(self.summaries)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SuddenChange:
+        return cls(**data)
+
+
+@dataclass
+class RunResults:
+    """The results document, results.json: what ran (the config, package versions, the dataset and its split), the
+    candidates' rows ranked, the better single modality's mAP@50, the bootstrap, Spearman, the scenarios' sizes, the
+    wall time and command line, then the robustness and sudden-change sections. A section the run did not compute
+    is None here and ``{}`` in the JSON."""
+
+    config: RunConfig
+    data: DatasetInfo
+    candidates: list[CandidateResult]
+    versions: dict[str, str] = field(default_factory=dict)
+    best_single_map50: float | None = None
+    bootstrap: Bootstrap | None = None
+    spearman: list[SpearmanRow] = field(default_factory=list)
+    scenarios: dict[str, ScenarioSize] = field(default_factory=dict)
+    wall_time_s: float | None = None
+    command: str = ""
+    robustness: Robustness | None = None
+    sudden_change: SuddenChange | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "versions": dict(self.versions), "data": self.data.to_dict(),
+                "candidates": [r.to_dict() for r in self.candidates], "best_single_map50": self.best_single_map50,
+                "bootstrap": _section_dict(self.bootstrap),
+                "spearman": [asdict(row) for row in self.spearman],
+                "scenarios": {s: asdict(size) for s, size in self.scenarios.items()},
+                "wall_time_s": self.wall_time_s, "command": self.command,
+                "robustness": _section_dict(self.robustness), "sudden_change": _section_dict(self.sudden_change)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunResults:
+        return cls(config=RunConfig.from_dict(data["config"]), data=DatasetInfo.from_dict(data["data"]),
+                   candidates=[CandidateResult.from_dict(r) for r in data["candidates"]],
+                   versions=dict(data.get("versions") or {}), best_single_map50=data.get("best_single_map50"),
+                   bootstrap=_section(Bootstrap.from_dict, data.get("bootstrap")),
+                   spearman=[SpearmanRow(**row) for row in data.get("spearman") or []],
+                   scenarios={s: ScenarioSize(**size) for s, size in (data.get("scenarios") or {}).items()},
+                   wall_time_s=data.get("wall_time_s"), command=data.get("command", ""),
+                   robustness=_section(Robustness.from_dict, data.get("robustness")),
+                   sudden_change=_section(SuddenChange.from_dict, data.get("sudden_change")))

@@ -2,7 +2,7 @@
 
 Everything here is a pure function of the records (plus file writes): the ranking, mean +- std over seeds, the
 gain over the better single modality, Spearman rank correlations between fusion metrics and mAP@50. The records are
-``pipelines.records``' dataclasses; ``render_markdown`` reads a results document back through them.
+``pipelines.records``' dataclasses; ``render_markdown`` reads the results document as its :class:`RunResults`.
 """
 from __future__ import annotations
 
@@ -29,10 +29,11 @@ from .records import (
     ProtocolIntervals,
     Robustness,
     RobustIntervals,
+    RunResults,
     ScenarioSummary,
     SeedRun,
+    SpearmanRow,
     TopTwo,
-    interval_from_dict,
 )
 
 # The fusion metrics shown beside mAP, in the order of the field's tables (CDDFuse), with AG added at the end.
@@ -133,7 +134,7 @@ def ranking_disagreement(records: list[CandidateResult], protocol: str) -> str |
             f"protocol `{top_other[0]}` then `{top_other[1]}`.")
 
 
-def spearman_table(records: list[CandidateResult], protocol: str = "field") -> list[dict[str, Any]]:
+def spearman_table(records: list[CandidateResult], protocol: str = "field") -> list[SpearmanRow]:
     """Spearman rank correlation of each fusion metric with mAP@50 across candidates (needs >= 3 candidates)."""
     from scipy.stats import spearmanr
 
@@ -149,7 +150,7 @@ def spearman_table(records: list[CandidateResult], protocol: str = "field") -> l
         else:
             result = spearmanr(x, y)
             rho, p = float(result.statistic), float(result.pvalue)
-        rows.append({"metric": metric, "rho": rho, "p": p, "n": len(pairs)})
+        rows.append(SpearmanRow(metric=metric, rho=rho, p=p, n=len(pairs)))
     return rows
 
 
@@ -162,9 +163,7 @@ def _shown_gain(gain: float) -> float:
     return round(gain, 3) + 0.0
 
 
-def _fmt_interval(iv: Interval | Mapping[str, Any]) -> str:
-    if isinstance(iv, Mapping):  # benchmarks/compare_verdicts.py hands over results.json's JSON as it is
-        iv = interval_from_dict(iv)
+def _fmt_interval(iv: Interval) -> str:
     return f"{_shown_gain(iv.point):+.3f} [{_shown_gain(iv.low):+.3f}, {_shown_gain(iv.high):+.3f}]"
 
 
@@ -172,10 +171,8 @@ PROVISIONAL = "provisional: one detector seed; run `--seeds 0 1 2` to include tr
 _PROVISIONAL_HEAD = f"**{PROVISIONAL[0].upper()}{PROVISIONAL[1:]}.**"  # the same words opening a verdict
 
 
-def is_provisional(intervals: ProtocolIntervals | RobustIntervals | Mapping[str, Any] | None) -> bool:
+def is_provisional(intervals: ProtocolIntervals | RobustIntervals | None) -> bool:
     """True when a protocol's intervals rest on one detector seed (images-only: the training noise is unknown)."""
-    if isinstance(intervals, Mapping):  # benchmarks/compare_verdicts.py hands over results.json's JSON as it is
-        intervals = ProtocolIntervals.from_dict(intervals)
     if intervals is None:
         return False
     return any(iv.provisional for iv in [*(intervals.gains or {}).values(), *intervals.map50.values()])
@@ -398,39 +395,34 @@ def markdown_table(columns: list[str], rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(results: dict[str, Any]) -> str:
-    """The human report: header (data, split, preset, seeds), the ranked table, the verdict, Spearman, scenarios.
-
-    ``results`` is the results.json document; its candidates, bootstrap and robustness sections are read back
-    through their records (``pipelines.records``).
-    """
-    records = [CandidateResult.from_dict(r) for r in results["candidates"]]
-    data = results["data"]
-    cfg = results["config"]
+def render_markdown(results: RunResults) -> str:
+    """The human report: header (data, split, preset, seeds), the ranked table, the verdict, Spearman, scenarios,
+    robustness and sudden change. ``results`` is the results document (``RunResults.from_dict`` reads a
+    results.json back)."""
+    records, data, cfg = results.candidates, results.data, results.config
     out = io.StringIO()
     out.write("# Which fusion helps the detector\n\n")
-    if data.get("synthetic"):
+    if data.synthetic:
         out.write("> **SYNTHETIC DATA.** These numbers come from the built-in synthetic M3FD-layout scenes, not from "
                   "real M3FD. Run with `--data /path/to/M3FD` (or set `M3FD_ROOT`) for real rankings.\n\n")
-    counts = data["split"]["counts"]
-    select = cfg.get("select_split", cfg["eval_split"])
-    validated = (cfg["detection"].get("extra_args") or {}).get("val", True) is not False
-    kept = (f"keep their best epoch on `{select}` ({counts.get(select, 0)})" if validated else
+    split, select = data.split, cfg.select_split
+    kept = (f"keep their best epoch on `{select}` ({split.size(select)})" if cfg.keeps_best_epoch else
             f"keep their last epoch (the recipe validates only at the end, `val: false`, so `{select}` picks nothing)")
-    out.write(f"- data: `{data['root']}` ({data['n_images']} pairs; split method `{data['split']['method']}`): "
-              f"detectors learn on `{cfg['train_split']}` ({counts.get(cfg['train_split'], 0)} images), {kept} and "
-              f"are scored on `{cfg['eval_split']}` ({counts.get(cfg['eval_split'], 0)})\n")
-    if select == cfg["eval_split"] and validated:
+    out.write(f"- data: `{data.root}` ({data.n_images} pairs; split method `{split.method}`): "
+              f"detectors learn on `{cfg.train_split}` ({split.size(cfg.train_split)} images), {kept} and "
+              f"are scored on `{cfg.eval_split}` ({split.size(cfg.eval_split)})\n")
+    if select == cfg.eval_split and cfg.keeps_best_epoch:
         out.write("- **note:** the best epoch was chosen on the scored images, so every mAP here is optimistic, "
                   "the noisier candidates' most; score on a separate split (`--eval-split test`) to rank fairly\n")
-    out.write(f"- detector: `{cfg['detection']['model']}` preset `{cfg['preset']}`, imgsz {cfg['detection']['imgsz']}, "
-              f"{cfg['detection']['epochs']} epochs, seeds {cfg['seeds']} (mean ± std over seeds)\n")
+    recipe = cfg.detection
+    out.write(f"- detector: `{recipe['model']}` preset `{cfg.preset}`, imgsz {recipe['imgsz']}, "
+              f"{recipe['epochs']} epochs, seeds {cfg.seeds} (mean ± std over seeds)\n")
     resumed = [f"`{r.name}` seed {run.seed}" for r in records for run in r.detection_runs if run.resumed]
     if resumed:
         out.write(f"- **note:** detector run(s) {', '.join(resumed)} resumed after an interruption: Ultralytics "
                   "resumes from its EMA checkpoint without the random state, so those numbers can differ slightly "
                   "from an uninterrupted run's\n")
-    out.write(f"- fusion metrics: mean over the `{cfg['eval_split']}` images, reference-evaluator conventions "
+    out.write(f"- fusion metrics: mean over the `{cfg.eval_split}` images, reference-evaluator conventions "
               "(MI, SCD, VIF, SSIM summed over the sources; MI in nats)")
     if any(_has_temporal(records, m) for m in TEMPORAL_COLUMNS):
         runs = next((r.temporal.get("n_runs") for r in records if r.temporal), 0)
@@ -438,14 +430,13 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "in grey levels per frame beyond the sources' own change, 0 is none; temporal_correlation 1 means "
                   "the fused changes follow the sources')")
     out.write("\n\n")
-    protocol = cfg.get("protocol", "field")
-    boot = Bootstrap.from_dict(results.get("bootstrap") or {})
-    intervals = boot.protocols.get(protocol)
+    protocol, boot = cfg.protocol, results.bootstrap
+    intervals = None if boot is None else boot.protocols.get(protocol)
     out.write(f"- ranked by mAP@50 under the {PROTOCOL_WORDS[protocol]}; the other protocol's mAP@50 is beside it "
               "(`--protocol` switches)")
     if intervals is not None:
         method = boot.method  # written with the first protocol's intervals
-        n_seeds = len(cfg["seeds"])
+        n_seeds = len(cfg.seeds)
         if is_provisional(intervals):
             out.write(f"; gains with 95% intervals over the {method['n_images']} scored images only (paired "
                       f"bootstrap, {method['n_resamples']} resamples, seed {method['seed']}): **one detector "
@@ -462,27 +453,27 @@ def render_markdown(results: dict[str, Any]) -> str:
     out.write("\n\n")
     rows = table_rows(records, protocol=protocol, intervals=intervals)
     out.write(markdown_table(table_columns(records, protocol), rows) + "\n\n")
-    out.write(verdict(records, results.get("best_single_map50"), protocol, intervals) + "\n\n")
+    out.write(verdict(records, results.best_single_map50, protocol, intervals) + "\n\n")
     disagreement = ranking_disagreement(records, protocol)
     if disagreement:
         out.write(disagreement + "\n\n")
-    if results.get("spearman"):
+    if results.spearman:
         out.write("## Which fusion metric predicts detector utility (Spearman ρ with mAP@50 across candidates)\n\n")
-        srows = [{"metric": s["metric"], "rho": "-" if s["rho"] is None else f"{s['rho']:+.2f}",
-                  "p": "-" if s["p"] is None else f"{s['p']:.2f}", "n": str(s["n"])} for s in results["spearman"]]
+        srows = [{"metric": s.metric, "rho": "-" if s.rho is None else f"{s.rho:+.2f}",
+                  "p": "-" if s.p is None else f"{s.p:.2f}", "n": str(s.n)} for s in results.spearman]
         out.write(markdown_table(["metric", "rho", "p", "n"], srows) + "\n\n")
-    scen = results.get("scenarios") or {}
-    if scen:
+    if results.scenarios:
         out.write("## Scenarios in the evaluated split\n\n")
-        srows = [{"scenario": s, "images": str(v["n_images"]), "boxes": str(v["n_boxes"])} for s, v in scen.items()]
+        srows = [{"scenario": s, "images": str(size.n_images), "boxes": str(size.n_boxes)}
+                 for s, size in results.scenarios.items()]
         out.write(markdown_table(["scenario", "images", "boxes"], srows) + "\n\n")
-    robust = Robustness.from_dict(results["robustness"]) if results.get("robustness") else None
+    robust = results.robustness
     if robust is not None and robust.cells:
         out.write(render_robustness(robust) + "\n")
-    sudden = results.get("sudden_change") or {}
-    if sudden.get("table"):
-        out.write(f"## Sudden change of visibility (`{sudden['corruption']}`)\n\n"
-                  + Path(sudden["table"]).read_text() + f"\n\nPlot: `{sudden['plot']}`.\n\n")
+    sudden = results.sudden_change
+    if sudden is not None and sudden.table:
+        out.write(f"## Sudden change of visibility (`{sudden.corruption}`)\n\n"
+                  + Path(sudden.table).read_text() + f"\n\nPlot: `{sudden.plot}`.\n\n")
     origins = [r for r in records if r.origin]
     if origins:
         out.write("## Candidates\n\n")

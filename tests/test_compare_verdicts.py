@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
+
+from detection.bootstrap import Interval
+from pipelines.config import PipelineConfig, load_pipeline_preset
+from pipelines.records import Bootstrap, DatasetInfo, ProtocolIntervals, RunConfig, RunResults, SplitInfo, TopTwo
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_verdicts.py"
 
@@ -17,14 +22,17 @@ def tool():
     return module
 
 
-def _run(gains, reference="ir", top=None, n_seeds=3):
-    ivs = {n: {"point": (lo + hi) / 2, "low": lo, "high": hi, "n_seeds": n_seeds} for n, (lo, hi) in gains.items()}
-    section = {"reference": reference, "gains": ivs, "map50": {n: {"point": 0.5, "low": 0.4, "high": 0.6,
-                                                                     "n_seeds": n_seeds} for n in gains}}
-    if top:
-        section["top_two"] = {"first": top[0], "second": top[1], "point": 0.05, "low": top[2], "high": 0.1,
-                              "n_seeds": n_seeds}
-    return {"config": {"seeds": [0, 1, 2], "preset": "quick"}, "bootstrap": {"protocols": {"deployed": section}}}
+def _run(gains, reference="ir", top=None, n_seeds=3) -> RunResults:
+    """A run's results with only what a verdict reads: its deployed-protocol intervals."""
+    section = ProtocolIntervals(
+        map50={n: Interval(0.5, 0.4, 0.6, n_seeds=n_seeds) for n in gains},
+        gains={n: Interval((lo + hi) / 2, lo, hi, n_seeds=n_seeds) for n, (lo, hi) in gains.items()},
+        reference=reference, top_two=TopTwo(top[0], top[1], Interval(0.05, top[2], 0.1, n_seeds=n_seeds)) if top
+        else None)
+    config = RunConfig.of(PipelineConfig(preset="quick"), seeds=[0, 1, 2], detection={},
+                          preset=load_pipeline_preset("quick"))
+    return RunResults(config=config, data=DatasetInfo("d", n_images=0, split=SplitInfo()), candidates=[],
+                      bootstrap=Bootstrap(protocols={"deployed": section}))
 
 
 def test_opposite_claims_are_a_contradiction_and_one_sided_claims_are_not(tool):
@@ -45,14 +53,19 @@ def test_claims_from_either_reference_and_the_top_two_and_none_when_provisional(
 
 
 def test_cli_writes_the_summary_and_exits_1_on_a_contradiction(tool, tmp_path):
-    import json
-
     paths = []
     for k, gains in enumerate(({"max": (0.02, 0.1)}, {"max": (-0.1, -0.02)})):
         path = tmp_path / f"r{k}.json"
-        path.write_text(json.dumps(_run(gains)))
+        path.write_text(json.dumps(_run(gains).to_dict()))  # results.json as the pipeline writes it
         paths.append(str(path))
     out = tmp_path / "cmp.md"
     assert tool.main(paths + ["--out", str(out)]) == 1
-    assert "**contradictions** (A beats B in one run, B beats A in the other): `max` over `ir`" in out.read_text()
+    text = out.read_text()
+    assert "**contradictions** (A beats B in one run, B beats A in the other): `max` over `ir`" in text
+    assert "seeds [0, 1, 2], preset `quick`, reference `ir`" in text
+    assert ("| `max` | 0.500 [0.400, 0.600] | 0.500 [0.400, 0.600] | +0.060 [+0.020, +0.100] | "
+            "-0.060 [-0.100, -0.020] |") in text
     assert tool.main([paths[0], paths[0]]) == 0
+    no_bootstrap = tmp_path / "none.json"  # --bootstrap 0: no intervals, no claims
+    no_bootstrap.write_text(json.dumps({**_run({}).to_dict(), "bootstrap": {}}))
+    assert tool.main([paths[0], str(no_bootstrap)]) == 0

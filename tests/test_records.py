@@ -1,9 +1,11 @@
 """The pipeline's records (pipelines.records): stored once, read back through the same dataclasses, equal; records
-written before a field existed read back with its default, and the report reads them."""
+written before a field existed read back with its default, and the report reads them (the results files the
+repository keeps under benchmarks/results/ included)."""
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -12,17 +14,26 @@ from data.store import KeyedStore
 from detection.bootstrap import Interval
 from pipelines import report
 from pipelines.candidates import CandidateSpec
+from pipelines.config import PipelineConfig, load_pipeline_preset
 from pipelines.records import (
     Bootstrap,
     CandidateResult,
     CorruptedRun,
+    DatasetInfo,
     DetectorRun,
     LateRun,
     ProtocolIntervals,
     Robustness,
+    RunConfig,
+    RunResults,
     ScenarioScore,
+    ScenarioSize,
+    SpearmanRow,
+    SuddenChange,
     TopTwo,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _detector_run(seed: int = 0, map50: float = 0.6) -> DetectorRun:
@@ -146,6 +157,86 @@ def test_the_report_reads_records_written_without_the_optional_fields(tmp_path):
     results = {"candidates": rows, "data": {"root": "d", "n_images": 9, "split": {"method": "m", "counts": {}}},
                "config": {"eval_split": "test", "train_split": "train", "detection": {"model": "y", "imgsz": 64,
                                                                                     "epochs": 1},
-                          "preset": "tiny", "seeds": [0]}}
-    md = report.render_markdown(results)  # no bootstrap, robustness or scenarios sections: none rendered
-    assert "| ir |" in md and "## Robustness" not in md
+                          "preset": "tiny", "seeds": [0], "retired_option": 1,
+                          "preset_values": {"detection": "tiny", "fusion_train": "tiny", "released_dae_fuse": False,
+                                            "train_dae_fuse": True, "seeds": [0], "jobs": 1, "retired_key": 2,
+                                            "synthetic": {"num_scenes": 6, "frames_per_scene": 2, "size": [96, 80]}}}}
+    read = RunResults.from_dict(results)
+    # before select_split the best epoch was chosen on the scored split, before protocol the ranking was the field's
+    assert (read.config.select_split, read.config.protocol) == ("test", "field") and read.config.keeps_best_epoch
+    assert read.config.preset_values.early_fusion is False and read.config.preset_values.synthetic.size == (96, 80)
+    assert read.data.modalities == ["ir", "vis"] and read.data.split.size("test") == 0 and read.versions == {}
+    assert read.bootstrap is read.robustness is read.sudden_change is None and read.spearman == []
+    md = report.render_markdown(read)  # no bootstrap, robustness or scenarios sections: none rendered
+    assert "| ir |" in md and "## Robustness" not in md and "optimistic" in md
+
+
+def _results(tmp_path: Path) -> RunResults:
+    """A results document with every section, built as the engine builds it."""
+    cfg = PipelineConfig(data=Path("/data/m3fd"), checkpoints=[Path("/w/best.pt")], out=Path("/runs/x"),
+                         corruptions=["fog"])
+    recipe = {"model": "yolov8n.yaml", "epochs": 2, "imgsz": 64, "batch": 4, "extra_args": {"val": False},
+              "weights": None}
+    table = tmp_path / "sudden_change.md"
+    table.write_text("| fuser | drop |\n|---|---|\n| ir | 0.1 |")
+    runs = [_detector_run(0, 0.6), _detector_run(1, 0.7)]
+    records = [CandidateResult(name="ir", kind="baseline", baseline="ir", single_modality="ir",
+                               detection=report.summarise_detection(runs), detection_runs=runs),
+               CandidateResult(name="broken", kind="checkpoint", error="checkpoint rejected")]
+    best = report.add_gains(records)
+    iv = Interval(0.1, -0.02, 0.2, n_seeds=2, seed_std=0.03, image_se=0.04, dof=5.0)
+    return RunResults(
+        config=RunConfig.of(cfg, seeds=[0, 1], detection=recipe, preset=load_pipeline_preset("tiny")),
+        data=DatasetInfo.from_dict({
+            "root": "/data/m3fd", "reader": "m3fd", "modalities": ["ir", "vis"], "colour": "vis", "synthetic": False,
+            "n_images": 9, "class_names": ["People", "Bus"],
+            "split": {"method": "meta-lists", "file": "/runs/x/split.json", "seed": 0,
+                      "counts": {"train": 5, "val": 2, "test": 2}}}),
+        candidates=report.ranked(records), versions={"python": "3.11.7", "torch": "2.4.0"}, best_single_map50=best,
+        bootstrap=Bootstrap(protocols={"field": ProtocolIntervals(map50={"ir": iv}, seeds=[0, 1],
+                                                                  per_seed={"ir": [0.6, 0.7]}, reference="ir")},
+                            method={"n_images": 2, "n_resamples": 1000, "seed": 0}, seconds=0.5),
+        spearman=[SpearmanRow(metric="EN", rho=0.5, p=0.2, n=3), SpearmanRow(metric="SSIM", rho=None, p=None, n=3)],
+        scenarios={"night": ScenarioSize(n_images=2, n_boxes=3)}, wall_time_s=12.5, command="pipelines/run_m3fd.py",
+        sudden_change=SuddenChange(corruption="glare:flash:1:1", plot="/runs/x/plots/sudden_change.png",
+                                   table=str(table), json="/runs/x/plots/sudden_change.json",
+                                   summaries=[{"fuser": "ir", "change_frame": 1}]))
+
+
+def test_the_results_document_round_trips_through_results_json(tmp_path):
+    results = _results(tmp_path)
+    written = _json_round_trip(results.to_dict())
+    assert list(written) == ["config", "versions", "data", "candidates", "best_single_map50", "bootstrap",
+                             "spearman", "scenarios", "wall_time_s", "command", "robustness", "sudden_change"]
+    # the config as the engine wrote it before it was a record: the options, seeds resolved, recipe, preset values
+    cfg = PipelineConfig(data=Path("/data/m3fd"), checkpoints=[Path("/w/best.pt")], out=Path("/runs/x"),
+                         corruptions=["fog"])
+    expected = cfg.to_dict()
+    expected.update({"seeds": [0, 1], "detection": results.config.detection,
+                     "preset_values": asdict(load_pipeline_preset("tiny"))})
+    assert written["config"] == _json_round_trip(expected) and list(written["config"]) == list(expected)
+    assert list(written["data"]) == ["root", "reader", "modalities", "colour", "synthetic", "n_images",
+                                     "class_names", "split"]
+    assert written["robustness"] == {} and written["spearman"][1] == {"metric": "SSIM", "rho": None, "p": None, "n": 3}
+    read = RunResults.from_dict(written)
+    assert read == results and read.to_dict() == written
+    assert read.config.out == Path("/runs/x") and read.config.checkpoints == [Path("/w/best.pt")]
+    assert read.config.weights is None and not read.config.keeps_best_epoch  # val: false keeps the last epoch
+    md = report.render_markdown(read)
+    assert md == report.render_markdown(results)
+    assert "keep their last epoch" in md and "| night | 2 | 3 |" in md and "| ir | 0.1 |" in md
+    assert SuddenChange(skipped="no fuser").to_dict() == {"skipped": "no fuser"}
+    assert RunResults.from_dict({**written, "sudden_change": {"skipped": "no fuser"}}).sudden_change.skipped
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "benchmarks" / "results").glob("*.json")
+                                        if '"candidates"' in p.read_text()))
+def test_the_stored_results_files_read_back_and_render(path):
+    """The results.json files kept in the repository (some from before options, sections and fields existed)."""
+    data = json.loads((REPO / "benchmarks" / "results" / path).read_text())
+    results = RunResults.from_dict(data)
+    assert [r.name for r in results.candidates] == [r["name"] for r in data["candidates"]]
+    assert results.config.seeds == data["config"]["seeds"] and results.data.root == data["data"]["root"]
+    again = RunResults.from_dict(_json_round_trip(results.to_dict()))
+    assert again == results
+    assert report.render_markdown(again).startswith("# Which fusion helps the detector")

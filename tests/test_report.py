@@ -67,12 +67,12 @@ def test_gain_is_against_the_better_single_modality_and_ranking():
 
 def test_spearman_sign_and_constant_column():
     records = [_record(n, [m], None, f) for n, m, f in [("a", 0.1, 1.0), ("b", 0.2, 2.0), ("c", 0.3, 3.0)]]
-    table = {row["metric"]: row for row in report.spearman_table(records)}
-    assert table["EN"]["rho"] == pytest.approx(1.0) and table["EN"]["n"] == 3
+    table = {row.metric: row for row in report.spearman_table(records)}
+    assert table["EN"].rho == pytest.approx(1.0) and table["EN"].n == 3
     for r in records:
         r.fusion["SSIM"] = 1.0
-    assert report.spearman_table(records)[report.FUSION_METRICS.index("SSIM")]["metric"] == "SSIM"
-    assert {row["metric"]: row for row in report.spearman_table(records)}["SSIM"]["rho"] is None
+    assert report.spearman_table(records)[report.FUSION_METRICS.index("SSIM")].metric == "SSIM"
+    assert {row.metric: row for row in report.spearman_table(records)}["SSIM"].rho is None
     assert report.spearman_table(records[:2]) == []
 
 

@@ -1,7 +1,8 @@
 """Stage ``outputs``: results.json/csv/md, the plots, the side-by-side grid of fused scenes and TensorBoard.
 
 Every file is written atomically; the tables and plots themselves are ``pipelines.report``'s. results.json is the
-document as it is; everything else reads its sections back through their records (``pipelines.records``).
+document's JSON (``RunResults.to_dict``, written once, here); the tables, plots and TensorBoard read the same
+:class:`~pipelines.records.RunResults` through its attributes.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 from data.io import atomic_write_json, atomic_write_text, read_image, read_ir, read_visible
 
 from .. import report
-from ..records import Bootstrap, CandidateResult, DetectionSummary, MeanStd, Robustness
+from ..records import CandidateResult, DetectionSummary, MeanStd, RunResults
 
 if TYPE_CHECKING:
     from pipelines.candidates import Candidate
@@ -25,13 +26,11 @@ if TYPE_CHECKING:
 GRID_SCENES = 4  # scenes shown in the side-by-side grid of fused images
 
 
-def write_outputs(cfg: PipelineConfig, results: dict, candidates: list[Candidate], dataset, eval_ids) -> None:
-    records = [CandidateResult.from_dict(r) for r in results["candidates"]]
-    bootstrap = Bootstrap.from_dict(results["bootstrap"]) if results["bootstrap"] else None
-    robust = Robustness.from_dict(results["robustness"]) if results["robustness"] else None
+def write_outputs(cfg: PipelineConfig, results: RunResults, candidates: list[Candidate], dataset, eval_ids) -> None:
+    records, bootstrap, robust = results.candidates, results.bootstrap, results.robustness
     # matplotlib's font cache goes into the run, not the user's home (Ultralytics' setup does the same when it ran).
     os.environ.setdefault("MPLCONFIGDIR", str(cfg.out / ".matplotlib"))
-    atomic_write_json(cfg.out / "results.json", results)
+    atomic_write_json(cfg.out / "results.json", results.to_dict())
     report.write_csv(cfg.out / "results.csv", records, cfg.protocol, bootstrap)
     atomic_write_text(cfg.out / "results.md", report.render_markdown(results))
     report.plot_metric_vs_map(cfg.out / "plots" / "map50_vs_fusion_metrics.png", records, cfg.protocol)
