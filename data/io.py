@@ -300,11 +300,12 @@ def replace_dir(src: str | Path, dst: str | Path) -> None:
 
 
 def write_record(path: str | Path, key: str, output: Any) -> None:
-    """Record, atomically, that finished work with input key ``key`` produced ``output`` (plain JSON data).
+    """Record, atomically, ``output`` (plain JSON data) of the work with input key ``key``.
 
-    The one format of "this folder holds finished work for this key" (pipeline stage records, a fused folder's
-    record and fuser marker, a detector run's state and result, an export's manifest): ``{"key": ..., "output":
-    ...}``. Write it after the work's files are in place, so that a record exists only for finished work.
+    The one record format of the keyed store (``data.store``), ``{"key": ..., "output": ...}``: a pipeline stage's
+    result, a finished folder's record (a fused folder's, a detector run's result, an export's manifest) and the
+    progress record of a folder being filled (its claim: a fuser marker, a detector run's "trained or not"). A
+    finished work's record is written after its files are in place, so that it exists only for finished work.
     """
     atomic_write_json(path, {"key": key, "output": output})
 

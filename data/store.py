@@ -8,8 +8,8 @@ Two shapes of work exist, and this class owns both:
   one detector seed's scores;
 * a folder of files: ``folder(path, key, build)`` builds it under a temporary name and renames it into place with
   its record inside, so the key-named folder only ever appears finished. A resumable build (fusing thousands of
-  images, training a detector) keeps its partial folder between runs and continues where a killed run stopped; a
-  plain one starts over.
+  images, training a detector or the DAE-Fuse) keeps its partial folder between runs and continues where a killed
+  run stopped; a plain one starts over.
 
 Work in progress has one rule too (``claim_folder``): a folder being filled carries a progress record naming the
 key it is filled for, which its build may update as it goes (``read_progress``/``save_progress``: e.g. "trained,
@@ -17,8 +17,11 @@ not yet evaluated"). A folder being filled for another key is cleared, or refuse
 someone's files (``fusion.fuse.fuse_folder`` never passes one fuser's images off as another's).
 
 ``--force`` redoes each piece of work once per run (``redo``): a fused folder shared by two stages is fused again
-once, not twice. Dead writers' temporaries are swept wherever work is built: beside a folder and inside a claimed
-one here, and anywhere under a pipeline run by ``data.io.remove_stale_temps_tree`` at the run's start.
+once, not twice. Work built below the pipeline takes the run's store (a YOLO export, ``detection.export``) or, in
+another process, the run's decision (a detector run, ``detection.train``: a store of its own, forced only where
+the run's ``redo`` said so). Dead writers' temporaries are swept wherever work is built: beside a folder and
+inside a claimed one here, and anywhere under a pipeline run by ``data.io.remove_stale_temps_tree`` at the run's
+start.
 """
 from __future__ import annotations
 

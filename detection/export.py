@@ -18,8 +18,9 @@ predictions can be scored against these files:
 
 The store reuses the export when ``manifest.json`` carries the same content key (ids, split lists, annotations,
 and each source image's path, size and modification time), so re-running costs a ``stat`` per image, and an
-interrupted export (no manifest, or a temporary folder) is never taken for a finished one; ``force`` rebuilds it
-(the store's ``--force``). Otherwise every input is validated first (each image decoded once by
+interrupted export (no manifest, or a temporary folder) is never taken for a finished one. ``store`` decides
+``--force``: the pipeline passes its run's store, so a forced run rebuilds each export once however many stages
+ask for it. Otherwise every input is validated first (each image decoded once by
 ``data.probe.probe_images``).
 
 Early fusion (:func:`export_stacked`) writes the same layout with one N-channel TIFF per sample instead of a
@@ -347,7 +348,7 @@ def export_yolo_dataset(
     *,
     eval_split: str = "val",
     class_names: Sequence[str] | None = None,
-    force: bool = False,
+    store: KeyedStore | None = None,
 ) -> YoloDataset:
     """Write (or reuse) an Ultralytics dataset for the given images, annotations and splits.
 
@@ -358,10 +359,12 @@ def export_yolo_dataset(
             ``val``; other names (``test``) are exported too.
         out_dir: the dataset folder. It is replaced atomically when its content key differs.
         eval_split: the split :attr:`YoloDataset.coco_gt_path` refers to.
-        force: rebuild even when a finished export of the same inputs is there (it is replaced atomically).
         class_names: the dataset's classes in label-index order (the reader's ``class_names``; None: M3FD's,
             for callers that do not pass them yet). They travel on in the manifest, ``YoloDataset.class_names``
             and the detector's result.
+        store: the keyed store that builds the folder and decides ``--force`` (the pipeline's run store: forced,
+            a finished export of the same inputs is rebuilt once per run and replaced atomically); None: a store
+            of its own, without ``--force``.
 
     Raises:
         DatasetError: before anything is written, listing every problem: an image missing or unreadable, an id
@@ -385,7 +388,7 @@ def export_yolo_dataset(
 
     key = _input_key(images, annotations, splits, eval_split, out_dir, class_names) or _unkeyable(check)
     # A reused export's inputs were validated when it was built.
-    manifest, _ = KeyedStore(out_dir.parent, force=force).folder(out_dir, key, build, record=MANIFEST_NAME)
+    manifest, _ = (store or KeyedStore(out_dir.parent)).folder(out_dir, key, build, record=MANIFEST_NAME)
     return _dataset_from_manifest(out_dir, manifest)
 
 
@@ -541,7 +544,7 @@ def export_stacked(
     colour: str | None,
     modalities: Sequence[str] | None = None,
     eval_split: str = "val",
-    force: bool = False,
+    store: KeyedStore | None = None,
 ) -> YoloDataset:
     """Write (or reuse) an early-fusion dataset: each sample's modalities stacked as one N-channel image.
 
@@ -574,7 +577,7 @@ def export_stacked(
         out_dir: the dataset folder (replaced atomically when its content key differs).
         colour: the modality kept in colour (see above), or None.
         modalities: the stack's modalities in channel order; default the order of the first id's mapping.
-        eval_split, force: as for :func:`export_yolo_dataset`.
+        eval_split, store: as for :func:`export_yolo_dataset`.
 
     Raises:
         ValueError: fewer than two modalities, or ``colour`` not among them.
@@ -626,5 +629,5 @@ def export_stacked(
 
     key = (_input_key(sources, annotations, ids_by_split, eval_split, out_dir, class_names, layout)
            or _unkeyable(check))
-    manifest, _ = KeyedStore(out_dir.parent, force=force).folder(out_dir, key, build, record=MANIFEST_NAME)
+    manifest, _ = (store or KeyedStore(out_dir.parent)).folder(out_dir, key, build, record=MANIFEST_NAME)
     return _dataset_from_manifest(out_dir, manifest)

@@ -16,8 +16,11 @@ A run is a resumable folder of the keyed store (``data.store.KeyedStore.folder``
 ``out_dir/<name>.partial`` and is renamed to ``out_dir/<name>`` once finished, with its result as the folder's
 record (``detection_result.json``). A finished run of the same key is returned without work; an interrupted
 training continues from ``weights/last.pt`` (Ultralytics ``resume``; the partial folder's progress record says
-whether training had ended); a partial run of another key is started again from scratch; ``force`` trains again
-from scratch once per call. The key covers the dataset's content key and every argument that changes the result.
+whether training had ended); a partial run of another key is started again from scratch. ``store`` decides
+``--force`` (train again from scratch): the pipeline runs each detector in a job of its own, possibly in another
+process, and hands it a store forced only where its run has not redone that detector yet (``KeyedStore.redo``),
+so a forced run trains each detector once. The key covers the dataset's content key and every argument that
+changes the result.
 A finished run written by an earlier version (the same ``detection_result.json``) is reused; a run it left
 interrupted is trained again from scratch.
 
@@ -261,7 +264,7 @@ def train_and_evaluate(
     extra_args: Mapping[str, Any] | None = None,
     eval_split: str = "val",
     threads: int | None = None,
-    force: bool = False,
+    store: KeyedStore | None = None,
 ) -> DetectionResult:
     """Train a YOLO detector on ``dataset`` and evaluate it on ``eval_split``.
 
@@ -282,9 +285,10 @@ def train_and_evaluate(
             dataset of 3 channels trains without HSV jitter (:data:`STACK_OF_THREE_ARGS`).
         eval_split: the split scored at the end.
         threads: torch CPU threads (default :func:`detection.ultralytics_env.default_threads`).
-        force: train from scratch even when a finished or interrupted run of the same key is there (an
-            interrupted one is removed whole first, ``data.io.clear_dir``; a finished one stays until the new one
-            replaces it).
+        store: the keyed store that builds the run folder and decides ``--force``: forced, the run is trained
+            from scratch even when a finished or interrupted one of the same key is there (an interrupted one is
+            removed whole first, ``data.io.clear_dir``; a finished one stays until the new one replaces it), once
+            per store; None: a store of its own, without ``--force``.
 
     Raises:
         ValueError: bad arguments (listed together) before anything is imported or trained.
@@ -307,7 +311,7 @@ def train_and_evaluate(
                                 tb_writer=tb_writer, tb_prefix=tb_prefix, start=start).to_dict()
 
     # A result from before the deployed protocol was measured is not used: the run is trained again.
-    record, reused = KeyedStore(out_dir, force=force).folder(
+    record, reused = (store or KeyedStore(out_dir)).folder(
         run_dir, key, build, resumable=True, record=RESULT_NAME,
         accept=lambda result: bool(result.get("deployed_predictions_path")))
     if reused:

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from data.errors import DatasetError
-from data.io import clear_dir
+from data.io import read_record, write_record
 from data.lock import hold_folder_lock, raise_if_locked
 from data.provenance import content_key, package_versions
-from data.store import KeyedStore
+from data.store import RECORD_NAME, KeyedStore, finished
 from fusion.baselines import BASELINE_NAMES, RULES  # no torch: the simple rules only
 
 from . import report
@@ -139,7 +139,13 @@ def build_candidates(cfg: PipelineConfig, dataset=None, preset: PipelinePreset |
 
 
 def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: KeyedStore) -> Path:
-    """Train a DAE-Fuse with a short schedule on the training split (cached and resumable). Returns its checkpoint.
+    """Train a DAE-Fuse with a short schedule on the training split. Returns its checkpoint.
+
+    The training is a resumable folder of the run's store (``KeyedStore.folder``): it trains in
+    ``fusion_training/<key>.partial`` (a killed run resumes from its ``last.pt``), renamed to
+    ``fusion_training/<key>`` once finished with its checkpoint's name as the record, and reused while that
+    checkpoint is there. A run finished by a version that kept its record in ``state/_fusion_training`` is reused;
+    one it left unfinished is trained again and replaces its folder whole. ``--force`` trains it again once.
 
     The trainer reads the run's dataset again by its root, reader and options; the run showed that dataset's
     DatasetWarnings when it loaded it, so the second read's are not shown again."""
@@ -158,29 +164,44 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Key
     ids = sorted(dataset.splits[cfg.train_split])
     key = content_key("dae_fuse_train", asdict(fusion_cfg), str(dataset.root), ids, source_fingerprint(dataset, ids),
                       torch_device(cfg.device))
-    stored = store.get("_fusion_training", "train", key)
-    if stored and Path(stored["checkpoint"]).is_file():
-        LOGGER.info("DAE-Fuse trained here reused: %s", stored["checkpoint"])
-        return Path(stored["checkpoint"])
     run_dir = cfg.out / "fusion_training" / key[:12]
-    if store.redo(f"fusion_training:{key}"):  # from scratch; the old run is removed whole (a killed forced run
-        clear_dir(run_dir)                     # then resumes this one)
-        clear_tb_events(cfg.out / "tb" / "fusion_training")
-    from torch.utils.tensorboard import SummaryWriter
+    _adopt_earlier_training(store, run_dir, key)
 
-    writer = SummaryWriter(str(cfg.out / "tb" / "fusion_training"))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DatasetWarning)
-            result = train(fusion_cfg, dataset.root, run_dir, device=torch_device(cfg.device),
-                           resume=(run_dir / "last.pt").is_file(), tb_writer=writer, progress=cfg.progress,
-                           split=cfg.train_split)
-    finally:
-        writer.close()
-    checkpoint = Path(result.best_checkpoint)
-    store.put("_fusion_training", "train", key, {"checkpoint": str(checkpoint), "run_dir": str(run_dir),
-                                                 "wall_time_s": result.wall_time_s})
+    def build(tmp: Path) -> dict[str, Any]:
+        from torch.utils.tensorboard import SummaryWriter
+
+        resume = (tmp / "last.pt").is_file()
+        if store.force and not resume:  # trained again from scratch: its curves replace the old ones
+            clear_tb_events(cfg.out / "tb" / "fusion_training")
+        writer = SummaryWriter(str(cfg.out / "tb" / "fusion_training"))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DatasetWarning)
+                result = train(fusion_cfg, dataset.root, tmp, device=torch_device(cfg.device), resume=resume,
+                               tb_writer=writer, progress=cfg.progress, split=cfg.train_split)
+        finally:
+            writer.close()
+        return {"checkpoint": str(Path(result.best_checkpoint).relative_to(tmp)), "wall_time_s": result.wall_time_s}
+
+    stored, reused = store.folder(run_dir, key, build, resumable=True,
+                                  accept=lambda done: (run_dir / done.get("checkpoint", "")).is_file())
+    checkpoint = run_dir / stored["checkpoint"]
+    if reused:
+        LOGGER.info("DAE-Fuse trained here reused: %s", checkpoint)
     return checkpoint
+
+
+def _adopt_earlier_training(store: KeyedStore, run_dir: Path, key: str) -> None:
+    """A DAE-Fuse training finished in ``run_dir`` by a version that recorded it in ``state/_fusion_training``
+    (not in the folder) gets the folder's record, so the store reuses it; the old record goes."""
+    earlier_record = store.root / "_fusion_training" / "train.json"
+    earlier = read_record(earlier_record, key)
+    if not isinstance(earlier, dict):
+        return
+    name = Path(earlier.get("checkpoint", "")).name  # the run's folder is this one (its name is the key's)
+    if name and finished(run_dir) is None and (run_dir / name).is_file():
+        write_record(run_dir / RECORD_NAME, key, {"checkpoint": name, "wall_time_s": earlier.get("wall_time_s")})
+    earlier_record.unlink(missing_ok=True)
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
@@ -251,7 +272,7 @@ def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: li
                 cand.spec = replace(cand.spec, fuser="dae_fuse", args={"checkpoint": checkpoint})
             if cand.kind == "stack":
                 progress.stage(k, cand.name, "exporting the modalities as one multi-channel image each")
-                yolo = export_stack(cfg, dataset)
+                yolo = export_stack(cfg, dataset, store)
                 input_key = yolo.key
             else:
                 progress.stage(k, cand.name, "fusing")
@@ -259,7 +280,7 @@ def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: li
                 progress.stage(k, cand.name, "fusion and temporal metrics")
                 cand.record.scores = stage_score(cfg, cand, dataset, cand.record.fuse, store)
                 progress.stage(k, cand.name, "exporting detection dataset")
-                yolo, input_key = export_fused(cfg, cand, dataset), cand.record.fuse.key
+                yolo, input_key = export_fused(cfg, cand, dataset, store), cand.record.fuse.key
             jobs = queue_detector_jobs(cfg, cand, yolo, input_key, dataset, settings=settings, seeds=seeds,
                                        scenarios=scenario_ids, store=store)
             pending_jobs += [(cand, job) for job in jobs]

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from data.errors import DatasetError
+from data.store import KeyedStore
 from data.types import Annotation, Box
 from detection import export as export_module
 from detection.coco_eval import coco_map
@@ -142,7 +143,8 @@ def test_forced_export_is_rebuilt_and_swapped_in_whole(tmp_path, monkeypatch):
     probed = []
     real_probe = export_module.probe_images
     monkeypatch.setattr(export_module, "probe_images", lambda paths: probed.append(1) or real_probe(paths))
-    again = export_yolo_dataset(images, annotations, splits, tmp_path / "yolo", force=True)
+    again = export_yolo_dataset(images, annotations, splits, tmp_path / "yolo",
+                                store=KeyedStore(tmp_path, force=True))
     assert probed and again.key == first.key  # validated and written again, same content
     assert not stale.exists()  # a new folder replaced the old one whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "yolo"]  # no temporary or old folder beside it
@@ -517,7 +519,7 @@ def _tiny_export(tmp_path):
 
 def test_a_detector_run_is_a_store_folder_resumed_reused_and_forced_once(tmp_path, monkeypatch):
     """Training and evaluation happen in ``<name>.partial``, renamed to ``<name>`` with the result as its record:
-    an interrupted run resumes from its last checkpoint, a finished one is reused, ``force`` trains it again."""
+    an interrupted run resumes from its last checkpoint, a finished one is reused, a forced store trains it again."""
     fake = _FakeUltralytics(monkeypatch)
     ds, runs = _tiny_export(tmp_path), tmp_path / "runs"
     kwargs = {"model": "yolov8n.yaml", "epochs": 2, "imgsz": 64, "batch": 2, "out_dir": runs, "name": "c"}
@@ -539,7 +541,7 @@ def test_a_detector_run_is_a_store_folder_resumed_reused_and_forced_once(tmp_pat
 
     fake.calls.clear()
     assert train_and_evaluate(ds, **kwargs) == result and fake.calls == []  # finished: reused
-    forced = train_and_evaluate(ds, **kwargs, force=True)
+    forced = train_and_evaluate(ds, **kwargs, store=KeyedStore(runs, force=True))
     assert fake.calls[0] == "train c.partial" and not forced.resumed  # from scratch, not resumed
     assert forced.key == result.key and not (runs / "c.partial").exists()
 
@@ -577,6 +579,7 @@ _TINY_RUN_SCRIPT = """
 import json, sys
 from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
+from data.store import KeyedStore
 from tests.test_detection import make_synthetic
 from detection import export_yolo_dataset, load_preset, train_and_evaluate
 
@@ -613,7 +616,8 @@ class Interrupt(Epochs):  # ... and stops the process's training after the first
 
 
 forced_writer = Epochs()
-b_forced = train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="b", force=True, tb_writer=forced_writer)
+b_forced = train_and_evaluate(ds, **kwargs, out_dir=work / "runs", name="b", tb_writer=forced_writer,
+                              store=KeyedStore(work / "runs", force=True))
 b_forced_epochs, b_csv_rewritten = forced_writer.trained, b_csv.stat().st_mtime_ns != b_stamp
 
 before, after = Interrupt(), Epochs()
@@ -723,7 +727,7 @@ def test_tiny_run_is_deterministic_and_reused(tiny_run):
 
 @pytest.mark.slow
 def test_force_trains_a_finished_run_again_from_scratch(tiny_run):
-    """force=True (the pipeline's --force): a finished run of the same key is not reused; every epoch is trained
+    """A forced store (the pipeline's --force): a finished run of the same key is not reused; every epoch is trained
     again from scratch (same seed: the same numbers), and its results.csv is written anew."""
     assert tiny_run.b_forced_epochs == list(range(1, tiny_run.epochs + 1))
     assert tiny_run.b_csv_rewritten and not tiny_run.b_forced["resumed"]

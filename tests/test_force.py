@@ -91,8 +91,8 @@ def test_force_redoes_every_stage_and_a_plain_rerun_reuses_it(tmp_path, syntheti
     # gone after the next run; a live writer's temporary (this process's pid) is left alone.
     dead = _dead_pid()
     out = cfg.out
-    places = [out, out / "plots", out / "state" / "_fusion_training", out / "cache" / "fused", out / "cache" / "yolo",
-              out / "cache" / "corrupted", out / "fusion_training"]
+    places = [out, out / "plots", out / "cache" / "fused", out / "cache" / "yolo", out / "cache" / "corrupted",
+              out / "fusion_training", *(out / "fusion_training").iterdir()]
     places += [out / "state" / n for n in names] + [out / "tb" / n / "summary" for n in names]
     places += [out / "runs" / n for n in names] + [out / "robustness" / n / "noise_s1" for n in names]
     litter = [out / f".results.json.{dead}.a1b2c3d4.tmp", out / f".results.csv.{dead}.a1b2c3d4.tmp.csv",
@@ -210,3 +210,113 @@ def test_sigkill_while_writing_records_report_or_plots_leaves_nothing_behind(tmp
     assert _temporaries(out) == []
     assert all(r["detection"] for r in results["candidates"])
     assert (out / "plots" / "map50_vs_fusion_metrics.png").is_file() and (out / "results.md").is_file()
+
+
+def _trained_here(cfg: PipelineConfig):
+    """The synthetic dataset, and a stand-in for ``fusion.train.train`` (milliseconds) that records each call as
+    (folder, resumed), writes ``last.pt`` and, unless ``interrupt`` is set, ``best.pt``."""
+    from types import SimpleNamespace
+
+    from pipelines.datasets import load_run_dataset
+
+    calls: list[tuple[str, bool]] = []
+    state = {"interrupt": False}
+
+    def train(fusion_cfg, root, out_dir, *, resume, **kwargs):
+        calls.append((Path(out_dir).name, resume))
+        (Path(out_dir) / "last.pt").write_bytes(b"epoch 1")
+        if state["interrupt"]:
+            raise KeyboardInterrupt("simulated interruption after epoch 1")
+        (Path(out_dir) / "best.pt").write_bytes(b"best")
+        return SimpleNamespace(best_checkpoint=Path(out_dir) / "best.pt", wall_time_s=0.5)
+
+    return load_run_dataset(cfg, cfg.data), train, calls, state
+
+
+def test_the_dae_fuse_trained_here_is_a_store_folder_resumed_reused_and_forced_once(tmp_path, synthetic_root,
+                                                                                    monkeypatch):
+    """It trains in ``fusion_training/<key>.partial``, renamed once finished with its checkpoint as the record: an
+    interrupted training resumes, a finished one is reused, a forced run trains it again once. A run finished by the
+    previous version (its record in ``state/_fusion_training``) is reused; one it left unfinished is trained again
+    and replaces its folder whole."""
+    from data.io import record_key, write_record
+    from data.store import RECORD_NAME, KeyedStore
+    from pipelines.engine import train_fusion_here
+
+    cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", progress=False)
+    dataset, train, calls, state = _trained_here(cfg)
+    monkeypatch.setattr("fusion.train.train", train)
+
+    def trained(store: KeyedStore | None = None) -> Path:
+        return train_fusion_here(cfg, "tiny", dataset, store or KeyedStore(cfg.out / "state"))
+
+    state["interrupt"] = True
+    with pytest.raises(KeyboardInterrupt):
+        trained()
+    (partial,) = (cfg.out / "fusion_training").iterdir()
+    assert partial.suffix == ".partial" and (partial / "last.pt").is_file()
+    state["interrupt"] = False
+    checkpoint = trained()
+    run = partial.with_suffix("")
+    assert calls == [(partial.name, False), (partial.name, True)]  # resumed from its last.pt
+    assert checkpoint == run / "best.pt" and checkpoint.is_file() and not partial.exists()
+
+    calls.clear()
+    assert trained() == checkpoint and calls == []  # finished: reused
+    forced = KeyedStore(cfg.out / "state", force=True)
+    assert trained(forced) == checkpoint and trained(forced) == checkpoint
+    assert calls == [(partial.name, False)]  # from scratch, once per run
+
+    key = record_key(run / RECORD_NAME)
+    (run / RECORD_NAME).unlink()  # as the previous version left a finished run: its record in the run's state
+    write_record(cfg.out / "state" / "_fusion_training" / "train.json", key,
+                 {"checkpoint": str(checkpoint), "run_dir": str(run), "wall_time_s": 1.0})
+    calls.clear()
+    assert trained() == checkpoint and calls == [] and (run / RECORD_NAME).is_file()
+    assert not (cfg.out / "state" / "_fusion_training" / "train.json").exists()
+
+    (run / RECORD_NAME).unlink()  # ... and an unfinished one: trained again, the folder replaced whole
+    (run / "stale.txt").write_text("left by the killed run")
+    assert trained() == checkpoint and calls == [(partial.name, False)]
+    assert not (run / "stale.txt").exists() and sorted(p.name for p in run.parent.iterdir()) == [run.name]
+
+
+def test_a_forced_run_builds_an_export_and_a_detector_once_when_two_stages_ask(tmp_path, synthetic_root,
+                                                                              monkeypatch):
+    """``--force`` is the run's store's: two stages asking for the same export, or the same detector seed, get it
+    built once (the exports counted as written, the detector as trained), not once per ask."""
+    from types import SimpleNamespace
+
+    from data.store import KeyedStore
+    from pipelines.stages import detect
+    from tests.test_detection import _FakeUltralytics
+
+    cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", progress=False, force=True)
+    dataset, *_ = _trained_here(cfg)
+    fused = SimpleNamespace(dir=str(dataset.ir_path(dataset.ids[0]).parent), key="f" * 64)
+    cand = SimpleNamespace(name="ir", record=SimpleNamespace(fuse=fused, detection_runs={}, yolo=None))
+    calls: dict[str, int] = {}
+    _count(monkeypatch, calls, "written", "detection.export._write_export")
+    fake = _FakeUltralytics(monkeypatch)
+    settings = {"model": "yolov8n.yaml", "epochs": 2, "imgsz": 64, "batch": 2, "weights": None, "extra_args": {},
+                "weights_sha256": None}
+
+    def a_stage(store: KeyedStore) -> list[dict]:
+        """What a stage asks for: the candidate's export and its early-fusion sibling, and its detector's job."""
+        yolo = detect.export_fused(cfg, cand, dataset, store)
+        detect.export_stack(cfg, dataset, store)
+        return detect.queue_detector_jobs(cfg, cand, yolo, fused.key, dataset, settings=settings, seeds=[0],
+                                          scenarios={}, store=store)
+
+    for job in a_stage(KeyedStore(cfg.out / "state")):  # a plain run first: there is something to force
+        detect.detect_job(job)
+    assert calls["written"] == 2 and [c.split()[0] for c in fake.calls] == ["train", "evaluate", "evaluate"]
+
+    calls["written"], fake.calls = 0, []
+    store = KeyedStore(cfg.out / "state", force=True)
+    jobs = a_stage(store) + a_stage(store)  # two stages ask before either's detector has run
+    assert [job["redo"] for job in jobs] == [True, False]
+    for job in jobs:
+        detect.detect_job(job)
+    assert calls["written"] == 2  # each export rebuilt once
+    assert [c.split()[0] for c in fake.calls] == ["train", "evaluate", "evaluate"]  # trained once, then reused

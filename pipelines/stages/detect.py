@@ -68,8 +68,9 @@ def clear_tb_events(folder: Path) -> None:
         events.unlink(missing_ok=True)
 
 
-def export_fused(cfg: PipelineConfig, candidate: Candidate, dataset):
-    """The candidate's fused images as a YOLO dataset (content-keyed by the fused folder; reused when there)."""
+def export_fused(cfg: PipelineConfig, candidate: Candidate, dataset, store: KeyedStore):
+    """The candidate's fused images as a YOLO dataset (content-keyed by the fused folder; reused when there, and
+    under ``--force`` rebuilt once per run by the run's ``store``)."""
     from detection.export import export_yolo_dataset
 
     fused = candidate.record.fuse
@@ -78,12 +79,13 @@ def export_fused(cfg: PipelineConfig, candidate: Candidate, dataset):
     return export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in used},
                                {i: dataset.annotation(i) for i in used}, roles,
                                cfg.out / "cache" / "yolo" / fused.key[:16], eval_split=eval_role,
-                               class_names=dataset.class_names, force=cfg.force)
+                               class_names=dataset.class_names, store=store)
 
 
-def export_stack(cfg: PipelineConfig, dataset):
+def export_stack(cfg: PipelineConfig, dataset, store: KeyedStore):
     """Early fusion's YOLO dataset: each sample's modalities as one N-channel image (``detection.export``: the
-    colour modality as its three colour channels, every other one as one), keyed by the sources' contents."""
+    colour modality as its three colour channels, every other one as one), keyed by the sources' contents and
+    built by the run's ``store``, as :func:`export_fused`."""
     from detection.export import export_stacked
 
     from .fuse import source_fingerprint
@@ -95,21 +97,25 @@ def export_stack(cfg: PipelineConfig, dataset):
     return export_stacked(roles, {i: dict(dataset.sources(i)) for i in used},
                           {i: dataset.annotation(i) for i in used}, dataset.class_names,
                           cfg.out / "cache" / "yolo" / f"stack-{key[:16]}", colour=dataset.colour,
-                          modalities=dataset.modalities, eval_split=eval_role, force=cfg.force)
+                          modalities=dataset.modalities, eval_split=eval_role, store=store)
 
 
 def queue_detector_jobs(cfg: PipelineConfig, candidate: Candidate, yolo, input_key: str, dataset, *,
                         settings: dict[str, Any], seeds: list[int], scenarios: dict[str, list[str]],
                         store: KeyedStore) -> list[dict[str, Any]]:
     """The jobs of the candidate's seeds not yet finished on its exported dataset ``yolo`` (``input_key``: what
-    its images were made from); finished ones are read back into ``candidate.record.detection_runs``."""
+    its images were made from); finished ones are read back into ``candidate.record.detection_runs``.
+
+    Under ``--force`` each job carries the run's decision (``store.redo``): train its detector again only the
+    first time this run asks for it, so a detector two stages ask for is trained once."""
     roles, eval_role = detector_splits(cfg, dataset)
     annotations = dataset.annotations(cfg.eval_split)
     scenario_boxes = {s: sum(len(annotations[i].boxes) for i in ids) for s, ids in scenarios.items()}
     candidate.record.detection_runs = {}
     candidate.record.yolo = str(yolo.root)
-    if cfg.force:  # every seed trains again: its curves replace the old ones instead of doubling them
-        clear_tb_events(cfg.out / "tb" / candidate.name)
+    tb_dir = cfg.out / "tb" / candidate.name
+    if store.redo(f"tensorboard:{tb_dir}"):  # every seed trains again: its curves replace the old ones
+        clear_tb_events(tb_dir)
     jobs = []
     for seed in seeds:
         key = content_key("detect", input_key, yolo.key, settings, seed, roles, eval_role, cfg.device, scenarios,
@@ -120,10 +126,12 @@ def queue_detector_jobs(cfg: PipelineConfig, candidate: Candidate, yolo, input_k
             LOGGER.info("%s: detector seed %d reused (%s)", candidate.name, seed, run.run_dir)
             candidate.record.detection_runs[seed] = run
             continue
+        runs = cfg.out / "runs" / candidate.name
         jobs.append({"candidate": candidate.name, "seed": seed, "recipe": settings, "dataset": str(yolo.root),
                      "coco_gt": str(yolo.coco_gt_path), "device": cfg.device, "eval_split": eval_role,
-                     "run_dir": str(cfg.out / "runs" / candidate.name), "tb_dir": str(cfg.out / "tb" / candidate.name),
-                     "scenario_ids": scenarios, "scenario_boxes": scenario_boxes, "key": key, "force": cfg.force})
+                     "run_dir": str(runs), "tb_dir": str(tb_dir), "scenario_ids": scenarios,
+                     "scenario_boxes": scenario_boxes, "key": key,
+                     "redo": store.redo(f"detector:{runs / f'seed{seed}'}:{key}")})
     return jobs
 
 
@@ -160,7 +168,7 @@ def detect_job(job: dict[str, Any]) -> dict[str, Any]:
             YoloDataset.load(Path(job["dataset"])), **recipe, seed=job["seed"], device=job["device"],
             out_dir=Path(job["run_dir"]), name=f"seed{job['seed']}", tb_writer=writer,
             tb_prefix=f"detect/{job['candidate']}/seed{job['seed']}", eval_split=job["eval_split"],
-            force=job.get("force", False))
+            store=KeyedStore(job["run_dir"], force=job["redo"]))  # forced where the run decided it, once
     finally:
         writer.close()
     scenarios = scenario_scores(Path(job["coco_gt"]), Path(result.predictions_path),

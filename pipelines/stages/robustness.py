@@ -118,7 +118,7 @@ def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, 
                 yolo = export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in ids},
                                            {i: dataset.annotation(i) for i in ids}, {"test": ids},
                                            cfg.out / "cache" / "yolo" / fused.key[:16], eval_split="test",
-                                           class_names=dataset.class_names, force=cfg.force)
+                                           class_names=dataset.class_names, store=store)
             except Exception as err:  # noqa: BLE001 - one candidate's failure leaves the others' cells
                 LOGGER.exception("robustness %s %s failed", cell_name, cand.name)
                 out.errors[f"{cell_name}/{cand.name}"] = f"{type(err).__name__}: {err}"
