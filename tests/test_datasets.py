@@ -360,10 +360,10 @@ def test_cli_prints_any_readers_summary(tmp_path, capsys):
 
 
 def test_fusion_training_reads_its_pairs_through_a_named_reader(tmp_path):
-    """``data.dataset=llvip`` (``python -m fusion.train --dataset llvip``): DAE-Fuse trains on LLVIP's train split
-    and validates on the val the reader carved, with no M3FD layout in sight."""
-    from fusion.config import load_train_config
-    from fusion.data import resolve_training_pairs
+    """``data.dataset=llvip`` (``python -m fusion.training.train --dataset llvip``): DAE-Fuse trains on LLVIP's train
+    split and validates on the val the reader carved, with no M3FD layout in sight."""
+    from fusion.training.config import load_train_config
+    from fusion.training.data import resolve_training_pairs
 
     root = make_llvip(tmp_path / "LLVIP", [f"01{k:04d}" for k in range(10)], ["190001", "190002"])
     cfg = load_train_config(preset="tiny", overrides=["data.dataset=llvip"]).data

@@ -62,7 +62,7 @@ def test_force_redoes_every_stage_and_a_plain_rerun_reuses_it(tmp_path, syntheti
     assert len(before) >= 3 * 6 + 3
 
     calls: dict[str, int] = {}
-    for name, target in (("fuse", "fusion.fuse.fuse_folder"), ("train", "fusion.train.train"),
+    for name, target in (("fuse", "fusion.fusers.fuse.fuse_folder"), ("train", "fusion.training.train.train"),
                          ("detect", "detection.train.train_and_evaluate"), ("score", "detection.train.score_detector"),
                          ("corrupt", "data.corruptions.corrupt_pair")):
         _count(monkeypatch, calls, name, target)
@@ -83,8 +83,9 @@ def test_force_redoes_every_stage_and_a_plain_rerun_reuses_it(tmp_path, syntheti
     def must_not_run(*args, **kwargs):
         raise AssertionError("finished work was redone without --force")
 
-    for target in ("fusion.fuse.fuse_folder", "fusion.train.train", "detection.train.train_and_evaluate",
-                   "detection.train.score_detector", "data.corruptions.corrupt_pair"):
+    for target in ("fusion.fusers.fuse.fuse_folder", "fusion.training.train.train",
+                   "detection.train.train_and_evaluate", "detection.train.score_detector",
+                   "data.corruptions.corrupt_pair"):
         monkeypatch.setattr(target, must_not_run)
     # What writers killed at each moment of a run leave (SIGKILL: no cleanup ran): the report files, every plot,
     # every candidate's stage records, the TensorBoard summaries, the caches, the training folders. Each must be

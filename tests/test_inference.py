@@ -1,4 +1,5 @@
-"""The inference copy of DAE-Fuse (fusion.inference): the same outputs as the trained model, less memory traffic."""
+"""The inference copy of DAE-Fuse (fusion.models.inference): the same outputs as the trained model, less memory
+traffic."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fusion.dae_fuse import ShallowEncoder, create_model
-from fusion.fuse import CheckpointFuser
-from fusion.inference import ShallowEncoderForInference, fold_batch_norms, for_inference
+from fusion.fusers.fuse import CheckpointFuser
+from fusion.models.dae_fuse import ShallowEncoder, create_model
+from fusion.models.inference import ShallowEncoderForInference, fold_batch_norms, for_inference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,7 +12,7 @@ import pytest
 
 import pipelines.engine as engine
 from data.types import CLASS_NAMES
-from fusion.train import train
+from fusion.training.train import train
 from pipelines.config import check_splits
 from pipelines.datasets import resolve_dataset
 from pipelines.engine import PipelineConfig, run_pipeline, torch_device
@@ -133,7 +133,7 @@ def test_second_run_is_all_cache_hits(first_run, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("finished work was redone")
 
-    monkeypatch.setattr("fusion.fuse.fuse_folder", must_not_run)
+    monkeypatch.setattr("fusion.fusers.fuse.fuse_folder", must_not_run)
     monkeypatch.setattr("detection.train.train_and_evaluate", must_not_run)
     again = run_pipeline(cfg)
     before = {r["name"]: r["detection"] for r in results["candidates"]}
@@ -275,7 +275,7 @@ def test_a_fused_folder_is_reused_from_its_own_record_without_the_run_state(tmp_
     candidate = engine.Candidate(CandidateSpec(name="max", kind="baseline", fuser="max"))
     first = engine.stage_fuse(cfg, candidate, dataset, store)
     shutil.rmtree(tmp_path / "out" / "state", ignore_errors=True)  # the run's records lost: the folder's own is enough
-    monkeypatch.setattr("fusion.fuse.fuse_folder", lambda *a, **k: pytest.fail("finished fusing was redone"))
+    monkeypatch.setattr("fusion.fusers.fuse.fuse_folder", lambda *a, **k: pytest.fail("finished fusing was redone"))
     again = engine.stage_fuse(cfg, candidate, dataset, store)
     assert again.cached and again.key == first.key
     assert again.seconds_per_image == first.seconds_per_image

@@ -209,5 +209,5 @@ def test_a_tiny_robustness_run_scores_the_trained_detectors_on_corrupted_inputs(
     assert (cfg.out / "plots" / "robustness.png").is_file()
     # cached like everything else: a second run corrupts, fuses and scores nothing again
     monkeypatch.setattr("detection.train.score_detector", lambda *a, **k: pytest.fail("scored again"))
-    monkeypatch.setattr("fusion.fuse.fuse_folder", lambda *a, **k: pytest.fail("fused again"))
+    monkeypatch.setattr("fusion.fusers.fuse.fuse_folder", lambda *a, **k: pytest.fail("fused again"))
     assert run_pipeline(cfg)["robustness"]["cells"] == robust["cells"]

@@ -1,4 +1,4 @@
-"""Video fusion (fusion.video), DAE-Fuse batched inference, the --video CLI and the temporal metrics."""
+"""Video fusion (fusion.video.streaming), DAE-Fuse batched inference, the --video CLI and the temporal metrics."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,9 +10,9 @@ import pytest
 from data.errors import DatasetError
 from data.io import read_gray_reference, read_image, write_image
 from data.types import Pair
-from fusion.fuse import load_fuser_checkpoint, main
-from fusion.fusers import create_fuser, fuse_arrays, fuse_pair
-from fusion.temporal import (
+from fusion.fusers.base import create_fuser, fuse_arrays, fuse_pair
+from fusion.fusers.fuse import load_fuser_checkpoint, main
+from fusion.video.temporal import (
     TEMPORAL_METRICS,
     TemporalStats,
     consecutive_runs,
@@ -20,8 +20,8 @@ from fusion.temporal import (
     evaluate_sequences,
     evaluate_temporal,
 )
-from fusion.train import train
-from fusion.video import (
+from fusion.training.train import train
+from fusion.video.streaming import (
     StabilisedFuser,
     StabiliserConfig,
     VideoConfig,
@@ -213,7 +213,7 @@ def no_fusing(*args):
 
 
 def test_mismatched_count_size_and_rate_are_one_error(clips, tmp_path, monkeypatch):
-    monkeypatch.setattr("fusion.video.fuse_batch", no_fusing)
+    monkeypatch.setattr("fusion.video.streaming.fuse_batch", no_fusing)
     _, vis = scene(n=9, size=(32, 24))
     other = write_video(tmp_path / "other.mkv", vis, fps=25.0)
     with pytest.raises(DatasetError) as err:
@@ -283,10 +283,10 @@ def test_a_video_shorter_than_declared_is_an_error(clips, tmp_path, monkeypatch,
     """A container may declare more frames than its stream holds: found when reading, and nothing is written."""
     import dataclasses
 
-    import fusion.video
+    import fusion.video.streaming
 
-    probe = fusion.video._probe_video
-    monkeypatch.setattr(fusion.video, "_probe_video",
+    probe = fusion.video.streaming._probe_video
+    monkeypatch.setattr(fusion.video.streaming, "_probe_video",
                         lambda path, problems: dataclasses.replace(probe(path, problems), frames=FRAMES + 2))
     with pytest.raises(VideoStreamError, match=r"ended after 6 of its 8 declared frames"):
         fuse_video(create_fuser("max"), clips["ir_mkv"], clips["vis_mkv"], tmp_path / "o.mkv",
@@ -473,7 +473,7 @@ def test_consecutive_runs():
 def test_the_batched_path_gives_a_fuser_the_same_whole_number_lumas_as_the_frame_path():
     """A fuser with ``fuse_luma_batch`` (DAE-Fuse on video) receives the visible luma rounded, as ``fuse_pair``
     and the frame-by-frame path give it (the documented value domain), not the colour conversion's fractions."""
-    from fusion.video import _Batch, fuse_batch
+    from fusion.video.streaming import _Batch, fuse_batch
 
     seen = []
 

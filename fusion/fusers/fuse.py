@@ -2,21 +2,21 @@
 
 Command line (a thin wrapper over ``fuse_folder``); sources by modality name, or the two-band flags::
 
-    python -m fusion.fuse --baseline max --src vis=DIR --src nir=DIR --src lwir=DIR --out DIR
-    python -m fusion.fuse --checkpoint runs/dae_fuse/best.pt --ir DIR --vis DIR --out DIR [--device cuda]
-    python -m fusion.fuse --fuser my_pkg.wrap:make_fuser weights=w.pth --ir DIR --vis DIR --out DIR --device cuda
-    python -m fusion.fuse --fuser dae_fuse checkpoint=best.pt "roles={ir: lwir}" --src lwir=DIR --src vis=DIR ...
-    python -m fusion.fuse --video --ir IR.mp4 --vis VIS.mp4 --out FUSED.mp4 [--checkpoint X | --baseline max]
-        (IR/VIS: video files or frame folders; OUT: .mp4, .avi, .mkv or a folder; see fusion.video)
+    python -m fusion.fusers.fuse --baseline max --src vis=DIR --src nir=DIR --src lwir=DIR --out DIR
+    python -m fusion.fusers.fuse --checkpoint runs/dae_fuse/best.pt --ir DIR --vis DIR --out DIR [--device cuda]
+    python -m fusion.fusers.fuse --fuser my_pkg.wrap:make_fuser weights=w.pth --ir DIR --vis DIR --out DIR --device cuda
+    python -m fusion.fusers.fuse --fuser dae_fuse checkpoint=best.pt "roles={ir: lwir}" --src lwir=DIR --src vis=DIR ...
+    python -m fusion.fusers.fuse --video --ir IR.mp4 --vis VIS.mp4 --out FUSED.mp4 [--checkpoint X | --baseline max]
+        (IR/VIS: video files or frame folders; OUT: .mp4, .avi, .mkv or a folder; see fusion.video.streaming)
 
 ``--ir DIR`` is ``--src ir=DIR`` and ``--vis DIR`` is ``--src vis=DIR``. ``--colour NAME`` says which source is the
-colour camera (default ``vis`` when there is one). ``--device`` reaches every fuser's factory (``fusion.fusers``).
+colour camera (default ``vis`` when there is one). ``--device`` reaches every fuser's factory (``fusion.fusers.base``).
 Every problem with the sources (a missing folder, an image without partners, an unreadable image, sizes that
 differ within a sample, a set of modalities the fuser does not take) is one error naming every offender, before
 anything is fused; a fuser whose factory fails is one line naming it. Both exit with status 2.
 
-Outputs are 8-bit PNGs named by the source stem (``fusion.fusers.output_path``), grey or, for a colour source,
-with its chroma restored (``fusion.fusers.fuse_images``). Values are clipped to 0..255, never stretched. Every
+Outputs are 8-bit PNGs named by the source stem (``fusion.fusers.base.output_path``), grey or, for a colour source,
+with its chroma restored (``fusion.fusers.base.fuse_images``). Values are clipped to 0..255, never stretched. Every
 file is written atomically.
 
 Library side (what the pipeline calls):
@@ -28,9 +28,9 @@ Library side (what the pipeline calls):
 * ``load_fuser_checkpoint(path, device)``: the same, with one clear ``CheckpointError`` for a missing file, a file
   that is not a checkpoint (or holds anything but tensors and plain data), a checkpoint of another architecture,
   or one saved before any fusion epoch; use it to validate checkpoints up front. The format itself (read, write,
-  validate) is ``fusion.checkpoint``'s, shared with the trainer.
+  validate) is ``fusion.models.checkpoint``'s, shared with the trainer.
 * ``fuse_folder(fuser, pairs, out_dir)``: fuse a list of samples (``data.types.Pair`` or
-  ``fusion.fusers.SourceSet``: sources by name) to PNGs, with per-image timings.
+  ``fusion.fusers.base.SourceSet``: sources by name) to PNGs, with per-image timings.
 """
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ from data.paired import check_image_groups, find_pairs
 from data.provenance import content_key
 from data.types import Pair
 
-from .baselines import BASELINE_NAMES
-from .checkpoint import (  # noqa: F401  (re-exported: the names callers have imported from here)
+from fusion.metrics.image import match_source_folders, parse_sources
+from fusion.models.checkpoint import (  # noqa: F401  (re-exported: the names callers have imported from here)
     FUSION_PHASES,
     CheckpointError,
     build_generator,
@@ -61,8 +61,10 @@ from .checkpoint import (  # noqa: F401  (re-exported: the names callers have im
     read_generator_checkpoint,
     unpickle_checkpoint,
 )
-from .dae_fuse import ARCHITECTURE
-from .fusers import (
+from fusion.models.dae_fuse import ARCHITECTURE
+from fusion.models.inference import for_inference, keep_freed_memory
+
+from .base import (
     DEFAULT_COLOUR,
     FUSERS,
     INPUT_DOMAIN,
@@ -79,8 +81,7 @@ from .fusers import (
     source_problems,
     sources_of,
 )
-from .inference import for_inference, keep_freed_memory
-from .metrics import match_source_folders, parse_sources
+from .baselines import BASELINE_NAMES
 
 LOGGER = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class CheckpointFuser:
     ``ROLES`` and that method only.
 
     One forward pass per pair at full resolution (the model pads to its size multiple and crops back), by
-    ``inference_model`` (``fusion.inference``: the same outputs as ``model`` up to float rounding, less memory
+    ``inference_model`` (``fusion.models.inference``: the same outputs as ``model`` up to float rounding, less memory
     traffic). On CUDA it runs under bf16 autocast; on CPU in fp32. ``cache_key()`` is the sha256 of the checkpoint
     bytes plus the inference settings (architecture config and precision), so a retrained or differently-run model
     never reuses another's cached images. The file is read once: the weights and the key come from the same bytes,
@@ -167,7 +168,7 @@ class CheckpointFuser:
         """(B, 1, H, W) per role, in ``ROLES`` order (two-band: ir, vis), in [0, 1] -> fused (B, 1, H, W) in [0, 1],
         float32.
 
-        Runs ``inference_model`` (``fusion.inference.for_inference``: BN folded, channels-last on CPU; the same
+        Runs ``inference_model`` (``fusion.models.inference.for_inference``: BN folded, channels-last on CPU; the same
         outputs as ``model`` up to float rounding) in chunks of ``FRAMES_PER_FORWARD[device]`` frames.
         """
         chunk = self.FRAMES_PER_FORWARD.get(self.device.type) or sources[0].shape[0]
@@ -202,8 +203,8 @@ class CheckpointFuser:
         return fused[:, 0].cpu().numpy() * np.float32(255.0)
 
 
-# ``python -m fusion.fuse`` runs this file as __main__ and the CLI then imports fusion.fuse (create_fuser does):
-# registering here only under the import name keeps "dae_fuse" registered exactly once.
+# ``python -m fusion.fusers.fuse`` runs this file as __main__ and the CLI then imports fusion.fusers.fuse (create_fuser
+# does): registering here only under the import name keeps "dae_fuse" registered exactly once.
 if __name__ != "__main__":
     FUSERS.register("dae_fuse")(CheckpointFuser)
 
@@ -216,7 +217,7 @@ def load_fuser_checkpoint(path: str | Path, device: str = "cpu", allow_unfused: 
 def fuse_folder(
     fuser: Fuser, pairs: Sequence[Pair], out_dir: str | Path, *, progress: bool = True, skip_existing: bool = False
 ) -> dict[str, Any]:
-    """Fuse every sample (sources by name: ``data.types.Pair``, ``fusion.fusers.SourceSet``) to
+    """Fuse every sample (sources by name: ``data.types.Pair``, ``fusion.fusers.base.SourceSet``) to
     ``out_dir/<stem>.png``.
 
     Returns ``{"per_image": {stem: seconds}, "total_seconds": float, "written": [stems], "skipped": [stems]}``.
@@ -310,7 +311,7 @@ def _build_fuser(args: argparse.Namespace) -> Fuser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fusion.fuse", description="Fuse a folder of image sets.")
+    parser = argparse.ArgumentParser(prog="python -m fusion.fusers.fuse", description="Fuse a folder of image sets.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a DAE-Fuse training checkpoint (last.pt / best.pt)")
     source.add_argument("--baseline", choices=BASELINE_NAMES, help="a simple fuser instead of a model")
@@ -334,8 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-existing", action="store_true", help="keep outputs already in --out (resume)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--video", action="store_true",
-                        help="--ir/--vis are two video files or frame folders, fused as streams (fusion.video)")
-    from .video import add_video_arguments, run_video
+                        help="--ir/--vis are two video files or frame folders, fused as streams (fusion.video.streaming)")
+    from fusion.video.streaming import add_video_arguments, run_video
 
     add_video_arguments(parser)
     args = parser.parse_args(argv)
@@ -345,9 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems.append(f"--video fuses two streams, ir and vis; got {', '.join(source_dirs) or 'none'}")
     if problems:
         parser.error("; ".join(problems))
-    if args.video:  # the streams are checked by fusion.video
+    if args.video:  # the streams are checked by fusion.video.streaming
         args.ir, args.vis = source_dirs["ir"], source_dirs["vis"]
-    keep_freed_memory()  # a process that fuses frame after frame: 13-17 % faster on CPU (fusion.inference)
+    keep_freed_memory()  # a process that fuses frame after frame: 13-17 % faster on CPU (fusion.models.inference)
     try:
         if args.video:
             pairs = None

@@ -2,9 +2,9 @@
 
 Sources (``--ir`` / ``--vis``): a video file (anything ``cv2.VideoCapture`` reads) or a folder of frames (the
 image files of ``data.paired.images_by_stem``, in sorted stem order). Each frame is turned into the fuser's inputs
-exactly as ``fusion.fusers.fuse_pair`` turns image files (``cv2.IMREAD_COLOR`` semantics: the infrared frame is
+exactly as ``fusion.fusers.base.fuse_pair`` turns image files (``cv2.IMREAD_COLOR`` semantics: the infrared frame is
 its rounded BT.601 luma, a visible frame whose three channels are equal is grey), so a frame folder fuses to the
-same images as ``python -m fusion.fuse`` and a video to the same images as its decoded frames saved as PNG.
+same images as ``python -m fusion.fusers.fuse`` and a video to the same images as its decoded frames saved as PNG.
 
 Checks, all before any frame is fused, reported as one ``DatasetError`` that lists every problem: a source that
 is missing, does not open or decode, or is an empty folder; frame folders with unreadable frames, or partly shared
@@ -66,8 +66,9 @@ from data.io import atomic_dir, atomic_path, gray_reference, restore_colour, vis
 from data.paired import images_by_stem
 from data.probe import probe_images
 
+from fusion.fusers.base import Fuser, fuse_arrays, prepare_images
+
 from .flow import consistent, resolve_flow, sample_along
-from .fusers import Fuser, fuse_arrays, prepare_images
 
 # Output extension -> FourCC. Each was checked on this project's OpenCV (5.0, FFmpeg backend) to write and read
 # back; 'avc1' (H.264) is absent from the pip builds, so it is not offered.
@@ -86,10 +87,10 @@ class VideoConfig:
         count_tolerance: largest accepted duration difference, in frame periods of the reference stream.
         folder_fps: frame rate of a frame folder (None: the other source's when it is a video, else 30).
         overlap_io: read the next batch and write the previous one on helper threads while fusing.
-        temporal: also compute the output's temporal metrics (``fusion.temporal``) while streaming.
-        flow: with ``temporal``, also the flow-based BiSWE and MS2R on this optical flow (``fusion.flow``: a registered
-            estimator such as ``dis``, or ``package.module:factory``); None: flicker and TC only (flow costs six
-            optical flows per frame step).
+        temporal: also compute the output's temporal metrics (``fusion.video.temporal``) while streaming.
+        flow: with ``temporal``, also the flow-based BiSWE and MS2R on this optical flow (``fusion.video.flow``: a
+            registered estimator such as ``dis``, or ``package.module:factory``); None: flicker and TC only (flow costs
+            six optical flows per frame step).
     """
 
     batch_size: int = 4
@@ -371,7 +372,7 @@ def _open_sink(out: Path, fps: float, size: tuple[int, int]) -> Iterator[_VideoS
 # --------------------------------------------------------------------------------------------------------------
 
 # A frame as the fuser's input, exactly as data.io turns an image file into it (read_ir's values; read_visible's
-# luma and colour), so a frame folder fuses to the same images as ``python -m fusion.fuse``.
+# luma and colour), so a frame folder fuses to the same images as ``python -m fusion.fusers.fuse``.
 ir_input = gray_reference
 visible_input = visible_from_bgr
 
@@ -387,15 +388,15 @@ class StabiliserConfig:
     Args:
         weight: share of the warped previous output in the new one where the motion is trusted (0: none; 0.5: the
             noise of a still region falls to 1/3 of its variance in the steady state, (1 - w) / (1 + w); ours).
-        flow: optical flow estimator (``fusion.flow.FLOW_ESTIMATORS``; ``dis_fast``: ~4 flows per frame at a few
+        flow: optical flow estimator (``fusion.video.flow.FLOW_ESTIMATORS``; ``dis_fast``: ~4 flows per frame at a few
             ms each at 640x480, where ``dis`` costs ~45 ms a flow).
-        consistency_px: forward-backward threshold of each source's flow (VF-Bench's 1 px, ``fusion.flow``).
+        consistency_px: forward-backward threshold of each source's flow (VF-Bench's 1 px, ``fusion.video.flow``).
         agree_px: the two sources' flows must agree within this (px).
         source_residual: a pixel where a source is not reproduced by warping its previous frame within this many
             grey levels changed for real (a person, smoke, a light): it gets the new fused value alone.
         clamp: None, or the most (grey levels) by which an output pixel may change from the previous output beyond
             the larger change of the two sources at that pixel: a fused video that never changes more than its
-            sources do cannot shimmer where they are still (``flicker``'s definition, ``fusion.temporal``).
+            sources do cannot shimmer where they are still (``flicker``'s definition, ``fusion.video.temporal``).
         flow_scale: flows and masks computed on the sources resized by this factor (0.5: a quarter of the pixels,
             about a quarter of the stabiliser's cost), then brought back to full size.
 
@@ -507,7 +508,7 @@ def fuse_batch(fuser: Fuser, batch: _Batch) -> list[np.ndarray]:
     batched = getattr(fuser, "fuse_luma_batch", None)
     if batched is None:
         return [fuse_arrays(fuser, ir, y, bgr) for ir, y, bgr in zip(batch.irs, batch.vis_ys, batch.vis_bgrs)]
-    # The same inputs as the frame-by-frame path: whole-number lumas (fusion.fusers.prepare_images), one per frame.
+    # The same inputs as the frame-by-frame path: whole-number lumas (fusion.fusers.base.prepare_images), one per frame.
     prepared = [prepare_images({"ir": ir, "vis": y}) for ir, y in zip(batch.irs, batch.vis_ys)]
     lumas = batched([p["ir"] for p in prepared], [p["vis"] for p in prepared])
     chroma = fuser.keeps_visible_chroma
@@ -647,7 +648,7 @@ def _temporal_accumulator(config: VideoConfig) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# CLI (``python -m fusion.fuse --video ...`` adds these options and calls ``run_video``)
+# CLI (``python -m fusion.fusers.fuse --video ...`` adds these options and calls ``run_video``)
 # --------------------------------------------------------------------------------------------------------------
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
@@ -670,7 +671,7 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
                             "benchmarks/results/video_temporal.md)")
     group.add_argument("--sudden-change", type=Path, default=None, metavar="DIR",
                        help="also report quality and temporal error around the change of visibility of these "
-                            "streams (fusion.sudden_change) into DIR/sudden_change.{png,md,json}, against 'max'")
+                            "streams (fusion.video.sudden_change) into DIR/sudden_change.{png,md,json}, against 'max'")
     group.add_argument("--change-frame", type=int, default=None,
                        help="with --sudden-change: the frame where visibility changes (default: detected)")
     group.add_argument("--sudden-frames", type=int, default=None,
@@ -678,7 +679,7 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_video(fuser: Fuser, args: argparse.Namespace) -> int:
-    """The ``--video`` mode of ``python -m fusion.fuse``: fuse, print the report; 2 on bad input."""
+    """The ``--video`` mode of ``python -m fusion.fusers.fuse``: fuse, print the report; 2 on bad input."""
     try:
         config = VideoConfig(batch_size=args.batch_size, fps_tolerance=args.fps_tolerance,
                              count_tolerance=args.count_tolerance, folder_fps=args.fps, temporal=args.temporal,
@@ -688,7 +689,7 @@ def run_video(fuser: Fuser, args: argparse.Namespace) -> int:
         report = fuse_video(fuser, args.ir, args.vis, args.out, config)
         print(report.summary())
         if getattr(args, "sudden_change", None) is not None:
-            from .fusers import create_fuser
+            from fusion.fusers.base import create_fuser
             from .sudden_change import ChangeSequence, sudden_change_report
 
             if isinstance(fuser, StabilisedFuser):

@@ -5,16 +5,16 @@ fuses frame sequences in which the visible view changes (real smoke drifting in,
 corruptions switched on, ramped up or flashed mid-sequence by :class:`TimeVaryingCorruption`) with every candidate
 fuser and records, per frame:
 
-* fusion quality: the cheap metrics of ``fusion.metrics`` (default EN, SD, AG, Qabf; VIF is left out: it costs
+* fusion quality: the cheap metrics of ``fusion.metrics.image`` (default EN, SD, AG, Qabf; VIF is left out: it costs
   ~10x more per frame) against the sources the fuser was given, and for a synthetic corruption also against the
   clean sources (``<metric>@clean``: how much of the real scene's structure still reaches the fused frame);
-* temporal error of the step into the frame: ``flicker`` (``fusion.temporal``: how much more the fused frame
+* temporal error of the step into the frame: ``flicker`` (``fusion.video.temporal``: how much more the fused frame
   changed than the more-changing source did, grey levels) and, with a flow estimator, the step's bidirectional
-  warping error (``fusion.flow``: ``e(t <- t-1) + e(t-1 <- t)`` of the fused video, masked by the sources'
+  warping error (``fusion.video.flow``: ``e(t <- t-1) + e(t-1 <- t)`` of the fused video, masked by the sources'
   forward-backward consistency).
 
 ``sudden_change_report(sequences, fusers, out_dir)`` is the one entry point (the pipeline's ``--sudden-change``
-option and ``python -m fusion.fuse --video ... --sudden-change DIR`` call it): it writes ``sudden_change.png``
+option and ``python -m fusion.fusers.fuse --video ... --sudden-change DIR`` call it): it writes ``sudden_change.png``
 (one row per sequence: a quality metric, flicker and warping error over time, a line per fuser, the change marked),
 ``sudden_change.md`` and ``sudden_change.json`` (per-frame records and per-sequence summaries) atomically, and
 returns them as dataclasses.
@@ -41,9 +41,10 @@ from data.errors import DatasetError
 from data.io import atomic_path, atomic_write_json, atomic_write_text, gray_reference, visible_from_bgr
 from data.registry import Registry
 
+from fusion.fusers.base import Fuser, fuse_arrays
+from fusion.metrics.image import METRIC_TERMS, METRICS, FusionSet
+
 from .flow import FlowStats, resolve_flow
-from .fusers import Fuser, fuse_arrays
-from .metrics import METRIC_TERMS, METRICS, FusionSet
 from .temporal import TemporalStats
 
 DEFAULT_METRICS: tuple[str, ...] = ("EN", "SD", "AG", "Qabf")
@@ -179,7 +180,7 @@ class SuddenChangeResult:
 
 
 def _open(path: str | Path, problems: list[str]) -> Any:
-    from .video import probe_stream  # not at import: fusion.video's CLI imports this module
+    from .streaming import probe_stream  # not at import: fusion.video.streaming's CLI imports this module
 
     return probe_stream(path, problems)
 
@@ -383,10 +384,10 @@ def sudden_change_report(sequences: Sequence[ChangeSequence], fusers: Mapping[st
 
     Contract:
         sequences: :class:`ChangeSequence` s (real clips, or clips/frames with a :class:`TimeVaryingCorruption`).
-        fusers: label -> ``fusion.fusers.Fuser`` (``create_fuser("max")``, ``load_fuser_checkpoint(path)``, ...).
+        fusers: label -> ``fusion.fusers.base.Fuser`` (``create_fuser("max")``, ``load_fuser_checkpoint(path)``, ...).
         out_dir: receives ``sudden_change.png``, ``sudden_change.md`` and ``sudden_change.json`` (each atomic).
-        metrics: ``fusion.metrics.METRICS`` names scored per frame; ``plot_metric`` (one of them) is plotted.
-        flow: optical flow for the per-step warping error (``fusion.flow``; ``dis_fast`` by default: 6 flows per
+        metrics: ``fusion.metrics.image.METRICS`` names scored per frame; ``plot_metric`` (one of them) is plotted.
+        flow: optical flow for the per-step warping error (``fusion.video.flow``; ``dis_fast`` by default: 6 flows per
             step and fuser), or None for flicker only.
         window: frames before / from the change averaged in the summaries.
         Raises one ``DatasetError`` naming every bad sequence, unknown metric or fuser problem before any fusing.
@@ -434,17 +435,17 @@ def parse_corruption(text: str, key: str) -> TimeVaryingCorruption:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .fuse import load_fuser_checkpoint
-    from .fusers import create_fuser
+    from fusion.fusers.base import create_fuser
+    from fusion.fusers.fuse import load_fuser_checkpoint
 
-    parser = argparse.ArgumentParser(prog="python -m fusion.sudden_change", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fusion.video.sudden_change", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sequence", nargs="+", action="append", required=True, metavar="NAME IR VIS [key=value]",
                         help="a sequence: name, infrared and visible source, then first=N frames=N change=N "
                              "stems=a,b,c corruption=NAME:PROFILE:START[:DURATION[:SEVERITY]]; repeat for more")
     parser.add_argument("--fuser", nargs="+", default=["max", "ir"],
                         help="fusers: registered names, or LABEL=CHECKPOINT.pt for DAE-Fuse checkpoints")
     parser.add_argument("--stabilise", nargs="*", default=[], metavar="LABEL",
-                        help="also each of these fusers wrapped in fusion.video.StabilisedFuser (its defaults)")
+                        help="also each of these fusers wrapped in fusion.video.streaming.StabilisedFuser (its defaults)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     parser.add_argument("--flow", default="dis_fast", help="flow estimator for the warping error, or 'none'")
@@ -467,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             label, _, path = spec.partition("=")
             fusers[label] = load_fuser_checkpoint(path) if path else create_fuser(label)
         for label in args.stabilise:
-            from .video import StabilisedFuser
+            from .streaming import StabilisedFuser
 
             fusers[f"{label}+stabilised"] = StabilisedFuser(fusers[label])
         result = sudden_change_report(sequences, fusers, args.out, metrics=args.metrics,

@@ -75,7 +75,7 @@ def fuse_into_cache(cfg: PipelineConfig, candidate: Candidate, pairs, key: str, 
     each building the fuser from its spec on its worker and writing into its own shard folder, whose images this
     process then moves into place; elsewhere they are fused here, where the fuser is loaded once.
     """
-    from fusion.fuse import fuse_folder
+    from fusion.fusers.fuse import fuse_folder
 
     fuser = candidate.source(cfg)
     sharded = executor is not None and executor.distributed and candidate.kind != "folder"
@@ -101,7 +101,7 @@ def fuse_in_shards(cfg: PipelineConfig, candidate: Candidate, pairs, folder: Pat
                    executor: RunExecutor) -> dict[str, float]:
     """Fuse the ``pairs`` not yet in ``folder`` as executor tasks; returns seconds per image fused now. A task
     that fails fails the candidate (its finished shards stay in ``folder``, so the next run resumes them)."""
-    from fusion.fusers import output_path
+    from fusion.fusers.base import output_path
 
     todo = [p for p in pairs if not output_path(folder, p.stem).is_file()]
     shards = [todo[k:k + SHARD_IMAGES] for k in range(0, len(todo), SHARD_IMAGES)]
@@ -132,7 +132,7 @@ def fuse_shard(arg: dict[str, Any]) -> dict[str, float]:
     """One fusing task (any process, any machine): build the spec's fuser and fuse the shard's pairs into its
     folder. Returns seconds per image fused."""
     from data.types import Pair
-    from fusion.fuse import fuse_folder
+    from fusion.fusers.fuse import fuse_folder
     from pipelines.candidates import CandidateSpec, build_source
     from pipelines.config import torch_device
 

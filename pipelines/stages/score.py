@@ -38,8 +38,8 @@ def stage_score(cfg: PipelineConfig, candidate: Candidate, dataset, fused: FuseO
 
 
 def _score(dataset, fused_dir: Path, ids: list[str]) -> Scores:
-    from fusion.metrics import FileSet, evaluate_triples
-    from fusion.temporal import consecutive_runs, evaluate_sequences
+    from fusion.metrics.image import FileSet, evaluate_triples
+    from fusion.video.temporal import consecutive_runs, evaluate_sequences
 
     sources = {i: dataset.sources(i) for i in ids}
     triples = [FileSet(i, fused_dir / f"{i}.png", sources[i]) for i in ids]
