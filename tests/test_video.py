@@ -21,11 +21,11 @@ from fusion.video.temporal import (
     evaluate_temporal,
 )
 from fusion.training.train import train
+from fusion.video.sources import VideoStreamError
 from fusion.video.streaming import (
     StabilisedFuser,
     StabiliserConfig,
     VideoConfig,
-    VideoStreamError,
     fuse_video,
     ir_input,
     visible_input,
@@ -283,10 +283,10 @@ def test_a_video_shorter_than_declared_is_an_error(clips, tmp_path, monkeypatch,
     """A container may declare more frames than its stream holds: found when reading, and nothing is written."""
     import dataclasses
 
-    import fusion.video.streaming
+    import fusion.video.sources
 
-    probe = fusion.video.streaming._probe_video
-    monkeypatch.setattr(fusion.video.streaming, "_probe_video",
+    probe = fusion.video.sources._probe_video
+    monkeypatch.setattr(fusion.video.sources, "_probe_video",
                         lambda path, problems: dataclasses.replace(probe(path, problems), frames=FRAMES + 2))
     with pytest.raises(VideoStreamError, match=r"ended after 6 of its 8 declared frames"):
         fuse_video(create_fuser("max"), clips["ir_mkv"], clips["vis_mkv"], tmp_path / "o.mkv",

@@ -6,12 +6,12 @@ exactly as ``fusion.fusers.base.fuse_pair`` turns image files (``cv2.IMREAD_COLO
 its rounded BT.601 luma, a visible frame whose three channels are equal is grey), so a frame folder fuses to the
 same images as ``python -m fusion.fusers.fuse`` and a video to the same images as its decoded frames saved as PNG.
 
-Checks, all before any frame is fused, reported as one ``DatasetError`` that lists every problem: a source that
-is missing, does not open or decode, or is an empty folder; frame folders with unreadable frames, or partly shared
-stems; frame sizes that differ; frame rates or durations that differ beyond the tolerances below; an output path
-that is a source, or of an unknown kind. A video is checked from its container (frame count, frame rate) and its
-first decoded frame; a frame folder has every frame decoded (``data.probe``). A video whose stream ends before its
-declared frame count is an error when it happens, and then nothing is written.
+Checks, all before any frame is fused, reported as one ``DatasetError`` that lists every problem: a source that is
+missing, does not open or decode, or is an empty folder; frame folders with unreadable frames, or partly shared stems;
+frame sizes that differ; frame rates or durations that differ beyond the tolerances below; an output path that is a
+source, or of an unknown kind. A video is checked from its container (frame count, frame rate) and its first decoded
+frame; a frame folder has every frame decoded (``data.probe``; both in ``fusion.video.sources``). A video whose stream
+ends before its declared frame count is an error when it happens, and then nothing is written.
 
 Pairing rule (timestamps). Frame ``i`` of a stream at ``fps`` frames per second is at ``t = i / fps`` (a frame
 folder's frames are at ``VideoConfig.folder_fps``, by default the other source's rate when it is a video, else
@@ -63,12 +63,11 @@ import numpy as np
 
 from data.errors import DatasetError
 from data.io import atomic_dir, atomic_path, gray_reference, restore_colour, visible_from_bgr, write_image
-from data.paired import images_by_stem
-from data.probe import probe_images
 
 from fusion.fusers.base import Fuser, fuse_arrays, prepare_images
 
 from .flow import consistent, resolve_flow, sample_along
+from .sources import Stream, VideoStreamError, probe_stream
 
 # Output extension -> FourCC. Each was checked on this project's OpenCV (5.0, FFmpeg backend) to write and read
 # back; 'avc1' (H.264) is absent from the pip builds, so it is not offered.
@@ -111,107 +110,6 @@ class VideoConfig:
             problems.append(f"folder_fps must be positive, got {self.folder_fps}")
         if problems:
             raise ValueError("invalid VideoConfig: " + "; ".join(problems))
-
-
-class VideoStreamError(ValueError):
-    """A stream broke while being fused (a video that ends before its declared frame count, a frame that no
-    longer decodes); nothing was written."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Sources
-# --------------------------------------------------------------------------------------------------------------
-
-def _read_bgr(path: Path) -> np.ndarray:
-    """A frame file as data.io reads images for fusing: IMREAD_COLOR (16-bit: the upper byte), EXIF orientation
-    ignored, decoded from the bytes (non-ASCII paths)."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
-    if image is None:
-        raise VideoStreamError(f"cannot decode frame {path}")
-    return image
-
-
-@dataclass(frozen=True)
-class Stream:
-    """One checked source: where it is, how many frames of which size at which rate, and how to read them."""
-
-    path: Path
-    kind: str  # "video" or "frames"
-    frames: int
-    size: tuple[int, int]  # (width, height)
-    fps: float | None  # None for a frame folder until the pairing gives it one
-    files: tuple[Path, ...] = ()  # a frame folder's files, in order
-
-    def names(self) -> list[str]:
-        """Output frame names: a folder's stems, else the zero-padded index."""
-        return [p.stem for p in self.files] if self.files else [f"{i:06d}" for i in range(self.frames)]
-
-    def read(self) -> Iterator[np.ndarray]:
-        """The frames in order, as BGR uint8 (H, W, 3); one decoded at a time."""
-        if self.kind == "frames":
-            yield from (_read_bgr(path) for path in self.files)
-            return
-        capture = cv2.VideoCapture(str(self.path))
-        try:
-            for index in range(self.frames):
-                ok, frame = capture.read()
-                if not ok:
-                    raise VideoStreamError(f"{self.path} ended after {index} of its {self.frames} declared frames")
-                yield frame
-        finally:
-            capture.release()
-
-
-def _probe_video(path: Path, problems: list[str]) -> Stream | None:
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened():
-            problems.append(f"cannot open {path} as a video (not a format this OpenCV reads, or damaged)")
-            return None
-        ok, first = capture.read()
-        if not ok or first is None:
-            problems.append(f"{path} opens as a video but no frame decodes")
-            return None
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        fps = float(capture.get(cv2.CAP_PROP_FPS))
-    finally:
-        capture.release()
-    if count <= 0:
-        problems.append(f"{path} records no frame count (a live stream?); remux it into a file")
-        return None
-    if not (math.isfinite(fps) and fps > 0):
-        problems.append(f"{path} records no frame rate")
-        return None
-    return Stream(path, "video", count, (int(first.shape[1]), int(first.shape[0])), fps)
-
-
-def _probe_folder(path: Path, problems: list[str]) -> Stream | None:
-    files = [file for _, file in sorted(images_by_stem(path, problems).items())]  # stem order, whatever the suffix
-    if not files:
-        problems.append(f"no image frames in {path}")
-        return None
-    sizes = probe_images(files)
-    bad = [f"unreadable frame {p}: {s}" for p, s in sizes.items() if isinstance(s, str)]
-    problems.extend(bad)
-    distinct = sorted({s for s in sizes.values() if isinstance(s, tuple)})
-    if len(distinct) > 1:
-        listed = ", ".join(f"{w}x{h}" for w, h in distinct)
-        problems.append(f"frames of {path} differ in size ({listed}): a stream has one frame size")
-    if bad or len(distinct) != 1:
-        return None
-    return Stream(path, "frames", len(files), distinct[0], None, tuple(files))
-
-
-def probe_stream(path: str | Path, problems: list[str]) -> Stream | None:
-    """Check one source; appends its problems and returns None when it cannot be streamed."""
-    path = Path(path)
-    if path.is_dir():
-        return _probe_folder(path, problems)
-    if path.is_file():
-        return _probe_video(path, problems)
-    problems.append(f"source does not exist: {path}")
-    return None
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from fusion.fusers.base import Fuser, fuse_arrays
 from fusion.metrics.image import METRIC_TERMS, METRICS, FusionSet
 
 from .flow import FlowStats, resolve_flow
+from .sources import probe_stream
 from .temporal import TemporalStats
 
 DEFAULT_METRICS: tuple[str, ...] = ("EN", "SD", "AG", "Qabf")
@@ -179,12 +180,6 @@ class SuddenChangeResult:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def _open(path: str | Path, problems: list[str]) -> Any:
-    from .streaming import probe_stream  # not at import: fusion.video.streaming's CLI imports this module
-
-    return probe_stream(path, problems)
-
-
 def check_sequences(sequences: Sequence[ChangeSequence], fusers: Mapping[str, Fuser]) -> None:
     """Every problem with the inputs, before any frame is fused: one ``DatasetError`` naming each offender."""
     problems: list[str] = []
@@ -196,7 +191,7 @@ def check_sequences(sequences: Sequence[ChangeSequence], fusers: Mapping[str, Fu
     problems += [f"sequence name {n!r} used twice" for n in sorted({n for n in names if names.count(n) > 1})]
     for seq in sequences:
         local: list[str] = []
-        streams = [_open(seq.ir, local), _open(seq.vis, local)]
+        streams = [probe_stream(seq.ir, local), probe_stream(seq.vis, local)]
         if seq.corruption is not None:
             local += seq.corruption.problems()
         if all(streams):
@@ -218,7 +213,7 @@ def check_sequences(sequences: Sequence[ChangeSequence], fusers: Mapping[str, Fu
 def read_sequence(seq: ChangeSequence) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]:
     """(ir uint8 grey, vis uint8 BGR, clean ir, clean vis, corruption strength) per frame, in order."""
     problems: list[str] = []
-    ir_stream, vis_stream = _open(seq.ir, problems), _open(seq.vis, problems)
+    ir_stream, vis_stream = probe_stream(seq.ir, problems), probe_stream(seq.vis, problems)
     if problems:
         raise DatasetError(seq.name, problems)
     wanted = set(seq.stems)

@@ -56,6 +56,7 @@ from data.registry import Registry
 from fusion.metrics.image import to_reference_gray
 
 from .flow import FLOW_METRICS, FlowSpec, FlowStats, resolve_flow
+from .sources import VideoStreamError, probe_stream
 
 TemporalMetric = Callable[["TemporalStats"], float]
 TEMPORAL_METRICS: Registry[TemporalMetric] = Registry("temporal metric")
@@ -245,10 +246,8 @@ def consecutive_runs(ids: Iterable[str]) -> list[list[str]]:
 
 def grey_frames(path: str | Path, limit: int | None = None) -> Iterable[np.ndarray]:
     """The first ``limit`` frames (all when None) of a video file or a folder of images, checked and read as the
-    video CLI reads a source (``fusion.video.streaming.probe_stream``: every problem in one ``VideoStreamError``), as grey
-    whole numbers 0..255 like the image metrics read files (``data.io.gray_reference``)."""
-    from .streaming import VideoStreamError, probe_stream  # not at import: fusion.video.streaming imports this module
-
+    video command reads a source (``fusion.video.sources.probe_stream``: every problem in one ``VideoStreamError``), as
+    grey whole numbers 0..255 like the image metrics read files (``data.io.gray_reference``)."""
     problems: list[str] = []
     stream = probe_stream(path, problems)
     if stream is None:
