@@ -6,12 +6,12 @@ Issue 15's targets: DAE-Fuse on a 2-core CPU at least 5 frames/s at 640x512 and 
 at least 100 frames/s at 1024x768 in bf16 (``benchmarks/gpu_check.sh`` runs the CUDA rows there).
 
 Each row streams two synthetic mp4v videos (a moving warm blob over a ramp; grey infrared, colour visible) through
-``fusion.video.streaming.fuse_video`` into an mp4v video in a temporary folder, as ``python -m fusion.fusers.fuse --video`` does.
+``fusion.video.streaming.fuse_video`` into an mp4v video in a temporary folder, as ``python -m fusion.video`` does.
 Fusers: the rules ``ir``, ``mean``, ``max`` and DAE-Fuse, from ``--checkpoint`` or else a freshly initialised
 ``dae_fuse_s`` (labelled "untrained": the cost does not depend on the weights, the images do). Rows: CPU with each
-``--threads`` count (torch and OpenCV both limited to it), and, when CUDA is present, DAE-Fuse in fp32, bf16, and
-bf16 with channels-last weights. Stages run one after the other (``overlap_io`` off) so that read + fuse + write
-is the wall time; ``--overlap`` measures the pipelined throughput instead. ``fuse fps`` is frames / fuse seconds
+``--threads`` count (torch and OpenCV both limited to it), and, when CUDA is present, DAE-Fuse in fp32, bf16, and bf16
+with channels-last weights. Stages run one after the other (``overlap_io`` off) so that read + fuse + write is the wall
+time; ``--overlap`` measures the pipelined throughput instead. ``fuse fps`` is frames / fuse seconds
 (the model, transfers and colour restoration); ``model fps`` times ``fuse_luma_batch`` alone on one held batch
 (the figure comparable with bench_fuse.py). One untimed warm-up batch precedes each DAE-Fuse row. Prints figures,
 asserts nothing.
@@ -23,7 +23,7 @@ Temporal consistency (issue 23), a second mode::
 
 decodes the first ``--frames`` frames of each evaluation clip (M3SVD ``0117_1605``, ``0117_1620``: the clips that are
 not the temporal fine-tuning's training clip; TNO Nato camp, all 32) to lossless PNG folders in a temporary folder,
-fuses them with each candidate through ``fusion.video.streaming.fuse_video`` (what ``python -m fusion.fusers.fuse --video`` runs) and
+fuses them with each candidate through ``fusion.video.streaming.fuse_video`` (what ``python -m fusion.video`` runs) and
 scores flicker, temporal correlation, BiSWE and MS2R (DIS flow) while streaming. ``--stabilise LABEL`` adds
 ``LABEL+stabilised``: that candidate wrapped in ``fusion.video.streaming.StabilisedFuser``.
 
@@ -220,7 +220,7 @@ def cut_video(frames: list[Path] | Path, out: Path, count: int) -> Path:
 
 
 def speed_main(argv: list[str]) -> None:
-    """End-to-end frames/s on real footage: decode (mp4v), fuse, encode (mp4v), as ``python -m fusion.fusers.fuse --video``
+    """End-to-end frames/s on real footage: decode (mp4v), fuse, encode (mp4v), as ``python -m fusion.video``
     runs it, rounds interleaved so that every configuration sees the same machine load."""
     import json
     import os

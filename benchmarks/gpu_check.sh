@@ -26,6 +26,7 @@ echo "== 0. imports (no ultralytics / albumentations / pycocotools on the fusing
 "$PY" - <<'EOF'
 import sys
 import fusion.fusers.fuse, fusion.fusers.base, fusion.video.temporal, fusion.video.streaming  # noqa: F401
+import fusion.video.__main__  # noqa: F401  (python -m fusion.video, the video command)
 fusion.fusers.base.fuser_names()
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"ultralytics", "albumentations", "pycocotools"})
 assert not heavy, f"the fusing path imports {heavy}"

@@ -1,4 +1,5 @@
-"""Video fusion (fusion.video.streaming), DAE-Fuse batched inference, the --video CLI and the temporal metrics."""
+"""Video fusion (fusion.video.streaming), DAE-Fuse batched inference, the video command (python -m fusion.video) and
+the temporal metrics."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ from data.errors import DatasetError
 from data.io import read_gray_reference, read_image, write_image
 from data.types import Pair
 from fusion.fusers.base import create_fuser, fuse_arrays, fuse_pair
-from fusion.fusers.fuse import load_fuser_checkpoint, main
+from fusion.fusers.fuse import load_fuser_checkpoint
 from fusion.video.temporal import (
     TEMPORAL_METRICS,
     TemporalStats,
@@ -21,6 +22,7 @@ from fusion.video.temporal import (
     evaluate_temporal,
 )
 from fusion.training.train import train
+from fusion.video.__main__ import main as video_main
 from fusion.video.sources import VideoStreamError
 from fusion.video.streaming import (
     StabilisedFuser,
@@ -300,14 +302,14 @@ def test_a_video_shorter_than_declared_is_an_error(clips, tmp_path, monkeypatch,
 
 def test_cli_video_mode(clips, tmp_path, capsys, checkpoint):
     out = tmp_path / "fused.avi"
-    assert main(["--video", "--baseline", "max", "--ir", str(clips["ir_mkv"]), "--vis", str(clips["vis_mkv"]),
+    assert video_main(["--baseline", "max", "--ir", str(clips["ir_mkv"]), "--vis", str(clips["vis_mkv"]),
                  "--out", str(out), "--temporal"]) == 0
     printed = capsys.readouterr().out
     assert "frames/s" in printed and "flicker" in printed and len(decode(out)) == FRAMES
-    assert main(["--video", "--checkpoint", str(checkpoint), "--ir", str(clips["ir_dir"]),
+    assert video_main(["--checkpoint", str(checkpoint), "--ir", str(clips["ir_dir"]),
                  "--vis", str(clips["vis_dir"]), "--out", str(tmp_path / "dae"), "--batch-size", "3"]) == 0
     assert len(list((tmp_path / "dae").iterdir())) == FRAMES
-    assert main(["--video", "--baseline", "max", "--ir", str(tmp_path / "missing.mp4"),
+    assert video_main(["--baseline", "max", "--ir", str(tmp_path / "missing.mp4"),
                  "--vis", str(tmp_path / "empty"), "--out", str(tmp_path / "o.mp4")]) == 2
     err = capsys.readouterr().err
     assert "2 problem(s)" in err and "missing.mp4" in err and "empty" in err
@@ -370,7 +372,7 @@ def test_stabiliser_clamp_removes_flicker_and_follows_motion(flow_scale):
 
 def test_cli_stabilise_and_sudden_change(clips, tmp_path, capsys):
     out = tmp_path / "stable"
-    assert main(["--video", "--baseline", "mean", "--ir", str(clips["ir_dir"]), "--vis", str(clips["vis_dir"]),
+    assert video_main(["--baseline", "mean", "--ir", str(clips["ir_dir"]), "--vis", str(clips["vis_dir"]),
                  "--out", str(out), "--stabilise", "0.5", "--temporal", "--sudden-change", str(tmp_path / "sc"),
                  "--change-frame", "3"]) == 0
     printed = capsys.readouterr().out

@@ -4,10 +4,12 @@ Command line (a thin wrapper over ``fuse_folder``); sources by modality name, or
 
     python -m fusion.fusers.fuse --baseline max --src vis=DIR --src nir=DIR --src lwir=DIR --out DIR
     python -m fusion.fusers.fuse --checkpoint runs/dae_fuse/best.pt --ir DIR --vis DIR --out DIR [--device cuda]
-    python -m fusion.fusers.fuse --fuser my_pkg.wrap:make_fuser weights=w.pth --ir DIR --vis DIR --out DIR --device cuda
+    python -m fusion.fusers.fuse --fuser my_pkg.wrap:make_fuser weights=w.pth --ir DIR --vis DIR --out DIR \
+        --device cuda
     python -m fusion.fusers.fuse --fuser dae_fuse checkpoint=best.pt "roles={ir: lwir}" --src lwir=DIR --src vis=DIR ...
-    python -m fusion.fusers.fuse --video --ir IR.mp4 --vis VIS.mp4 --out FUSED.mp4 [--checkpoint X | --baseline max]
-        (IR/VIS: video files or frame folders; OUT: .mp4, .avi, .mkv or a folder; see fusion.video.streaming)
+
+Videos are fused by ``python -m fusion.video``, which takes the same fuser options (``add_fuser_arguments``,
+``build_fuser``).
 
 ``--ir DIR`` is ``--src ir=DIR`` and ``--vis DIR`` is ``--src vis=DIR``. ``--colour NAME`` says which source is the
 colour camera (default ``vis`` when there is one). ``--device`` reaches every fuser's factory (``fusion.fusers.base``).
@@ -301,23 +303,41 @@ def _source_arguments(args: argparse.Namespace) -> tuple[dict[str, Path], str | 
     return sources, colour, problems
 
 
-def _build_fuser(args: argparse.Namespace) -> Fuser:
-    """The fuser the options name, its factory given ``--device``."""
-    if args.checkpoint:
-        return load_fuser_checkpoint(args.checkpoint, args.device, args.allow_unfused)
-    if args.fuser:
-        return create_fuser(args.fuser[0], device=args.device, **parse_fuser_args(args.fuser[1:]))
-    return create_fuser(args.baseline, device=args.device)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fusion.fusers.fuse", description="Fuse a folder of image sets.")
+def add_fuser_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the fuser (``--checkpoint``, ``--baseline`` or ``--fuser``), ``--device`` and
+    ``--allow-unfused``: this command's and ``python -m fusion.video``'s."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a DAE-Fuse training checkpoint (last.pt / best.pt)")
     source.add_argument("--baseline", choices=BASELINE_NAMES, help="a simple fuser instead of a model")
     source.add_argument("--fuser", nargs="+", metavar=("NAME|package.module:factory", "key=value"),
                         help="any fuser: a registered name (" + ", ".join(fuser_names()) + ") or a plug-in "
                              "factory, with its key=value arguments")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda or cuda:N, given to the fuser's factory (default cpu)")
+    parser.add_argument("--allow-unfused", action="store_true",
+                        help="accept a checkpoint saved before any fusion epoch (its fusion rules are untrained)")
+
+
+def build_fuser(args: argparse.Namespace) -> Fuser | None:
+    """The fuser the options of ``add_fuser_arguments`` name, its factory given ``--device``; None once one line on
+    stderr has said why it cannot be built (the command then exits with status 2)."""
+    try:
+        if args.checkpoint:
+            return load_fuser_checkpoint(args.checkpoint, args.device, args.allow_unfused)
+        if args.fuser:
+            return create_fuser(args.fuser[0], device=args.device, **parse_fuser_args(args.fuser[1:]))
+        return create_fuser(args.baseline, device=args.device)
+    except (CheckpointError, FuserSpecError) as err:
+        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - a plug-in's factory may raise anything: one line naming it
+        spec = args.fuser[0] if args.fuser else args.baseline
+        print(f"error: fuser {spec} failed to build: {type(err).__name__}: {err}", file=sys.stderr)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fusion.fusers.fuse", description="Fuse a folder of image sets.")
+    add_fuser_arguments(parser)
     parser.add_argument("--src", action="append", default=[], metavar="NAME=DIR",
                         help="a source folder by modality name (repeat: --src vis=V --src nir=N --src lwir=T)")
     parser.add_argument("--ir", type=Path,
@@ -328,48 +348,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--colour", metavar="NAME",
                         help="the colour source, whose chroma the fused image keeps (default: vis, when given)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (PNG per source stem)")
-    parser.add_argument("--device", default="cpu",
-                        help="cpu, cuda or cuda:N, given to the fuser's factory (default cpu)")
-    parser.add_argument("--allow-unfused", action="store_true",
-                        help="accept a checkpoint saved before any fusion epoch (its fusion rules are untrained)")
     parser.add_argument("--skip-existing", action="store_true", help="keep outputs already in --out (resume)")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--video", action="store_true",
-                        help="--ir/--vis are two video files or frame folders, fused as streams (fusion.video.streaming)")
-    from fusion.video.streaming import add_video_arguments, run_video
-
-    add_video_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     source_dirs, colour, problems = _source_arguments(args)
-    if args.video and set(source_dirs) != {"ir", "vis"}:
-        problems.append(f"--video fuses two streams, ir and vis; got {', '.join(source_dirs) or 'none'}")
     if problems:
         parser.error("; ".join(problems))
-    if args.video:  # the streams are checked by fusion.video.streaming
-        args.ir, args.vis = source_dirs["ir"], source_dirs["vis"]
     keep_freed_memory()  # a process that fuses frame after frame: 13-17 % faster on CPU (fusion.models.inference)
     try:
-        if args.video:
-            pairs = None
-        elif set(source_dirs) == {"ir", "vis"} and colour == DEFAULT_COLOUR:
+        if set(source_dirs) == {"ir", "vis"} and colour == DEFAULT_COLOUR:
             pairs = find_pairs(source_dirs["ir"], source_dirs["vis"])  # the two-band reader, with its messages
         else:
             pairs = find_source_sets(source_dirs, colour)
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    try:
-        fuser = _build_fuser(args)
-    except (CheckpointError, FuserSpecError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    fuser = build_fuser(args)
+    if fuser is None:
         return 2
-    except Exception as err:  # noqa: BLE001 - a plug-in's factory may raise anything: one line naming it
-        spec = args.fuser[0] if args.fuser else args.baseline
-        print(f"error: fuser {spec} failed to build: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
-    if args.video:
-        return run_video(fuser, args)
     try:
         report = fuse_folder(fuser, pairs, args.out, progress=not args.no_progress, skip_existing=args.skip_existing)
     except (ValueError, OSError) as err:  # a set the fuser refuses, --out a source folder or another fuser's, ...

@@ -47,10 +47,8 @@ streaming loop (``total``). With ``overlap_io`` the stages run concurrently, so 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -68,6 +66,7 @@ from fusion.fusers.base import Fuser, fuse_arrays, prepare_images
 
 from .flow import consistent, resolve_flow, sample_along
 from .sources import Stream, VideoStreamError, probe_stream
+from .temporal import TemporalStats, flow_stats
 
 # Output extension -> FourCC. Each was checked on this project's OpenCV (5.0, FFmpeg backend) to write and read
 # back; 'avc1' (H.264) is absent from the pip builds, so it is not offered.
@@ -539,66 +538,4 @@ def fuse_video(fuser: Fuser, ir: str | Path, vis: str | Path, out: str | Path,
 def _temporal_accumulator(config: VideoConfig) -> Any:
     if not config.temporal:
         return None
-    # imported only when asked: the plain fusing path needs none of it
-    from .temporal import TemporalStats, flow_stats
-
     return TemporalStats(flow=flow_stats(config.flow))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# CLI (``python -m fusion.fusers.fuse --video ...`` adds these options and calls ``run_video``)
-# --------------------------------------------------------------------------------------------------------------
-
-def add_video_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = VideoConfig()
-    group = parser.add_argument_group("video (--video)")
-    group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="frame pairs per fuse call")
-    group.add_argument("--fps", type=float, default=None,
-                       help="frame rate of frame folders (default: the other source's, or 30)")
-    group.add_argument("--fps-tolerance", type=float, default=defaults.fps_tolerance,
-                       help="largest relative frame-rate difference paired on timestamps (default 0.01)")
-    group.add_argument("--count-tolerance", type=float, default=defaults.count_tolerance,
-                       help="largest duration difference, in frames (default 2)")
-    group.add_argument("--temporal", action="store_true", help="also print the output's temporal metrics")
-    group.add_argument("--flow", default=None, metavar="NAME|package.module:factory",
-                       help="with --temporal, also VF-Bench's BiSWE and MS2R on this optical flow (dis, dis_fast, "
-                            "farneback, or a local flow model's factory); off by default: six flows per frame step")
-    group.add_argument("--stabilise", type=float, default=None, metavar="WEIGHT",
-                       help="carry state between frames: blend each fused frame with the previous output warped by "
-                            "the sources' motion (StabilisedFuser; 0.5 is the measured setting, "
-                            "benchmarks/results/video_temporal.md)")
-    group.add_argument("--sudden-change", type=Path, default=None, metavar="DIR",
-                       help="also report quality and temporal error around the change of visibility of these "
-                            "streams (fusion.video.sudden_change) into DIR/sudden_change.{png,md,json}, against 'max'")
-    group.add_argument("--change-frame", type=int, default=None,
-                       help="with --sudden-change: the frame where visibility changes (default: detected)")
-    group.add_argument("--sudden-frames", type=int, default=None,
-                       help="with --sudden-change: report only the first N frames (default all)")
-
-
-def run_video(fuser: Fuser, args: argparse.Namespace) -> int:
-    """The ``--video`` mode of ``python -m fusion.fusers.fuse``: fuse, print the report; 2 on bad input."""
-    try:
-        config = VideoConfig(batch_size=args.batch_size, fps_tolerance=args.fps_tolerance,
-                             count_tolerance=args.count_tolerance, folder_fps=args.fps, temporal=args.temporal,
-                             flow=args.flow)
-        if getattr(args, "stabilise", None) is not None:
-            fuser = StabilisedFuser(fuser, StabiliserConfig(weight=args.stabilise))
-        report = fuse_video(fuser, args.ir, args.vis, args.out, config)
-        print(report.summary())
-        if getattr(args, "sudden_change", None) is not None:
-            from fusion.fusers.base import create_fuser
-            from .sudden_change import ChangeSequence, sudden_change_report
-
-            if isinstance(fuser, StabilisedFuser):
-                fuser.reset()
-            label = getattr(fuser, "name", "fuser")
-            result = sudden_change_report(
-                [ChangeSequence(Path(args.ir).stem, args.ir, args.vis, frames=args.sudden_frames,
-                                change_frame=args.change_frame)],
-                {label: fuser, "max": create_fuser("max")}, args.sudden_change)
-            print(f"sudden change: {result.plot}, {result.table}")
-    except (ValueError, OSError) as err:  # DatasetError and VideoStreamError are ValueErrors
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0

@@ -14,7 +14,7 @@ fuser and records, per frame:
   forward-backward consistency).
 
 ``sudden_change_report(sequences, fusers, out_dir)`` is the one entry point (the pipeline's ``--sudden-change``
-option and ``python -m fusion.fusers.fuse --video ... --sudden-change DIR`` call it): it writes ``sudden_change.png``
+option and ``python -m fusion.video ... --sudden-change DIR`` call it): it writes ``sudden_change.png``
 (one row per sequence: a quality metric, flicker and warping error over time, a line per fuser, the change marked),
 ``sudden_change.md`` and ``sudden_change.json`` (per-frame records and per-sequence summaries) atomically, and
 returns them as dataclasses.
@@ -41,11 +41,12 @@ from data.errors import DatasetError
 from data.io import atomic_path, atomic_write_json, atomic_write_text, gray_reference, visible_from_bgr
 from data.registry import Registry
 
-from fusion.fusers.base import Fuser, fuse_arrays
+from fusion.fusers.base import Fuser, create_fuser, fuse_arrays
 from fusion.metrics.image import METRIC_TERMS, METRICS, FusionSet
 
 from .flow import FlowStats, resolve_flow
 from .sources import probe_stream
+from .streaming import StabilisedFuser
 from .temporal import TemporalStats
 
 DEFAULT_METRICS: tuple[str, ...] = ("EN", "SD", "AG", "Qabf")
@@ -430,17 +431,18 @@ def parse_corruption(text: str, key: str) -> TimeVaryingCorruption:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from fusion.fusers.base import create_fuser
-    from fusion.fusers.fuse import load_fuser_checkpoint
+    from fusion.fusers.fuse import load_fuser_checkpoint  # torch: imported when the command runs
 
-    parser = argparse.ArgumentParser(prog="python -m fusion.video.sudden_change", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fusion.video.sudden_change",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--sequence", nargs="+", action="append", required=True, metavar="NAME IR VIS [key=value]",
                         help="a sequence: name, infrared and visible source, then first=N frames=N change=N "
                              "stems=a,b,c corruption=NAME:PROFILE:START[:DURATION[:SEVERITY]]; repeat for more")
     parser.add_argument("--fuser", nargs="+", default=["max", "ir"],
                         help="fusers: registered names, or LABEL=CHECKPOINT.pt for DAE-Fuse checkpoints")
     parser.add_argument("--stabilise", nargs="*", default=[], metavar="LABEL",
-                        help="also each of these fusers wrapped in fusion.video.streaming.StabilisedFuser (its defaults)")
+                        help="also each of these fusers wrapped in fusion.video.streaming.StabilisedFuser (its "
+                             "defaults)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     parser.add_argument("--flow", default="dis_fast", help="flow estimator for the warping error, or 'none'")
@@ -463,8 +465,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             label, _, path = spec.partition("=")
             fusers[label] = load_fuser_checkpoint(path) if path else create_fuser(label)
         for label in args.stabilise:
-            from .streaming import StabilisedFuser
-
             fusers[f"{label}+stabilised"] = StabilisedFuser(fusers[label])
         result = sudden_change_report(sequences, fusers, args.out, metrics=args.metrics,
                                       flow=None if args.flow == "none" else args.flow, window=args.window,
