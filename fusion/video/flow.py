@@ -53,6 +53,7 @@ import cv2
 import numpy as np
 
 from data.registry import Registry
+from fusion.fusers.base import import_factory
 
 # (first, second) grey uint8 (H, W) -> float32 (H, W, 2) flow, (dx, dy) per pixel, with first(x) ~ second(x + flow).
 FlowEstimator = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -91,9 +92,7 @@ def resolve_flow(spec: FlowSpec) -> FlowEstimator:
     if callable(spec):
         return spec
     if ":" in spec:
-        from fusion.fusers.base import import_factory  # the one parser of factory paths in the project
-
-        return import_factory(spec)()
+        return import_factory(spec)()  # the one parser of factory paths in the project
     return FLOW_ESTIMATORS.get(spec)()
 
 
