@@ -1,6 +1,6 @@
 """Image fusion: the DAE-Fuse model, fusion metrics, every fuser, video fusion and the trainers.
 
-Subpackages, each importing only those listed before it (``tests/test_import_direction.py`` checks it):
+Subpackages, each importing only those listed before it (``tests/test_layout.py`` checks it):
 
 * ``models``: the DAE-Fuse network, its inference copy and its checkpoint format;
 * ``metrics``: the image fusion metrics (``python -m fusion.metrics``);
