@@ -1,6 +1,6 @@
 """DAE-Fuse cost: parameter counts and time per 1024x768 pair (CPU with 1 and 2 threads; CUDA fp32 and bf16).
 
-Times the inference copy that fusing runs (``fusion.inference.for_inference``) and, on CPU, the model as trained
+Times the inference copy that fusing runs (``fusion.models.inference.for_inference``) and, on CPU, the model as trained
 beside it as the same-run baseline. ``--modalities 2 3`` also times the same variant fusing 2 and 3 modalities
 (a 1024x768 input set: ('ir', 'vis') against ('vis', 'nir', 'lwir')), interleaved in one run, with the two-band
 model as the baseline (``--checkpoint3`` times a trained three-band checkpoint instead of a fresh one; the cost
@@ -24,9 +24,9 @@ from collections.abc import Callable
 
 import torch
 
-from fusion.dae_fuse import build_discriminators, count_parameters, create_model
-from fusion.fuse import load_fuser_checkpoint
-from fusion.inference import for_inference
+from fusion.fusers.fuse import load_fuser_checkpoint
+from fusion.models.dae_fuse import build_discriminators, count_parameters, create_model
+from fusion.models.inference import for_inference
 
 WIDTH, HEIGHT = 1024, 768
 
@@ -68,7 +68,8 @@ def main() -> None:
 
     ir, vis = torch.rand(1, 1, HEIGHT, WIDTH), torch.rand(1, 1, HEIGHT, WIDTH)
     previous = torch.get_num_threads()
-    # what fusing runs (fusion.inference: BN folded, channels-last), and the model as trained as the same-run baseline
+    # what fusing runs (fusion.models.inference: BN folded, channels-last), and the model as trained as the same-run
+    # baseline
     runs = {"inference copy": for_inference(model, "cpu"), "as trained": model}
     with torch.inference_mode():
         for threads in args.threads:
@@ -112,7 +113,7 @@ def time_modalities(args: argparse.Namespace) -> None:
         if n == 2 and args.checkpoint:
             model = load_fuser_checkpoint(args.checkpoint).model
         elif n == 3 and args.checkpoint3:
-            from fusion.checkpoint import build_generator, read_generator_checkpoint
+            from fusion.models.checkpoint import build_generator, read_generator_checkpoint
 
             model = build_generator(read_generator_checkpoint(args.checkpoint3)[1], args.checkpoint3)
         else:

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from data.io import read_gray_reference  # noqa: E402
 from data.shared import SHARED_DATA  # noqa: E402
-from fusion.metrics import METRICS, FusionTriple, evaluate, evaluate_many, evaluate_sources  # noqa: E402
+from fusion.metrics.image import METRICS, FusionTriple, evaluate, evaluate_many, evaluate_sources  # noqa: E402
 
 SIZE_HW = (768, 1024)
 

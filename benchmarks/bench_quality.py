@@ -14,7 +14,7 @@ about ``--minutes`` of wall time: the ``quick`` preset with the epochs sized to 
 reconstruction, two thirds fusion, as CDDFuse's 40/80 epochs) from a short timing of real steps. Then it fuses the
 shared TNO (25) and RoadScene (50) sets (and, with ``--medical``, MRI-CT, MRI-PET, MRI-SPECT, applying the same
 infrared-visible model as CDDFuse's "IVF" row does) at full resolution, scores the written PNGs with
-``fusion.metrics.evaluate_folders`` (the reference evaluator's conventions) and prints EN, SD, SF, MI, SCD, VIF,
+``fusion.metrics.image.evaluate_folders`` (the reference evaluator's conventions) and prints EN, SD, SF, MI, SCD, VIF,
 Qabf, SSIM per set for DAE-Fuse, ``mean``, ``max`` and CDDFuse's row from ``../shared/data/metric_reference.md``.
 Issue 3's target: beat ``mean`` on Qabf and VIF. Prints figures only, asserts nothing.
 
@@ -38,11 +38,11 @@ from data.io import atomic_write_json
 from data.paired import find_pairs
 from data.provenance import package_versions
 from data.shared import SHARED_DATA
-from fusion.config import FusionTrainConfig, load_train_config, replace_config
-from fusion.fuse import fuse_folder, load_fuser_checkpoint
-from fusion.fusers import create_fuser
-from fusion.metrics import FileTriple, evaluate_triples
-from fusion.train import Trainer, train
+from fusion.fusers.base import create_fuser
+from fusion.fusers.fuse import fuse_folder, load_fuser_checkpoint
+from fusion.metrics.image import FileTriple, evaluate_triples
+from fusion.training.config import FusionTrainConfig, load_train_config, replace_config
+from fusion.training.train import Trainer, train
 from fusion.weights import RELEASED_CHECKPOINT
 
 COLUMNS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")  # the field's tables

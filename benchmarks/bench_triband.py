@@ -11,7 +11,7 @@ TNO_triband (17 registered scenes, ``vis/``, ``nir/``, ``lwir/``; see its SOURCE
 model here was trained or selected on it. Methods (``METHODS``):
 
 * ``dae3``: the three-band DAE-Fuse on (vis, nir, lwir);
-* ``max3`` / ``mean3``: the per-pixel rules over the three bands (``fusion.baselines``);
+* ``max3`` / ``mean3``: the per-pixel rules over the three bands (``fusion.fusers.baselines``);
 * ``release_vis_lwir`` / ``release_nir_lwir``: the released two-band DAE-Fuse with lwir in its infrared role and
   vis (or nir) in its visible role;
 * ``dae3_no_nir``: the three-band model with near-infrared declared missing (its ``present`` mask): the same
@@ -20,11 +20,11 @@ model here was trained or selected on it. Methods (``METHODS``):
 * ``dae3_vis_glare``: the same blinded camera NOT declared: its image replaced by a saturated white frame (glare)
   and fused as if it were a picture, to show what declaring a failed band is worth.
 
-Every fused image is rounded to 8 bits as a fused PNG would be, then scored by ``fusion.metrics`` against all three
-sources (``evaluate_sources``: MI, VIF and SSIM are sums over the sources, Qabf weighs each source's edges, SCD is
+Every fused image is rounded to 8 bits as a fused PNG would be, then scored by ``fusion.metrics.image`` against all
+three sources (``evaluate_sources``: MI, VIF and SSIM are sums over the sources, Qabf weighs each source's edges, SCD is
 the documented N-source choice), so every method is judged on the same three images; the per-source terms
-(``metric_terms``) say where each method's score comes from. A method that leaves a band out is scored against it
-too: that is the question (what of the three bands reaches the fused image).
+(``metric_terms``) say where each method's score comes from. A method that leaves a band out is scored against it too:
+that is the question (what of the three bands reaches the fused image).
 """
 from __future__ import annotations
 
@@ -45,10 +45,10 @@ sys.path.insert(0, str(ROOT))
 
 from data.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_gray_reference  # noqa: E402
 from data.provenance import package_versions  # noqa: E402
-from fusion.baselines import RULES  # noqa: E402
-from fusion.checkpoint import build_generator, read_generator_checkpoint  # noqa: E402
-from fusion.inference import for_inference  # noqa: E402
-from fusion.metrics import GreyImage, FusionSet, metric_names, metric_terms, score  # noqa: E402
+from fusion.fusers.baselines import RULES  # noqa: E402
+from fusion.metrics.image import GreyImage, FusionSet, metric_names, metric_terms, score  # noqa: E402
+from fusion.models.checkpoint import build_generator, read_generator_checkpoint  # noqa: E402
+from fusion.models.inference import for_inference  # noqa: E402
 
 BANDS = ("vis", "nir", "lwir")
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fusion_benchmarks" / "TNO_triband"
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(scenes)} scenes (evaluation only: nothing was trained or selected on it). Three-band model "
         f"`{args.triband.name}` (sha256 {dae3_sha[:12]}), release `{args.release.name}` (sha256 {release_sha[:12]}).",
         "",
-        "Every fused image (8-bit, as a fused PNG) is scored against **all three** sources (`fusion.metrics."
+        "Every fused image (8-bit, as a fused PNG) is scored against **all three** sources (`fusion.metrics.image."
         "evaluate_sources`: MI, VIF, SSIM summed over the sources; Qabf weighted by every source's edges; SCD the "
         "documented N-source choice), so a two-band method is judged on what of the third band reaches its image.",
         "",

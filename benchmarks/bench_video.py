@@ -6,12 +6,12 @@ Issue 15's targets: DAE-Fuse on a 2-core CPU at least 5 frames/s at 640x512 and 
 at least 100 frames/s at 1024x768 in bf16 (``benchmarks/gpu_check.sh`` runs the CUDA rows there).
 
 Each row streams two synthetic mp4v videos (a moving warm blob over a ramp; grey infrared, colour visible) through
-``fusion.video.fuse_video`` into an mp4v video in a temporary folder, as ``python -m fusion.fuse --video`` does.
+``fusion.video.streaming.fuse_video`` into an mp4v video in a temporary folder, as ``python -m fusion.video`` does.
 Fusers: the rules ``ir``, ``mean``, ``max`` and DAE-Fuse, from ``--checkpoint`` or else a freshly initialised
 ``dae_fuse_s`` (labelled "untrained": the cost does not depend on the weights, the images do). Rows: CPU with each
-``--threads`` count (torch and OpenCV both limited to it), and, when CUDA is present, DAE-Fuse in fp32, bf16, and
-bf16 with channels-last weights. Stages run one after the other (``overlap_io`` off) so that read + fuse + write
-is the wall time; ``--overlap`` measures the pipelined throughput instead. ``fuse fps`` is frames / fuse seconds
+``--threads`` count (torch and OpenCV both limited to it), and, when CUDA is present, DAE-Fuse in fp32, bf16, and bf16
+with channels-last weights. Stages run one after the other (``overlap_io`` off) so that read + fuse + write is the wall
+time; ``--overlap`` measures the pipelined throughput instead. ``fuse fps`` is frames / fuse seconds
 (the model, transfers and colour restoration); ``model fps`` times ``fuse_luma_batch`` alone on one held batch
 (the figure comparable with bench_fuse.py). One untimed warm-up batch precedes each DAE-Fuse row. Prints figures,
 asserts nothing.
@@ -23,9 +23,9 @@ Temporal consistency (issue 23), a second mode::
 
 decodes the first ``--frames`` frames of each evaluation clip (M3SVD ``0117_1605``, ``0117_1620``: the clips that are
 not the temporal fine-tuning's training clip; TNO Nato camp, all 32) to lossless PNG folders in a temporary folder,
-fuses them with each candidate through ``fusion.video.fuse_video`` (what ``python -m fusion.fuse --video`` runs) and
+fuses them with each candidate through ``fusion.video.streaming.fuse_video`` (what ``python -m fusion.video`` runs) and
 scores flicker, temporal correlation, BiSWE and MS2R (DIS flow) while streaming. ``--stabilise LABEL`` adds
-``LABEL+stabilised``: that candidate wrapped in ``fusion.video.StabilisedFuser``.
+``LABEL+stabilised``: that candidate wrapped in ``fusion.video.streaming.StabilisedFuser``.
 
 End-to-end speed on real footage (issue 23), a third mode::
 
@@ -50,12 +50,12 @@ import numpy as np
 import torch
 
 from data.shared import SHARED_DATA
-from fusion.checkpoint import ARCHITECTURE
-from fusion.dae_fuse import create_model
-from fusion.fuse import load_fuser_checkpoint
-from fusion.fusers import create_fuser
-from fusion.inference import for_inference, keep_freed_memory
-from fusion.video import VideoConfig, fuse_video
+from fusion.fusers.base import create_fuser
+from fusion.fusers.fuse import load_fuser_checkpoint
+from fusion.models.checkpoint import ARCHITECTURE
+from fusion.models.dae_fuse import create_model
+from fusion.models.inference import for_inference, keep_freed_memory
+from fusion.video.streaming import VideoConfig, fuse_video
 
 RULES: tuple[str, ...] = ("ir", "mean", "max")
 SIZES: tuple[str, ...] = ("640x512", "1024x768")
@@ -160,7 +160,7 @@ def temporal_main(argv: list[str]) -> None:
     from data.config import ConfigError, from_dict, parse_key_values
     from data.io import atomic_write_json
     from data.provenance import package_versions
-    from fusion.video import StabilisedFuser, StabiliserConfig
+    from fusion.video.streaming import StabilisedFuser, StabiliserConfig
 
     parser = argparse.ArgumentParser(prog="bench_video.py temporal")
     parser.add_argument("--frames", type=int, default=120, help="first frames of each M3SVD clip")
@@ -224,14 +224,14 @@ def cut_video(frames: list[Path] | Path, out: Path, count: int) -> Path:
 
 
 def speed_main(argv: list[str]) -> None:
-    """End-to-end frames/s on real footage: decode (mp4v), fuse, encode (mp4v), as ``python -m fusion.fuse --video``
+    """End-to-end frames/s on real footage: decode (mp4v), fuse, encode (mp4v), as ``python -m fusion.video``
     runs it, rounds interleaved so that every configuration sees the same machine load."""
     import json
     import os
 
     from data.io import atomic_write_json
     from data.provenance import package_versions
-    from fusion.video import StabilisedFuser
+    from fusion.video.streaming import StabilisedFuser
 
     parser = argparse.ArgumentParser(prog="bench_video.py speed")
     parser.add_argument("--checkpoint", default="fusion/weights/dae_fuse_release.pt")

@@ -25,8 +25,9 @@ nvidia-smi -L || true
 echo "== 0. imports (no ultralytics / albumentations / pycocotools on the fusing path)"
 "$PY" - <<'EOF'
 import sys
-import fusion.fuse, fusion.fusers, fusion.temporal, fusion.video  # noqa: F401
-fusion.fusers.fuser_names()
+import fusion.fusers.fuse, fusion.fusers.base, fusion.video.temporal, fusion.video.streaming  # noqa: F401
+import fusion.video.__main__  # noqa: F401  (python -m fusion.video, the video command)
+fusion.fusers.base.fuser_names()
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"ultralytics", "albumentations", "pycocotools"})
 assert not heavy, f"the fusing path imports {heavy}"
 import torch

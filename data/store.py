@@ -14,7 +14,7 @@ Two shapes of work exist, and this class owns both:
 Work in progress has one rule too (``claim_folder``): a folder being filled carries a progress record naming the
 key it is filled for, which its build may update as it goes (``read_progress``/``save_progress``: e.g. "trained,
 not yet evaluated"). A folder being filled for another key is cleared, or refused where clearing would lose
-someone's files (``fusion.fuse.fuse_folder`` never passes one fuser's images off as another's).
+someone's files (``fusion.fusers.fuse.fuse_folder`` never passes one fuser's images off as another's).
 
 ``--force`` redoes each piece of work once per run (``redo``): a fused folder shared by two stages is fused again
 once, not twice. Work built below the pipeline takes the run's store (a YOLO export, ``detection.export``) or, in

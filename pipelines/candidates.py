@@ -1,6 +1,6 @@
 """The one candidate model: a row of the table is a ``CandidateSpec`` resolved through the fuser registry.
 
-A spec names a fuser (a ``fusion.fusers.FUSERS`` name or a ``package.module:factory`` path) with its arguments,
+A spec names a fuser (a ``fusion.fusers.base.FUSERS`` name or a ``package.module:factory`` path) with its arguments,
 or a folder of another method's fused images. The simple rules, DAE-Fuse checkpoints, plug-ins, installed
 entry points and pre-fused folders all become specs here and are built by ``build_source``; nothing downstream
 asks which kind a candidate is, except the report, which shows where each came from (``origin``).
@@ -37,7 +37,7 @@ class CandidateError(ValueError):
 class CandidateSpec:
     """What a row is made from; saved in results.json as it is.
 
-    ``fuser`` + ``args`` are resolved by ``fusion.fusers.create_fuser``; a ``folder`` candidate has no fuser.
+    ``fuser`` + ``args`` are resolved by ``fusion.fusers.base.create_fuser``; a ``folder`` candidate has no fuser.
     """
 
     name: str
@@ -80,7 +80,7 @@ class CandidateSpec:
             return None
         if self.fuser == "passthrough":
             return str(self.args.get("modality"))
-        from fusion.baselines import PASSTHROUGH_NAMES
+        from fusion.fusers.baselines import PASSTHROUGH_NAMES
 
         return self.fuser if self.fuser in PASSTHROUGH_NAMES else None
 
@@ -119,7 +119,7 @@ def parse_fused(text: str) -> CandidateSpec:
 
 def parse_fuser(tokens: Sequence[str]) -> CandidateSpec:
     """``["NAME=package.module:factory", "key=value", ...]`` (or ``NAME=ENTRY_POINT``) -> a plug-in spec."""
-    from fusion.fusers import FuserSpecError, parse_fuser_args
+    from fusion.fusers.base import FuserSpecError, parse_fuser_args
 
     if not tokens:
         raise CandidateError("--fuser needs NAME=package.module:factory")
@@ -174,14 +174,14 @@ def build_source(spec: CandidateSpec, *, device: str, pairs=None, sizes: Mapping
 
     Raises:
         data.errors.DatasetError: a folder misses ids or holds unreadable or wrongly sized images.
-        fusion.fusers.FuserSpecError: a plug-in that does not import or returns no fuser.
-        fusion.checkpoint.CheckpointError: a checkpoint that cannot be used.
+        fusion.fusers.base.FuserSpecError: a plug-in that does not import or returns no fuser.
+        fusion.models.checkpoint.CheckpointError: a checkpoint that cannot be used.
     """
     if spec.folder is not None:
-        from fusion.prefused import PrefusedFolder
+        from fusion.fusers.prefused import PrefusedFolder
 
         return PrefusedFolder.from_pairs(spec.folder, pairs or [], sizes or {}, name=spec.name)
-    from fusion.fusers import create_fuser
+    from fusion.fusers.base import create_fuser
 
     return create_fuser(spec.fuser, device=device, **spec.args)
 

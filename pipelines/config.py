@@ -58,7 +58,7 @@ class PipelineConfig:
         "colour) covering the train, selection and evaluation splits; repeatable", action="append",
         metavar="NAME=DIR"))
     plugins: list[list[str]] = field(default_factory=list, metadata=option(
-        "a plug-in fuser as a candidate: a factory returning a fusion.fusers.Fuser (or the name of an installed "
+        "a plug-in fuser as a candidate: a factory returning a fusion.fusers.base.Fuser (or the name of an installed "
         "'fusebench.fusers' entry point), called with the key=value arguments; repeatable", flag="--fuser",
         action="append", nargs="+", metavar=("NAME=package.module:factory", "key=value")))
     early_fusion: bool | None = field(default=None, metadata=option(
@@ -208,7 +208,7 @@ def check_options(cfg: PipelineConfig, seeds: list[int], jobs: int) -> list[str]
                         "fewer make the 95% interval's ends noisy")
     problems += check_corruptions(list(cfg.corruptions), list(cfg.severities) if cfg.corruptions else [])
     if cfg.sudden_change:
-        from fusion.sudden_change import parse_corruption
+        from fusion.video.sudden_change import parse_corruption
 
         try:
             problems += [f"--sudden-change: {p}" for p in parse_corruption(cfg.sudden_change, key="check").problems()]

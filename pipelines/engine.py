@@ -23,7 +23,7 @@ from data.io import read_record, write_record
 from data.lock import hold_folder_lock, raise_if_locked
 from data.provenance import content_key, package_versions
 from data.store import RECORD_NAME, KeyedStore, finished
-from fusion.baselines import BASELINE_NAMES, RULES  # no torch: the simple rules only
+from fusion.fusers.baselines import BASELINE_NAMES, RULES  # no torch: the simple rules only
 
 from . import report
 from .candidates import (
@@ -97,7 +97,7 @@ def candidate_specs(cfg: PipelineConfig, preset: PipelinePreset | None = None,
 
 def single_modality_spec(modality: str) -> CandidateSpec:
     """The row of one modality alone (its passthrough), named by the modality."""
-    from fusion.baselines import PASSTHROUGH_NAMES
+    from fusion.fusers.baselines import PASSTHROUGH_NAMES
 
     if modality in PASSTHROUGH_NAMES:
         return CandidateSpec(name=modality, kind="baseline", fuser=modality)
@@ -111,8 +111,8 @@ def build_candidates(cfg: PipelineConfig, dataset=None, preset: PipelinePreset |
     problem in one ``OptionsError``: both are the command line's mistakes. A checkpoint that does not load stays in
     the table as a failed row while the others run.
     """
-    from fusion.checkpoint import CheckpointError
-    from fusion.fusers import FuserSpecError
+    from fusion.fusers.base import FuserSpecError
+    from fusion.models.checkpoint import CheckpointError
 
     modalities = dataset.modalities if dataset is not None else ("ir", "vis")
     candidates = [Candidate(spec) for spec in candidate_specs(cfg, preset, modalities)]
@@ -151,8 +151,8 @@ def train_fusion_here(cfg: PipelineConfig, preset_name: str, dataset, store: Key
     DatasetWarnings when it loaded it, so the second read's are not shown again."""
     import warnings
 
-    from fusion.config import load_train_config
-    from fusion.train import train
+    from fusion.training.config import load_train_config
+    from fusion.training.train import train
 
     from data.datasets import parse_options
     from data.errors import DatasetWarning

@@ -577,7 +577,7 @@ class SpearmanRow:
 
 @dataclass(frozen=True)
 class SuddenChange:
-    """The sudden-change section (``--sudden-change``, ``fusion.sudden_change``): the corruption, where its plot,
+    """The sudden-change section (``--sudden-change``, ``fusion.video.sudden_change``): the corruption, where its plot,
     table and JSON were written and each fuser's summary; or only why nothing was measured (``skipped``)."""
 
     corruption: str | None = None

@@ -17,8 +17,8 @@ import numpy as np
 
 from data.io import atomic_path, atomic_write_text, write_image
 from detection.bootstrap import Interval
-from fusion.metrics import METRICS
-from fusion.temporal import temporal_metric_names
+from fusion.metrics.image import METRICS
+from fusion.video.temporal import temporal_metric_names
 
 from .records import (
     Bootstrap,
@@ -37,7 +37,7 @@ from .records import (
 )
 
 # The fusion metrics shown beside mAP, in the order of the field's tables (CDDFuse), with AG added at the end.
-# The columns are the metric registries' names: a metric registered in fusion.metrics is a column, nothing edited.
+# The columns are the metric registries' names: a metric registered in fusion.metrics.image is a column, nothing edited.
 FUSION_METRICS: tuple[str, ...] = tuple(METRICS.names())
 NO_FUSED_IMAGE = "n/a (no fused image)"  # early and late fusion's fusion-metric cells
 
@@ -295,7 +295,7 @@ def class_names_of(records: list[CandidateResult]) -> list[str]:
     return list(dict.fromkeys(c for r in records if r.detection for c in r.detection.ap50))
 
 
-# Temporal consistency over the evaluation split's consecutive-frame runs (fusion.temporal), shown when measured.
+# Temporal consistency over the evaluation split's consecutive-frame runs (fusion.video.temporal), shown when measured.
 TEMPORAL_COLUMNS: tuple[str, ...] = tuple(temporal_metric_names())
 
 
@@ -426,7 +426,7 @@ def render_markdown(results: RunResults) -> str:
               "(MI, SCD, VIF, SSIM summed over the sources; MI in nats)")
     if any(_has_temporal(records, m) for m in TEMPORAL_COLUMNS):
         runs = next((r.temporal.get("n_runs") for r in records if r.temporal), 0)
-        out.write(f"; temporal consistency over its {runs} runs of consecutive frames (`fusion.temporal`: flicker "
+        out.write(f"; temporal consistency over its {runs} runs of consecutive frames (`fusion.video.temporal`: flicker "
                   "in grey levels per frame beyond the sources' own change, 0 is none; temporal_correlation 1 means "
                   "the fused changes follow the sources')")
     out.write("\n\n")

@@ -102,7 +102,7 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 def tiny_config(*overrides: str):
     """The ``tiny`` DAE-Fuse training preset with ``key=value`` overrides (a FusionTrainConfig)."""
-    from fusion.config import load_train_config
+    from fusion.training.config import load_train_config
 
     return load_train_config(preset="tiny", overrides=overrides)
 

@@ -1,5 +1,5 @@
 """The paper's ablations as configuration: every switch builds, runs and trains without dead weights, round-trips
-through a checkpoint, and ``python -m fusion.ablate`` trains and scores variants side by side."""
+through a checkpoint, and ``python -m fusion.training.ablate`` trains and scores variants side by side."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,9 @@ import torch
 
 from data.io import read_ir, read_visible
 from data.m3fd import load_m3fd
-from fusion.ablate import VARIANTS, main, mean_std, variant_config
-from fusion.checkpoint import load_checkpoint
-from fusion.dae_fuse import (
+from fusion.models.checkpoint import load_checkpoint
+from fusion.training.ablate import VARIANTS, main, mean_std, variant_config
+from fusion.models.dae_fuse import (
     ENCODERS,
     FUSIONS,
     SKIP_FUSIONS,
@@ -21,9 +21,9 @@ from fusion.dae_fuse import (
     count_parameters,
     create_model,
 )
-from fusion.fuse import load_fuser_checkpoint
-from fusion.metrics import metric_names
-from fusion.train import PHASES, Losses, train
+from fusion.fusers.fuse import load_fuser_checkpoint
+from fusion.metrics.image import metric_names
+from fusion.training.train import PHASES, Losses, train
 from tests.conftest import assert_phase_gradients, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -100,7 +100,7 @@ def test_each_switch_trains_every_parameter_of_a_phase(switch, phase):
     ({"encoder": "transformer", "fusion": "average", "skip_fusion": "average"}, True, {"g", "d_ir", "d_vis"}),
 ])
 def test_switches_round_trip_through_the_trainer_and_the_fuser(tmp_path, synthetic_root, args, adversarial, optimizers):
-    """Saved by the trainer, loaded by fusion.fuse, fused; without adversarial training nothing of the
+    """Saved by the trainer, loaded by fusion.fusers.fuse, fused; without adversarial training nothing of the
     discriminators is built, stepped or saved, and the run still resumes."""
     cfg = tiny_config(f"model.args={json.dumps(args)}", f"adversarial={str(adversarial).lower()}")
     result = train(cfg, synthetic_root, tmp_path / "run", progress=False)
@@ -176,8 +176,8 @@ def test_evaluation_images_and_scores_are_the_stores(tmp_path, synthetic_root, m
     in or refused."""
     from data.io import write_record
     from data.store import PROGRESS_NAME, finished
-    from fusion import ablate
-    from fusion.fuse import FUSER_MARKER
+    from fusion.training import ablate
+    from fusion.fusers.fuse import FUSER_MARKER
 
     checkpoint = train(tiny_config("phases=[{name: fuse, epochs: 1}]"), synthetic_root, tmp_path / "run",
                        progress=False).last_checkpoint

@@ -12,8 +12,8 @@ import pytest
 
 from data.errors import DatasetError
 from data.m3fd import load_m3fd
-from fusion.fusers import FuserSpecError, create_fuser, fuse_pair, fuser_names
-from fusion.prefused import PrefusedFolder, check_prefused_folder
+from fusion.fusers.base import FuserSpecError, create_fuser, fuse_pair, fuser_names
+from fusion.fusers.prefused import PrefusedFolder, check_prefused_folder
 from pipelines.candidates import CandidateError, parse_fused, parse_fuser
 from pipelines.engine import OptionsError, PipelineConfig, build_candidates, run_pipeline
 from pipelines.run_m3fd import parse_args
@@ -168,7 +168,7 @@ def test_an_installed_entry_point_is_a_registered_fuser(toy_module):
 
 
 def test_fuse_cli_takes_a_plugin(toy_module, dataset, tmp_path):
-    from fusion.fuse import main
+    from fusion.fusers.fuse import main
 
     ir_dir, vis_dir = tmp_path / "ir", tmp_path / "vi"
     ir_dir.mkdir()

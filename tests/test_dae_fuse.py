@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusion.dae_fuse import (
+from fusion.models.dae_fuse import (
     MODELS,
     DAEFuse,
     DAEFuseConfig,
@@ -18,8 +18,16 @@ from fusion.dae_fuse import (
     create_model,
     pad_to_multiple,
 )
-from fusion.losses import GAN_LOSSES, SSIM, SSIM_LOSSES, FusionLoss, ReconstructionLoss, Sobel, discriminator_loss
-from fusion.train import PHASES, Losses
+from fusion.training.losses import (
+    GAN_LOSSES,
+    SSIM,
+    SSIM_LOSSES,
+    FusionLoss,
+    ReconstructionLoss,
+    Sobel,
+    discriminator_loss,
+)
+from fusion.training.train import PHASES, Losses
 from tests.conftest import assert_phase_gradients, tiny_config
 
 

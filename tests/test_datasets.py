@@ -192,7 +192,7 @@ def test_a_pipeline_run_on_llvip_shows_each_dataset_warning_once(tmp_path, monke
     from types import SimpleNamespace
 
     from data.store import KeyedStore
-    from fusion.data import resolve_training_roots
+    from fusion.training.data import resolve_training_roots
     from pipelines import engine
     from pipelines.config import PipelineConfig
     from pipelines.datasets import load_run_dataset
@@ -205,7 +205,7 @@ def test_a_pipeline_run_on_llvip_shows_each_dataset_warning_once(tmp_path, monke
         read.append(resolve_training_roots(roots, fusion_cfg.data, kwargs["split"]))
         return SimpleNamespace(best_checkpoint=str(run_dir / "best.pt"), wall_time_s=0.0)
 
-    monkeypatch.setattr("fusion.train.train", train)
+    monkeypatch.setattr("fusion.training.train.train", train)
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
         dataset = load_run_dataset(cfg, root)
@@ -391,10 +391,10 @@ def test_cli_prints_any_readers_summary(tmp_path, capsys):
 
 
 def test_fusion_training_reads_its_pairs_through_a_named_reader(tmp_path):
-    """``data.dataset=llvip`` (``python -m fusion.train --dataset llvip``): DAE-Fuse trains on LLVIP's train split
-    and validates on the val the reader carved, with no M3FD layout in sight."""
-    from fusion.config import load_train_config
-    from fusion.data import resolve_training_pairs
+    """``data.dataset=llvip`` (``python -m fusion.training.train --dataset llvip``): DAE-Fuse trains on LLVIP's train
+    split and validates on the val the reader carved, with no M3FD layout in sight."""
+    from fusion.training.config import load_train_config
+    from fusion.training.data import resolve_training_pairs
 
     root = make_llvip(tmp_path / "LLVIP", [f"01{k:04d}" for k in range(10)], ["190001", "190002"])
     cfg = load_train_config(preset="tiny", overrides=["data.dataset=llvip"]).data

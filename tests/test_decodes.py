@@ -1,6 +1,6 @@
 """How often the fuse and score stages decode an image, counted through a reader that counts its calls: each
 source once on its way to the scores, no fused image again when it was just fused, and the numbers those of reading
-every file (fusion.metrics.evaluate_triples, fusion.temporal.evaluate_sequences), bit for bit."""
+every file (fusion.metrics.image.evaluate_triples, fusion.video.temporal.evaluate_sequences), bit for bit."""
 from __future__ import annotations
 
 from collections import Counter
@@ -60,8 +60,8 @@ def _reset(decodes: Counter) -> None:
 
 def _old_scores(dataset, fused_dir: Path, ids: list[str]) -> dict:
     """The score stage as it was: every image read by evaluate_triples, then again by evaluate_sequences."""
-    from fusion.metrics import FileSet, evaluate_triples
-    from fusion.temporal import consecutive_runs, evaluate_sequences
+    from fusion.metrics.image import FileSet, evaluate_triples
+    from fusion.video.temporal import consecutive_runs, evaluate_sequences
 
     per_image, mean = evaluate_triples([FileSet(i, fused_dir / f"{i}.png", dataset.sources(i)) for i in ids],
                                        workers=2)

@@ -135,7 +135,7 @@ def test_a_three_band_folder_dataset_flows_through_rules_metrics_and_both_detect
     assert all(rows[n]["error"] is None for n in rows), {n: r["error"] for n, r in rows.items()}
     assert [n for n, r in rows.items() if r["single_modality"]] == ["ir", "vis", "nir"]  # one row per modality
     # The rules fuse all three bands; the metrics judge every fused image against all three.
-    from fusion.metrics import metric_terms  # noqa: F401  (the per-source terms exist for N sources)
+    from fusion.metrics.image import metric_terms  # noqa: F401  (the per-source terms exist for N sources)
 
     assert rows["max"]["fusion"]["MI"] > 0 and rows["mean"]["fusion"]["VIF"] > 0
     assert rows["release2"]["fusion"] is not None  # the two-band release reads its own two bands of the three

@@ -62,7 +62,7 @@ def test_force_redoes_every_stage_and_a_plain_rerun_reuses_it(tmp_path, syntheti
     assert len(before) >= 3 * 6 + 3
 
     calls: dict[str, int] = {}
-    for name, target in (("fuse", "pipelines.stages.fuse.fuse_and_score"), ("train", "fusion.train.train"),
+    for name, target in (("fuse", "pipelines.stages.fuse.fuse_and_score"), ("train", "fusion.training.train.train"),
                          ("detect", "detection.train.train_and_evaluate"), ("score", "detection.train.score_detector"),
                          ("corrupt", "data.corruptions.corrupt_pair")):
         _count(monkeypatch, calls, name, target)
@@ -83,7 +83,7 @@ def test_force_redoes_every_stage_and_a_plain_rerun_reuses_it(tmp_path, syntheti
     def must_not_run(*args, **kwargs):
         raise AssertionError("finished work was redone without --force")
 
-    for target in ("pipelines.stages.fuse.fuse_and_score", "fusion.train.train", "detection.train.train_and_evaluate",
+    for target in ("pipelines.stages.fuse.fuse_and_score", "fusion.training.train.train", "detection.train.train_and_evaluate",
                    "detection.train.score_detector", "data.corruptions.corrupt_pair"):
         monkeypatch.setattr(target, must_not_run)
     # What writers killed at each moment of a run leave (SIGKILL: no cleanup ran): the report files, every plot,
@@ -213,7 +213,7 @@ def test_sigkill_while_writing_records_report_or_plots_leaves_nothing_behind(tmp
 
 
 def _trained_here(cfg: PipelineConfig):
-    """The synthetic dataset, and a stand-in for ``fusion.train.train`` (milliseconds) that records each call as
+    """The synthetic dataset, and a stand-in for ``fusion.training.train.train`` (milliseconds) that records each call as
     (folder, resumed), writes ``last.pt`` and, unless ``interrupt`` is set, ``best.pt``."""
     from types import SimpleNamespace
 
@@ -245,7 +245,7 @@ def test_the_dae_fuse_trained_here_is_a_store_folder_resumed_reused_and_forced_o
 
     cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", progress=False)
     dataset, train, calls, state = _trained_here(cfg)
-    monkeypatch.setattr("fusion.train.train", train)
+    monkeypatch.setattr("fusion.training.train.train", train)
 
     def trained(store: KeyedStore | None = None) -> Path:
         return train_fusion_here(cfg, "tiny", dataset, store or KeyedStore(cfg.out / "state"))

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import fusion.dae_fuse
+import fusion.models.dae_fuse
 from data.io import read_ir, read_visible
 from data.m3fd import load_m3fd
-from fusion.fuse import (
+from fusion.fusers.fuse import (
     FUSION_PHASES,
     CheckpointError,
     CheckpointFuser,
@@ -22,8 +22,8 @@ from fusion.fuse import (
     main,
     unpickle_checkpoint,
 )
-from fusion.fusers import create_fuser
-from fusion.train import PHASES, train
+from fusion.fusers.base import create_fuser
+from fusion.training.train import PHASES, train
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,7 +46,7 @@ def test_fuse_luma_is_the_models_forward_on_infrared_then_visible_in_0_to_1(chec
     epoch leaves the toy model nearly constant (about 128 whatever the inputs), so its weights are perturbed
     (seeded) first: the model then depends on its inputs, not symmetrically and not scale-free, so an
     infrared/visible swap or a wrong scale is seen."""
-    from fusion.dae_fuse import DAEFuse, DAEFuseConfig
+    from fusion.models.dae_fuse import DAEFuse, DAEFuseConfig
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     generator = torch.Generator().manual_seed(0)
@@ -81,7 +81,7 @@ def test_create_fuser_builds_the_generator_only(checkpoint, monkeypatch):
     def no_discriminators(*args, **kwargs):
         raise AssertionError("inference built the discriminators")
 
-    monkeypatch.setattr(fusion.dae_fuse.PatchDiscriminator, "__init__", no_discriminators)
+    monkeypatch.setattr(fusion.models.dae_fuse.PatchDiscriminator, "__init__", no_discriminators)
     fuser = create_fuser("dae_fuse", checkpoint=checkpoint)
     assert isinstance(fuser, CheckpointFuser) and fuser.name == "dae_fuse"
     assert not fuser.model.training
@@ -203,7 +203,7 @@ def test_fuse_folder_writes_every_pair_and_resumes(checkpoint, synthetic_root, t
 
 def test_colour_is_the_visible_chroma(checkpoint, synthetic_root):
     """Only the luma is fused: the fused colour image differs from the visible one by the same amount in B, G, R."""
-    from fusion.fusers import fuse_pair
+    from fusion.fusers.base import fuse_pair
 
     pair = load_m3fd(synthetic_root).pairs()[0]
     out = fuse_pair(load_fuser_checkpoint(checkpoint), pair).astype(np.float32)
@@ -256,7 +256,7 @@ def test_fuse_cli_refuses_to_overwrite_sources_or_mix_fusers(pair_dirs, tmp_path
 
 
 def test_dae_fuse_declares_its_two_roles_by_name_and_maps_them(checkpoint, synthetic_root):
-    from fusion.fusers import FuserInputError, FuserSpecError, fuse_images, fuse_pair
+    from fusion.fusers.base import FuserInputError, FuserSpecError, fuse_images, fuse_pair
     from data.io import restore_colour
 
     fuser = CheckpointFuser(checkpoint)

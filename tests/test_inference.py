@@ -1,4 +1,5 @@
-"""The inference copy of DAE-Fuse (fusion.inference): the same outputs as the trained model, less memory traffic."""
+"""The inference copy of DAE-Fuse (fusion.models.inference): the same outputs as the trained model, less memory
+traffic."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fusion.dae_fuse import ShallowEncoder, create_model
-from fusion.fuse import CheckpointFuser
-from fusion.inference import ShallowEncoderForInference, fold_batch_norms, for_inference
+from fusion.fusers.fuse import CheckpointFuser
+from fusion.models.dae_fuse import ShallowEncoder, create_model
+from fusion.models.inference import ShallowEncoderForInference, fold_batch_norms, for_inference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -101,8 +102,8 @@ def test_cpu_fuser_runs_a_frame_per_forward_with_the_whole_batch_result(tmp_path
 
 KEEP_FREED_MEMORY_SCRIPT = """
 import platform, torch
-from fusion.dae_fuse import create_model
-from fusion.inference import for_inference, keep_freed_memory
+from fusion.models.dae_fuse import create_model
+from fusion.models.inference import for_inference, keep_freed_memory
 torch.manual_seed(0)
 model = for_inference(create_model("dae_fuse_t").eval())
 ir, vis = torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)

@@ -14,8 +14,8 @@ from scipy.signal import convolve2d
 
 from data.errors import DatasetError
 from data.io import luma, read_gray_reference
-from fusion import metrics
-from fusion.metrics import (
+from fusion.metrics import image as metrics
+from fusion.metrics.image import (
     METRICS,
     DegenerateInputWarning,
     FusionTriple,
@@ -144,7 +144,7 @@ def test_vif_window_is_the_separable_factor_of_matlab_fspecial():
 def _ssim_direct(x: np.ndarray, y: np.ndarray, data_range: float = 2.0, crop: int = 3) -> float:
     """scikit-image 0.19's ``structural_similarity(x, y, data_range=...)`` written out in float64 (Wang et al. 2004
     with its defaults: 7x7 uniform window, reflected borders, K1 0.01, K2 0.03, sample covariance, the map's mean
-    without its 3-pixel border): an implementation independent of fusion.metrics' float32 one."""
+    without its 3-pixel border): an implementation independent of fusion.metrics.image's float32 one."""
     from scipy.ndimage import uniform_filter
 
     x, y = x.astype(np.float64), y.astype(np.float64)

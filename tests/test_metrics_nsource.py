@@ -14,8 +14,8 @@ from scipy.signal import convolve2d
 from data.errors import DatasetError
 from data.io import read_gray_reference
 
-from fusion import metrics
-from fusion.metrics import (
+from fusion.metrics import image as metrics
+from fusion.metrics.image import (
     METRICS,
     DegenerateInputWarning,
     FusionSet,
@@ -97,7 +97,7 @@ def test_scd_undefined_term_counts_as_zero_for_three_sources():
     assert terms["b"] == pytest.approx(25 / math.sqrt(50**2 + 25**2), abs=1e-12)
 
 
-@pytest.mark.filterwarnings("ignore::fusion.metrics.DegenerateInputWarning")  # VIF's constant-source rule
+@pytest.mark.filterwarnings("ignore::fusion.metrics.image.DegenerateInputWarning")  # VIF's constant-source rule
 def test_ssim_of_constant_images_by_hand():
     # Constant images: means x, y, no variance, so SSIM = (2 x y + C1) / (x^2 + y^2 + C1) with C1 = (0.01 * 2)^2.
     c1 = (0.01 * 2) ** 2
@@ -160,7 +160,7 @@ def test_qabf_of_three_sources_weights_each_source_by_its_own_edges():
     assert metric_terms(fused, sources)["Qabf"] == pytest.approx(expected_terms, abs=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore::fusion.metrics.DegenerateInputWarning")  # the black sources' VIF terms
+@pytest.mark.filterwarnings("ignore::fusion.metrics.image.DegenerateInputWarning")  # the black sources' VIF terms
 def test_a_source_without_edges_adds_nothing_to_qabf_and_none_at_all_gives_zero():
     a, b = smooth_image(31, (44, 44)), smooth_image(32, (44, 44), sigma=1.0)
     fused = np.maximum(a, b)

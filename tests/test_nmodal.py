@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from data.synthetic import generate_synthetic_m3fd
-from fusion.checkpoint import build_generator, load_checkpoint, read_generator_checkpoint
-from fusion.config import ConfigError, load_train_config, replace_config
-from fusion.dae_fuse import (
+from fusion.models.checkpoint import build_generator, load_checkpoint, read_generator_checkpoint
+from fusion.training.config import ConfigError, load_train_config, replace_config
+from fusion.models.dae_fuse import (
     DAEFuseConfig,
     GatedSkipFusion,
     CrossAttention,
@@ -22,9 +22,9 @@ from fusion.dae_fuse import (
     create_model,
     expand_modalities,
 )
-from fusion.data import MultiModalCropDataset, resolve_multimodal_roots
-from fusion.losses import GAN_LOSSES, FusionLoss, ReconstructionLoss, discriminator_loss
-from fusion.train import PHASES, Losses, Trainer
+from fusion.training.data import MultiModalCropDataset, resolve_multimodal_roots
+from fusion.training.losses import GAN_LOSSES, FusionLoss, ReconstructionLoss, discriminator_loss
+from fusion.training.train import PHASES, Losses, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "fusion" / "weights" / "dae_fuse_release.pt"
@@ -64,7 +64,7 @@ def test_release_fuses_and_reconstructs_bit_for_bit_as_before(one_thread):
     assert "modalities" not in state["model_config"]  # saved before the field: the default two bands
     model = build_generator(state, RELEASE).eval()
     assert model.modalities == ("ir", "vis")
-    from fusion.inference import for_inference
+    from fusion.models.inference import for_inference
 
     ir, vis = torch.from_numpy(ref["ir"]), torch.from_numpy(ref["vis"])
     with torch.inference_mode():

@@ -12,7 +12,7 @@ import pytest
 
 import pipelines.engine as engine
 from data.types import CLASS_NAMES
-from fusion.train import train
+from fusion.training.train import train
 from pipelines.config import check_splits
 from pipelines.datasets import resolve_dataset
 from pipelines.engine import PipelineConfig, run_pipeline, torch_device

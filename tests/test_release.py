@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.checkpoint import RELEASE_FORMAT, load_checkpoint, main as checkpoint_main
-from fusion.fuse import CheckpointError, load_fuser_checkpoint
-from fusion.train import train
+from fusion.fusers.fuse import CheckpointError, load_fuser_checkpoint
+from fusion.models.checkpoint import RELEASE_FORMAT, load_checkpoint, main as checkpoint_main
+from fusion.training.train import train
 from fusion.weights import RELEASED_CHECKPOINT, RELEASED_NAME
 from tests.conftest import tiny_config
 

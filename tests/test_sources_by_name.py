@@ -12,8 +12,8 @@ import pytest
 
 from data.errors import DatasetError
 from data.io import luma, read_ir, read_visible, restore_colour
-from fusion.fuse import fuse_folder, main
-from fusion.fusers import (
+from fusion.fusers.fuse import fuse_folder, main
+from fusion.fusers.base import (
     FuserInputError,
     SourceSet,
     create_fuser,
@@ -22,7 +22,7 @@ from fusion.fusers import (
     fuse_images,
     fuse_pair,
 )
-from fusion.prefused import PrefusedFolder
+from fusion.fusers.prefused import PrefusedFolder
 
 PLUGINS = '''
 import numpy as np

@@ -143,8 +143,8 @@ def test_fuse_folder_claims_its_folder_for_its_fuser(tmp_path, synthetic_root):
     """The fuser marker is the folder's claim: resuming another fuser's folder is refused, touching nothing; fusing
     without skip_existing takes it over; a dead writer's half image is swept."""
     from data.m3fd import load_m3fd
-    from fusion.fuse import FUSER_MARKER, fuse_folder
-    from fusion.fusers import create_fuser
+    from fusion.fusers.fuse import FUSER_MARKER, fuse_folder
+    from fusion.fusers.base import create_fuser
 
     pairs = load_m3fd(synthetic_root).pairs()[:2]
     out = tmp_path / "fused"

@@ -1,4 +1,5 @@
-"""Sudden changes of visibility (fusion.sudden_change): time profiles, change detection, the report and its files."""
+"""Sudden changes of visibility (fusion.video.sudden_change): time profiles, change detection, the report and its
+files."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import pytest
 from data.errors import DatasetError
 from data.io import write_image
 from data.shared import SHARED_DATA
-from fusion.fusers import create_fuser
-from fusion.sudden_change import (
+from fusion.fusers.base import create_fuser
+from fusion.video.sudden_change import (
     ChangeSequence,
     TimeVaryingCorruption,
     detect_change,

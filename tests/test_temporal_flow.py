@@ -1,4 +1,4 @@
-"""Flow-based temporal metrics (fusion.flow: VF-Bench's BiSWE and MS2R) on tiny sequences with known answers."""
+"""Flow-based temporal metrics (fusion.video.flow: VF-Bench's BiSWE and MS2R) on tiny sequences with known answers."""
 from __future__ import annotations
 
 import cv2
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from data.io import write_image
-from fusion.flow import FLOW_ESTIMATORS, FLOW_METRICS, FlowStats, consistent, resolve_flow
-from fusion.temporal import (
+from fusion.video.flow import FLOW_ESTIMATORS, FLOW_METRICS, FlowStats, consistent, resolve_flow
+from fusion.video.temporal import (
     TEMPORAL_METRICS,
     TemporalStats,
     evaluate_sequences,
@@ -119,7 +119,7 @@ def test_a_plugged_in_flow_is_used():
     assert len(calls) == 6 * (FRAMES - 1)  # fused, ir, vis, both directions, per step
     assert set(calls) == {((SIZE, SIZE), np.dtype(np.uint8))}
     assert resolve_flow(zero_flow) is zero_flow
-    assert callable(resolve_flow("fusion.flow:farneback"))  # a package.module:factory path
+    assert callable(resolve_flow("fusion.video.flow:farneback"))  # a package.module:factory path
     with pytest.raises(KeyError, match="known: dis"):
         flow_stats("sea_raft")
 

@@ -1,4 +1,5 @@
-"""Temporal fine-tuning (fusion.temporal_train): warping, the temporal loss, the config, a tiny run and its resume."""
+"""Temporal fine-tuning (fusion.training.temporal_train): warping, the temporal loss, the config, a tiny run and its
+resume."""
 from __future__ import annotations
 
 import cv2
@@ -6,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.checkpoint import read_generator_checkpoint
-from fusion.temporal_train import TemporalTrainConfig, prepare_pairs, temporal_loss, train, warp
+from fusion.models.checkpoint import read_generator_checkpoint
+from fusion.training.temporal_train import TemporalTrainConfig, prepare_pairs, temporal_loss, train, warp
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

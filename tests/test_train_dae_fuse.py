@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from data.errors import DatasetError
 from data.io import read_ir, read_visible
 from data.m3fd import load_m3fd
-from fusion.config import (
+from fusion.training.config import (
     CONFIG_DIR,
     PRESETS,
     ConfigError,
@@ -27,11 +27,11 @@ from fusion.config import (
     load_train_config,
     replace_config,
 )
-from fusion.data import PairedCropDataset, resolve_training_pairs, split_validation
-from fusion.fuse import CheckpointError, load_fuser_checkpoint
-from fusion.fusers import create_fuser, fuse_pair
-from fusion.checkpoint import release_state, save_checkpoint
-from fusion.train import NonFiniteLossError, Trainer, main, train
+from fusion.fusers.base import create_fuser, fuse_pair
+from fusion.fusers.fuse import CheckpointError, load_fuser_checkpoint
+from fusion.models.checkpoint import release_state, save_checkpoint
+from fusion.training.data import PairedCropDataset, resolve_training_pairs, split_validation
+from fusion.training.train import NonFiniteLossError, Trainer, main, train
 from tests.conftest import shared_path
 from tests.conftest import tiny_config
 
@@ -458,7 +458,7 @@ def _paired_copy(dataset, folder: Path, n: int) -> Path:
 
 
 def test_several_roots_pool_their_training_pairs(tmp_path, synthetic_root):
-    from fusion.data import resolve_training_roots
+    from fusion.training.data import resolve_training_roots
 
     cfg = tiny_config("data.val_fraction=0.25")
     paired = _paired_copy(load_m3fd(synthetic_root), tmp_path / "roadscene", 8)
@@ -552,9 +552,9 @@ def test_time_budget_ends_each_phase_and_a_resumed_run_counts_the_same(tmp_path,
 
 
 def test_a_checkpoint_that_predates_the_options_resumes_with_what_it_trained_with(tmp_path, synthetic_root):
-    """A config saved before an option existed means the option's old value (fusion.config.LEGACY_VALUES): resuming
-    it under today's defaults is refused with the differences listed; under the old values it continues, and its
-    model_config (without the ablation switches) still builds the full model."""
+    """A config saved before an option existed means the option's old value (fusion.training.config.LEGACY_VALUES):
+    resuming it under today's defaults is refused with the differences listed; under the old values it continues, and
+    its model_config (without the ablation switches) still builds the full model."""
     legacy = ("loss.ssim_loss=one_minus", "loss.recon_grad_targets=[ir, vis]", "loss.recon_sobel_normalized=false",
               "optim.grad_clip_per_module=false", "optim.fusion_lr_restart=false")
     phases = "phases=[{name: recon, epochs: 1}, {name: fuse, epochs: 2}]"

@@ -1,4 +1,5 @@
-"""Video fusion (fusion.video), DAE-Fuse batched inference, the --video CLI and the temporal metrics."""
+"""Video fusion (fusion.video.streaming), DAE-Fuse batched inference, the video command (python -m fusion.video) and
+the temporal metrics."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,9 +11,9 @@ import pytest
 from data.errors import DatasetError
 from data.io import read_gray_reference, read_image, write_image
 from data.types import Pair
-from fusion.fuse import load_fuser_checkpoint, main
-from fusion.fusers import create_fuser, fuse_arrays, fuse_pair
-from fusion.temporal import (
+from fusion.fusers.base import create_fuser, fuse_arrays, fuse_pair
+from fusion.fusers.fuse import load_fuser_checkpoint
+from fusion.video.temporal import (
     TEMPORAL_METRICS,
     TemporalStats,
     consecutive_runs,
@@ -20,12 +21,13 @@ from fusion.temporal import (
     evaluate_sequences,
     evaluate_temporal,
 )
-from fusion.train import train
-from fusion.video import (
+from fusion.training.train import train
+from fusion.video.__main__ import main as video_main
+from fusion.video.sources import VideoStreamError
+from fusion.video.streaming import (
     StabilisedFuser,
     StabiliserConfig,
     VideoConfig,
-    VideoStreamError,
     fuse_video,
     ir_input,
     visible_input,
@@ -213,7 +215,7 @@ def no_fusing(*args):
 
 
 def test_mismatched_count_size_and_rate_are_one_error(clips, tmp_path, monkeypatch):
-    monkeypatch.setattr("fusion.video.fuse_batch", no_fusing)
+    monkeypatch.setattr("fusion.video.streaming.fuse_batch", no_fusing)
     _, vis = scene(n=9, size=(32, 24))
     other = write_video(tmp_path / "other.mkv", vis, fps=25.0)
     with pytest.raises(DatasetError) as err:
@@ -283,10 +285,10 @@ def test_a_video_shorter_than_declared_is_an_error(clips, tmp_path, monkeypatch,
     """A container may declare more frames than its stream holds: found when reading, and nothing is written."""
     import dataclasses
 
-    import fusion.video
+    import fusion.video.sources
 
-    probe = fusion.video._probe_video
-    monkeypatch.setattr(fusion.video, "_probe_video",
+    probe = fusion.video.sources._probe_video
+    monkeypatch.setattr(fusion.video.sources, "_probe_video",
                         lambda path, problems: dataclasses.replace(probe(path, problems), frames=FRAMES + 2))
     with pytest.raises(VideoStreamError, match=r"ended after 6 of its 8 declared frames"):
         fuse_video(create_fuser("max"), clips["ir_mkv"], clips["vis_mkv"], tmp_path / "o.mkv",
@@ -300,14 +302,14 @@ def test_a_video_shorter_than_declared_is_an_error(clips, tmp_path, monkeypatch,
 
 def test_cli_video_mode(clips, tmp_path, capsys, checkpoint):
     out = tmp_path / "fused.avi"
-    assert main(["--video", "--baseline", "max", "--ir", str(clips["ir_mkv"]), "--vis", str(clips["vis_mkv"]),
+    assert video_main(["--baseline", "max", "--ir", str(clips["ir_mkv"]), "--vis", str(clips["vis_mkv"]),
                  "--out", str(out), "--temporal"]) == 0
     printed = capsys.readouterr().out
     assert "frames/s" in printed and "flicker" in printed and len(decode(out)) == FRAMES
-    assert main(["--video", "--checkpoint", str(checkpoint), "--ir", str(clips["ir_dir"]),
+    assert video_main(["--checkpoint", str(checkpoint), "--ir", str(clips["ir_dir"]),
                  "--vis", str(clips["vis_dir"]), "--out", str(tmp_path / "dae"), "--batch-size", "3"]) == 0
     assert len(list((tmp_path / "dae").iterdir())) == FRAMES
-    assert main(["--video", "--baseline", "max", "--ir", str(tmp_path / "missing.mp4"),
+    assert video_main(["--baseline", "max", "--ir", str(tmp_path / "missing.mp4"),
                  "--vis", str(tmp_path / "empty"), "--out", str(tmp_path / "o.mp4")]) == 2
     err = capsys.readouterr().err
     assert "2 problem(s)" in err and "missing.mp4" in err and "empty" in err
@@ -370,7 +372,7 @@ def test_stabiliser_clamp_removes_flicker_and_follows_motion(flow_scale):
 
 def test_cli_stabilise_and_sudden_change(clips, tmp_path, capsys):
     out = tmp_path / "stable"
-    assert main(["--video", "--baseline", "mean", "--ir", str(clips["ir_dir"]), "--vis", str(clips["vis_dir"]),
+    assert video_main(["--baseline", "mean", "--ir", str(clips["ir_dir"]), "--vis", str(clips["vis_dir"]),
                  "--out", str(out), "--stabilise", "0.5", "--temporal", "--sudden-change", str(tmp_path / "sc"),
                  "--change-frame", "3"]) == 0
     printed = capsys.readouterr().out
@@ -473,7 +475,7 @@ def test_consecutive_runs():
 def test_the_batched_path_gives_a_fuser_the_same_whole_number_lumas_as_the_frame_path():
     """A fuser with ``fuse_luma_batch`` (DAE-Fuse on video) receives the visible luma rounded, as ``fuse_pair``
     and the frame-by-frame path give it (the documented value domain), not the colour conversion's fractions."""
-    from fusion.video import _Batch, fuse_batch
+    from fusion.video.streaming import _Batch, fuse_batch
 
     seen = []
 

@@ -115,7 +115,7 @@ def fuse_into_cache(cfg: PipelineConfig, candidate: Candidate, pairs, key: str, 
 
 def fuse_and_score(fuser, pairs: Sequence, out_dir: str | Path, scorer: EvalScorer | None = None, *,
                    progress: bool = True) -> dict[str, float]:
-    """Fuse the ``pairs`` not yet in ``out_dir`` as ``fusion.fuse.fuse_folder(..., skip_existing=True)`` does (its
+    """Fuse the ``pairs`` not yet in ``out_dir`` as ``fusion.fusers.fuse.fuse_folder(..., skip_existing=True)`` does (its
     refusals, its claim on the folder for the fuser, its images), and hand each image ``scorer`` wants to it while
     the image and its decoded sources (``data.io.decoding_once``) are in memory: a sample is read once.
 
@@ -125,8 +125,8 @@ def fuse_and_score(fuser, pairs: Sequence, out_dir: str | Path, scorer: EvalScor
     from tqdm.auto import tqdm
 
     from data.store import FolderClaimedError, claim_folder
-    from fusion.fuse import FUSER_MARKER
-    from fusion.fusers import FuserInputError, fuse_pair, output_path, source_problems, sources_of
+    from fusion.fusers.fuse import FUSER_MARKER
+    from fusion.fusers.base import FuserInputError, fuse_pair, output_path, source_problems, sources_of
 
     out_dir = Path(out_dir)
     if out_dir.resolve() in {p.parent.resolve() for pair in pairs for p in sources_of(pair).values()}:
@@ -163,7 +163,7 @@ def fuse_in_shards(cfg: PipelineConfig, candidate: Candidate, pairs, folder: Pat
     """Fuse the ``pairs`` not yet in ``folder`` as executor tasks; returns seconds per image fused now, and adds
     to ``scored`` what the tasks scored of ``scoring`` (each the images and whole runs of its shard). A task
     that fails fails the candidate (its finished shards stay in ``folder``, so the next run resumes them)."""
-    from fusion.fusers import output_path
+    from fusion.fusers.base import output_path
 
     todo = [p for p in pairs if not output_path(folder, p.stem).is_file()]
     shards = [todo[k:k + SHARD_IMAGES] for k in range(0, len(todo), SHARD_IMAGES)]

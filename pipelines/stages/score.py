@@ -7,7 +7,7 @@ no known scene form one group) and cut into runs of consecutive ids; runs of one
 Each image is read once. The fuse stage scores the images it fuses while they are in memory (``EvalScorer``, fed
 by ``pipelines.stages.fuse.fuse_and_score``) and hands what it scored on (``FuseOutput.scored``); this stage reads
 only what is left: everything when the fused folder was reused, nothing when it was fused in this run. Either way
-an image's numbers are those of reading its files (``fusion.metrics.evaluate_files``, ``fusion.temporal.
+an image's numbers are those of reading its files (``fusion.metrics.image.evaluate_files``, ``fusion.video.temporal.
 evaluate_sequences``), bit for bit: the same arrays go into the same functions in the same order.
 """
 from __future__ import annotations
@@ -76,8 +76,8 @@ class ScorePlan:
 
     def scores(self, done: PartialScores) -> Scores:
         """The record, from every image's and every run's numbers in ``done``; the means are taken in the order
-        ``fusion.metrics.evaluate_triples`` and ``fusion.temporal.evaluate_sequences`` take them."""
-        from fusion.metrics import mean_metrics
+        ``fusion.metrics.image.evaluate_triples`` and ``fusion.video.temporal.evaluate_sequences`` take them."""
+        from fusion.metrics.image import mean_metrics
 
         per_image = {i: done.per_image[i] for i in self.ids}
         per_run = [done.runs[run[0]] for run in self.runs]
@@ -99,7 +99,7 @@ class ScorePlan:
 
 def score_plan(cfg: PipelineConfig, dataset) -> ScorePlan:
     """The plan of the run's evaluation split."""
-    from fusion.temporal import consecutive_runs
+    from fusion.video.temporal import consecutive_runs
 
     ids = sorted(dataset.splits[cfg.eval_split])
     by_scene: dict[str | None, list[str]] = {}
@@ -201,7 +201,7 @@ class EvalScorer:
                 raise
 
     def _add_frame(self, stem: str, fused: np.ndarray, sources: dict[str, np.ndarray]) -> None:
-        from fusion.temporal import TemporalStats
+        from fusion.video.temporal import TemporalStats
 
         run, k = self._run_of[stem]
         first, (other, colour) = run[0], self.plan.temporal_sources
@@ -240,8 +240,8 @@ class EvalScorer:
 
 
 def _metrics(fused: np.ndarray, sources: dict[str, np.ndarray]) -> dict[str, float]:
-    """``fusion.metrics.evaluate_files`` on images already read as it reads them."""
-    from fusion.metrics import FusionSet, score
+    """``fusion.metrics.image.evaluate_files`` on images already read as it reads them."""
+    from fusion.metrics.image import FusionSet, score
 
     return score(FusionSet.of(fused, sources))
 

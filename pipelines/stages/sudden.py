@@ -1,6 +1,6 @@
 """Stage ``sudden``: how each candidate's fused video behaves when visibility changes mid-sequence (``--sudden-change
 fog:ramp:1:2:3``): the evaluation split's runs of consecutive frames with a corruption that switches on, ramps up or
-flashes (``fusion.sudden_change``), per-frame quality and temporal error around the change, as a table and
+flashes (``fusion.video.sudden_change``), per-frame quality and temporal error around the change, as a table and
 ``plots/sudden_change.png``. Fusers only: a pre-fused folder cannot fuse corrupted frames, and early and late fusion
 have no fused image."""
 from __future__ import annotations
@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 def stage_sudden_change(cfg: PipelineConfig, candidates: list[Candidate], dataset) -> dict[str, Any]:
     if not cfg.sudden_change:
         return {}
-    from fusion.sudden_change import ChangeSequence, parse_corruption, sudden_change_report
-    from fusion.temporal import consecutive_runs
+    from fusion.video.sudden_change import ChangeSequence, parse_corruption, sudden_change_report
+    from fusion.video.temporal import consecutive_runs
 
     pairs = {p.stem: p for p in dataset.pairs(cfg.eval_split)}
     by_scene: dict[str | None, list[str]] = {}

@@ -5,16 +5,16 @@ fuses frame sequences in which the visible view changes (real smoke drifting in,
 corruptions switched on, ramped up or flashed mid-sequence by :class:`TimeVaryingCorruption`) with every candidate
 fuser and records, per frame:
 
-* fusion quality: the cheap metrics of ``fusion.metrics`` (default EN, SD, AG, Qabf; VIF is left out: it costs
+* fusion quality: the cheap metrics of ``fusion.metrics.image`` (default EN, SD, AG, Qabf; VIF is left out: it costs
   ~10x more per frame) against the sources the fuser was given, and for a synthetic corruption also against the
   clean sources (``<metric>@clean``: how much of the real scene's structure still reaches the fused frame);
-* temporal error of the step into the frame: ``flicker`` (``fusion.temporal``: how much more the fused frame
+* temporal error of the step into the frame: ``flicker`` (``fusion.video.temporal``: how much more the fused frame
   changed than the more-changing source did, grey levels) and, with a flow estimator, the step's bidirectional
-  warping error (``fusion.flow``: ``e(t <- t-1) + e(t-1 <- t)`` of the fused video, masked by the sources'
+  warping error (``fusion.video.flow``: ``e(t <- t-1) + e(t-1 <- t)`` of the fused video, masked by the sources'
   forward-backward consistency).
 
 ``sudden_change_report(sequences, fusers, out_dir)`` is the one entry point (the pipeline's ``--sudden-change``
-option and ``python -m fusion.fuse --video ... --sudden-change DIR`` call it): it writes ``sudden_change.png``
+option and ``python -m fusion.video ... --sudden-change DIR`` call it): it writes ``sudden_change.png``
 (one row per sequence: a quality metric, flicker and warping error over time, a line per fuser, the change marked),
 ``sudden_change.md`` and ``sudden_change.json`` (per-frame records and per-sequence summaries) atomically, and
 returns them as dataclasses.
@@ -41,9 +41,12 @@ from data.errors import DatasetError
 from data.io import atomic_path, atomic_write_json, atomic_write_text, gray_reference, visible_from_bgr
 from data.registry import Registry
 
+from fusion.fusers.base import Fuser, create_fuser, fuse_arrays
+from fusion.metrics.image import METRIC_TERMS, METRICS, FusionSet
+
 from .flow import FlowStats, resolve_flow
-from .fusers import Fuser, fuse_arrays
-from .metrics import METRIC_TERMS, METRICS, FusionSet
+from .sources import probe_stream
+from .streaming import StabilisedFuser
 from .temporal import TemporalStats
 
 DEFAULT_METRICS: tuple[str, ...] = ("EN", "SD", "AG", "Qabf")
@@ -178,12 +181,6 @@ class SuddenChangeResult:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def _open(path: str | Path, problems: list[str]) -> Any:
-    from .video import probe_stream  # not at import: fusion.video's CLI imports this module
-
-    return probe_stream(path, problems)
-
-
 def check_sequences(sequences: Sequence[ChangeSequence], fusers: Mapping[str, Fuser]) -> None:
     """Every problem with the inputs, before any frame is fused: one ``DatasetError`` naming each offender."""
     problems: list[str] = []
@@ -195,7 +192,7 @@ def check_sequences(sequences: Sequence[ChangeSequence], fusers: Mapping[str, Fu
     problems += [f"sequence name {n!r} used twice" for n in sorted({n for n in names if names.count(n) > 1})]
     for seq in sequences:
         local: list[str] = []
-        streams = [_open(seq.ir, local), _open(seq.vis, local)]
+        streams = [probe_stream(seq.ir, local), probe_stream(seq.vis, local)]
         if seq.corruption is not None:
             local += seq.corruption.problems()
         if all(streams):
@@ -217,7 +214,7 @@ def check_sequences(sequences: Sequence[ChangeSequence], fusers: Mapping[str, Fu
 def read_sequence(seq: ChangeSequence) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]:
     """(ir uint8 grey, vis uint8 BGR, clean ir, clean vis, corruption strength) per frame, in order."""
     problems: list[str] = []
-    ir_stream, vis_stream = _open(seq.ir, problems), _open(seq.vis, problems)
+    ir_stream, vis_stream = probe_stream(seq.ir, problems), probe_stream(seq.vis, problems)
     if problems:
         raise DatasetError(seq.name, problems)
     wanted = set(seq.stems)
@@ -383,10 +380,10 @@ def sudden_change_report(sequences: Sequence[ChangeSequence], fusers: Mapping[st
 
     Contract:
         sequences: :class:`ChangeSequence` s (real clips, or clips/frames with a :class:`TimeVaryingCorruption`).
-        fusers: label -> ``fusion.fusers.Fuser`` (``create_fuser("max")``, ``load_fuser_checkpoint(path)``, ...).
+        fusers: label -> ``fusion.fusers.base.Fuser`` (``create_fuser("max")``, ``load_fuser_checkpoint(path)``, ...).
         out_dir: receives ``sudden_change.png``, ``sudden_change.md`` and ``sudden_change.json`` (each atomic).
-        metrics: ``fusion.metrics.METRICS`` names scored per frame; ``plot_metric`` (one of them) is plotted.
-        flow: optical flow for the per-step warping error (``fusion.flow``; ``dis_fast`` by default: 6 flows per
+        metrics: ``fusion.metrics.image.METRICS`` names scored per frame; ``plot_metric`` (one of them) is plotted.
+        flow: optical flow for the per-step warping error (``fusion.video.flow``; ``dis_fast`` by default: 6 flows per
             step and fuser), or None for flicker only.
         window: frames before / from the change averaged in the summaries.
         Raises one ``DatasetError`` naming every bad sequence, unknown metric or fuser problem before any fusing.
@@ -434,17 +431,18 @@ def parse_corruption(text: str, key: str) -> TimeVaryingCorruption:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .fuse import load_fuser_checkpoint
-    from .fusers import create_fuser
+    from fusion.fusers.fuse import load_fuser_checkpoint  # torch: imported when the command runs
 
-    parser = argparse.ArgumentParser(prog="python -m fusion.sudden_change", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fusion.video.sudden_change",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--sequence", nargs="+", action="append", required=True, metavar="NAME IR VIS [key=value]",
                         help="a sequence: name, infrared and visible source, then first=N frames=N change=N "
                              "stems=a,b,c corruption=NAME:PROFILE:START[:DURATION[:SEVERITY]]; repeat for more")
     parser.add_argument("--fuser", nargs="+", default=["max", "ir"],
                         help="fusers: registered names, or LABEL=CHECKPOINT.pt for DAE-Fuse checkpoints")
     parser.add_argument("--stabilise", nargs="*", default=[], metavar="LABEL",
-                        help="also each of these fusers wrapped in fusion.video.StabilisedFuser (its defaults)")
+                        help="also each of these fusers wrapped in fusion.video.streaming.StabilisedFuser (its "
+                             "defaults)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     parser.add_argument("--flow", default="dis_fast", help="flow estimator for the warping error, or 'none'")
@@ -467,8 +465,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             label, _, path = spec.partition("=")
             fusers[label] = load_fuser_checkpoint(path) if path else create_fuser(label)
         for label in args.stabilise:
-            from .video import StabilisedFuser
-
             fusers[f"{label}+stabilised"] = StabilisedFuser(fusers[label])
         result = sudden_change_report(sequences, fusers, args.out, metrics=args.metrics,
                                       flow=None if args.flow == "none" else args.flow, window=args.window,

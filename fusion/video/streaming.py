@@ -2,16 +2,16 @@
 
 Sources (``--ir`` / ``--vis``): a video file (anything ``cv2.VideoCapture`` reads) or a folder of frames (the
 image files of ``data.paired.images_by_stem``, in sorted stem order). Each frame is turned into the fuser's inputs
-exactly as ``fusion.fusers.fuse_pair`` turns image files (``cv2.IMREAD_COLOR`` semantics: the infrared frame is
+exactly as ``fusion.fusers.base.fuse_pair`` turns image files (``cv2.IMREAD_COLOR`` semantics: the infrared frame is
 its rounded BT.601 luma, a visible frame whose three channels are equal is grey), so a frame folder fuses to the
-same images as ``python -m fusion.fuse`` and a video to the same images as its decoded frames saved as PNG.
+same images as ``python -m fusion.fusers.fuse`` and a video to the same images as its decoded frames saved as PNG.
 
-Checks, all before any frame is fused, reported as one ``DatasetError`` that lists every problem: a source that
-is missing, does not open or decode, or is an empty folder; frame folders with unreadable frames, or partly shared
-stems; frame sizes that differ; frame rates or durations that differ beyond the tolerances below; an output path
-that is a source, or of an unknown kind. A video is checked from its container (frame count, frame rate) and its
-first decoded frame; a frame folder has every frame decoded (``data.probe``). A video whose stream ends before its
-declared frame count is an error when it happens, and then nothing is written.
+Checks, all before any frame is fused, reported as one ``DatasetError`` that lists every problem: a source that is
+missing, does not open or decode, or is an empty folder; frame folders with unreadable frames, or partly shared stems;
+frame sizes that differ; frame rates or durations that differ beyond the tolerances below; an output path that is a
+source, or of an unknown kind. A video is checked from its container (frame count, frame rate) and its first decoded
+frame; a frame folder has every frame decoded (``data.probe``; both in ``fusion.video.sources``). A video whose stream
+ends before its declared frame count is an error when it happens, and then nothing is written.
 
 Pairing rule (timestamps). Frame ``i`` of a stream at ``fps`` frames per second is at ``t = i / fps`` (a frame
 folder's frames are at ``VideoConfig.folder_fps``, by default the other source's rate when it is a video, else
@@ -47,10 +47,8 @@ streaming loop (``total``). With ``overlap_io`` the stages run concurrently, so 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,11 +61,12 @@ import numpy as np
 
 from data.errors import DatasetError
 from data.io import atomic_dir, atomic_path, gray_reference, restore_colour, visible_from_bgr, write_image
-from data.paired import images_by_stem
-from data.probe import probe_images
+
+from fusion.fusers.base import Fuser, fuse_arrays, prepare_images
 
 from .flow import consistent, resolve_flow, sample_along
-from .fusers import Fuser, fuse_arrays, prepare_images
+from .sources import Stream, VideoStreamError, probe_stream
+from .temporal import TemporalStats, flow_stats
 
 # Output extension -> FourCC. Each was checked on this project's OpenCV (5.0, FFmpeg backend) to write and read
 # back; 'avc1' (H.264) is absent from the pip builds, so it is not offered.
@@ -86,10 +85,10 @@ class VideoConfig:
         count_tolerance: largest accepted duration difference, in frame periods of the reference stream.
         folder_fps: frame rate of a frame folder (None: the other source's when it is a video, else 30).
         overlap_io: read the next batch and write the previous one on helper threads while fusing.
-        temporal: also compute the output's temporal metrics (``fusion.temporal``) while streaming.
-        flow: with ``temporal``, also the flow-based BiSWE and MS2R on this optical flow (``fusion.flow``: a registered
-            estimator such as ``dis``, or ``package.module:factory``); None: flicker and TC only (flow costs six
-            optical flows per frame step).
+        temporal: also compute the output's temporal metrics (``fusion.video.temporal``) while streaming.
+        flow: with ``temporal``, also the flow-based BiSWE and MS2R on this optical flow (``fusion.video.flow``: a
+            registered estimator such as ``dis``, or ``package.module:factory``); None: flicker and TC only (flow costs
+            six optical flows per frame step).
     """
 
     batch_size: int = 4
@@ -110,107 +109,6 @@ class VideoConfig:
             problems.append(f"folder_fps must be positive, got {self.folder_fps}")
         if problems:
             raise ValueError("invalid VideoConfig: " + "; ".join(problems))
-
-
-class VideoStreamError(ValueError):
-    """A stream broke while being fused (a video that ends before its declared frame count, a frame that no
-    longer decodes); nothing was written."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Sources
-# --------------------------------------------------------------------------------------------------------------
-
-def _read_bgr(path: Path) -> np.ndarray:
-    """A frame file as data.io reads images for fusing: IMREAD_COLOR (16-bit: the upper byte), EXIF orientation
-    ignored, decoded from the bytes (non-ASCII paths)."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
-    if image is None:
-        raise VideoStreamError(f"cannot decode frame {path}")
-    return image
-
-
-@dataclass(frozen=True)
-class Stream:
-    """One checked source: where it is, how many frames of which size at which rate, and how to read them."""
-
-    path: Path
-    kind: str  # "video" or "frames"
-    frames: int
-    size: tuple[int, int]  # (width, height)
-    fps: float | None  # None for a frame folder until the pairing gives it one
-    files: tuple[Path, ...] = ()  # a frame folder's files, in order
-
-    def names(self) -> list[str]:
-        """Output frame names: a folder's stems, else the zero-padded index."""
-        return [p.stem for p in self.files] if self.files else [f"{i:06d}" for i in range(self.frames)]
-
-    def read(self) -> Iterator[np.ndarray]:
-        """The frames in order, as BGR uint8 (H, W, 3); one decoded at a time."""
-        if self.kind == "frames":
-            yield from (_read_bgr(path) for path in self.files)
-            return
-        capture = cv2.VideoCapture(str(self.path))
-        try:
-            for index in range(self.frames):
-                ok, frame = capture.read()
-                if not ok:
-                    raise VideoStreamError(f"{self.path} ended after {index} of its {self.frames} declared frames")
-                yield frame
-        finally:
-            capture.release()
-
-
-def _probe_video(path: Path, problems: list[str]) -> Stream | None:
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened():
-            problems.append(f"cannot open {path} as a video (not a format this OpenCV reads, or damaged)")
-            return None
-        ok, first = capture.read()
-        if not ok or first is None:
-            problems.append(f"{path} opens as a video but no frame decodes")
-            return None
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        fps = float(capture.get(cv2.CAP_PROP_FPS))
-    finally:
-        capture.release()
-    if count <= 0:
-        problems.append(f"{path} records no frame count (a live stream?); remux it into a file")
-        return None
-    if not (math.isfinite(fps) and fps > 0):
-        problems.append(f"{path} records no frame rate")
-        return None
-    return Stream(path, "video", count, (int(first.shape[1]), int(first.shape[0])), fps)
-
-
-def _probe_folder(path: Path, problems: list[str]) -> Stream | None:
-    files = [file for _, file in sorted(images_by_stem(path, problems).items())]  # stem order, whatever the suffix
-    if not files:
-        problems.append(f"no image frames in {path}")
-        return None
-    sizes = probe_images(files)
-    bad = [f"unreadable frame {p}: {s}" for p, s in sizes.items() if isinstance(s, str)]
-    problems.extend(bad)
-    distinct = sorted({s for s in sizes.values() if isinstance(s, tuple)})
-    if len(distinct) > 1:
-        listed = ", ".join(f"{w}x{h}" for w, h in distinct)
-        problems.append(f"frames of {path} differ in size ({listed}): a stream has one frame size")
-    if bad or len(distinct) != 1:
-        return None
-    return Stream(path, "frames", len(files), distinct[0], None, tuple(files))
-
-
-def probe_stream(path: str | Path, problems: list[str]) -> Stream | None:
-    """Check one source; appends its problems and returns None when it cannot be streamed."""
-    path = Path(path)
-    if path.is_dir():
-        return _probe_folder(path, problems)
-    if path.is_file():
-        return _probe_video(path, problems)
-    problems.append(f"source does not exist: {path}")
-    return None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -371,7 +269,7 @@ def _open_sink(out: Path, fps: float, size: tuple[int, int]) -> Iterator[_VideoS
 # --------------------------------------------------------------------------------------------------------------
 
 # A frame as the fuser's input, exactly as data.io turns an image file into it (read_ir's values; read_visible's
-# luma and colour), so a frame folder fuses to the same images as ``python -m fusion.fuse``.
+# luma and colour), so a frame folder fuses to the same images as ``python -m fusion.fusers.fuse``.
 ir_input = gray_reference
 visible_input = visible_from_bgr
 
@@ -387,15 +285,15 @@ class StabiliserConfig:
     Args:
         weight: share of the warped previous output in the new one where the motion is trusted (0: none; 0.5: the
             noise of a still region falls to 1/3 of its variance in the steady state, (1 - w) / (1 + w); ours).
-        flow: optical flow estimator (``fusion.flow.FLOW_ESTIMATORS``; ``dis_fast``: ~4 flows per frame at a few
+        flow: optical flow estimator (``fusion.video.flow.FLOW_ESTIMATORS``; ``dis_fast``: ~4 flows per frame at a few
             ms each at 640x480, where ``dis`` costs ~45 ms a flow).
-        consistency_px: forward-backward threshold of each source's flow (VF-Bench's 1 px, ``fusion.flow``).
+        consistency_px: forward-backward threshold of each source's flow (VF-Bench's 1 px, ``fusion.video.flow``).
         agree_px: the two sources' flows must agree within this (px).
         source_residual: a pixel where a source is not reproduced by warping its previous frame within this many
             grey levels changed for real (a person, smoke, a light): it gets the new fused value alone.
         clamp: None, or the most (grey levels) by which an output pixel may change from the previous output beyond
             the larger change of the two sources at that pixel: a fused video that never changes more than its
-            sources do cannot shimmer where they are still (``flicker``'s definition, ``fusion.temporal``).
+            sources do cannot shimmer where they are still (``flicker``'s definition, ``fusion.video.temporal``).
         flow_scale: flows and masks computed on the sources resized by this factor (0.5: a quarter of the pixels,
             about a quarter of the stabiliser's cost), then brought back to full size.
 
@@ -507,7 +405,7 @@ def fuse_batch(fuser: Fuser, batch: _Batch) -> list[np.ndarray]:
     batched = getattr(fuser, "fuse_luma_batch", None)
     if batched is None:
         return [fuse_arrays(fuser, ir, y, bgr) for ir, y, bgr in zip(batch.irs, batch.vis_ys, batch.vis_bgrs)]
-    # The same inputs as the frame-by-frame path: whole-number lumas (fusion.fusers.prepare_images), one per frame.
+    # The same inputs as the frame-by-frame path: whole-number lumas (fusion.fusers.base.prepare_images), one per frame.
     prepared = [prepare_images({"ir": ir, "vis": y}) for ir, y in zip(batch.irs, batch.vis_ys)]
     lumas = batched([p["ir"] for p in prepared], [p["vis"] for p in prepared])
     chroma = fuser.keeps_visible_chroma
@@ -640,66 +538,4 @@ def fuse_video(fuser: Fuser, ir: str | Path, vis: str | Path, out: str | Path,
 def _temporal_accumulator(config: VideoConfig) -> Any:
     if not config.temporal:
         return None
-    # imported only when asked: the plain fusing path needs none of it
-    from .temporal import TemporalStats, flow_stats
-
     return TemporalStats(flow=flow_stats(config.flow))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# CLI (``python -m fusion.fuse --video ...`` adds these options and calls ``run_video``)
-# --------------------------------------------------------------------------------------------------------------
-
-def add_video_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = VideoConfig()
-    group = parser.add_argument_group("video (--video)")
-    group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="frame pairs per fuse call")
-    group.add_argument("--fps", type=float, default=None,
-                       help="frame rate of frame folders (default: the other source's, or 30)")
-    group.add_argument("--fps-tolerance", type=float, default=defaults.fps_tolerance,
-                       help="largest relative frame-rate difference paired on timestamps (default 0.01)")
-    group.add_argument("--count-tolerance", type=float, default=defaults.count_tolerance,
-                       help="largest duration difference, in frames (default 2)")
-    group.add_argument("--temporal", action="store_true", help="also print the output's temporal metrics")
-    group.add_argument("--flow", default=None, metavar="NAME|package.module:factory",
-                       help="with --temporal, also VF-Bench's BiSWE and MS2R on this optical flow (dis, dis_fast, "
-                            "farneback, or a local flow model's factory); off by default: six flows per frame step")
-    group.add_argument("--stabilise", type=float, default=None, metavar="WEIGHT",
-                       help="carry state between frames: blend each fused frame with the previous output warped by "
-                            "the sources' motion (StabilisedFuser; 0.5 is the measured setting, "
-                            "benchmarks/results/video_temporal.md)")
-    group.add_argument("--sudden-change", type=Path, default=None, metavar="DIR",
-                       help="also report quality and temporal error around the change of visibility of these "
-                            "streams (fusion.sudden_change) into DIR/sudden_change.{png,md,json}, against 'max'")
-    group.add_argument("--change-frame", type=int, default=None,
-                       help="with --sudden-change: the frame where visibility changes (default: detected)")
-    group.add_argument("--sudden-frames", type=int, default=None,
-                       help="with --sudden-change: report only the first N frames (default all)")
-
-
-def run_video(fuser: Fuser, args: argparse.Namespace) -> int:
-    """The ``--video`` mode of ``python -m fusion.fuse``: fuse, print the report; 2 on bad input."""
-    try:
-        config = VideoConfig(batch_size=args.batch_size, fps_tolerance=args.fps_tolerance,
-                             count_tolerance=args.count_tolerance, folder_fps=args.fps, temporal=args.temporal,
-                             flow=args.flow)
-        if getattr(args, "stabilise", None) is not None:
-            fuser = StabilisedFuser(fuser, StabiliserConfig(weight=args.stabilise))
-        report = fuse_video(fuser, args.ir, args.vis, args.out, config)
-        print(report.summary())
-        if getattr(args, "sudden_change", None) is not None:
-            from .fusers import create_fuser
-            from .sudden_change import ChangeSequence, sudden_change_report
-
-            if isinstance(fuser, StabilisedFuser):
-                fuser.reset()
-            label = getattr(fuser, "name", "fuser")
-            result = sudden_change_report(
-                [ChangeSequence(Path(args.ir).stem, args.ir, args.vis, frames=args.sudden_frames,
-                                change_frame=args.change_frame)],
-                {label: fuser, "max": create_fuser("max")}, args.sudden_change)
-            print(f"sudden change: {result.plot}, {result.table}")
-    except (ValueError, OSError) as err:  # DatasetError and VideoStreamError are ValueErrors
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0

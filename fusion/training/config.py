@@ -3,8 +3,8 @@
 Resolution order: the dataclass defaults (the paper recipe) <- a preset (``fusion/configs/<name>.yaml``) <- a YAML
 file (``--config``) <- ``key=value`` overrides (``optim.lr_g=2e-4``, ``phases=[{name: recon, epochs: 2}]``).
 Every key is type-checked and unknown keys are errors that list the known ones; so are the names that point
-elsewhere (``model.name`` and ``model.args``, checked against ``fusion.dae_fuse``; ``best_metric``, against
-``fusion.metrics``), at load time rather than when training starts. The trainer saves the resolved
+elsewhere (``model.name`` and ``model.args``, checked against ``fusion.models.dae_fuse``; ``best_metric``, against
+``fusion.metrics.image``), at load time rather than when training starts. The trainer saves the resolved
 configuration as ``args.yaml`` in the run folder; ``load_train_config(that file)`` gives the same config back.
 
 Where each default comes from is documented beside it in ``fusion/configs/paper.yaml``.
@@ -20,20 +20,20 @@ import yaml
 
 from data.config import ConfigError, from_dict, merge, nest, parse_override, read_yaml, to_dict  # noqa: F401
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # fusion/configs
 PRESETS: tuple[str, ...] = ("paper", "quick", "tiny", "release_cpu", "blackout_finetune", "triband")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which generator: a variant of ``fusion.dae_fuse.MODELS`` and overrides of its ``DAEFuseConfig`` fields."""
+    """Which generator: a variant of ``fusion.models.dae_fuse.MODELS`` and overrides of its ``DAEFuseConfig`` fields."""
 
     name: str = "dae_fuse_s"
     args: dict[str, Any] = field(default_factory=dict)
     # Fine-tuning: a DAE-Fuse checkpoint (training or released) whose generator weights start the run instead of
     # a fresh initialisation; its architecture must be the one ``name`` + ``args`` build. Optimisers start fresh.
     init: str | None = None
-    # Warm start from a checkpoint of other modalities (``fusion.dae_fuse.expand_modalities``): each modality of
+    # Warm start from a checkpoint of other modalities (``fusion.models.dae_fuse.expand_modalities``): each modality of
     # this model -> the checkpoint's modality whose weights it starts from, e.g. {vis: vis, nir: vis, lwir: ir}.
     # Empty: ``init`` must be of this very architecture.
     init_map: dict[str, Any] = field(default_factory=dict)
@@ -74,7 +74,7 @@ class DataConfig:
     # the fusion loss's target there is max(ir, vis) = 0. 0 = off (the paper has no such augmentation).
     blackout_prob: float = 0.0
     # N modalities (a model whose modalities are not ('ir', 'vis')): modality -> sub-folder names to look for in
-    # each root, first found wins; unset modalities use fusion.data.DEFAULT_MODALITY_DIRS.
+    # each root, first found wins; unset modalities use fusion.training.data.DEFAULT_MODALITY_DIRS.
     modality_dirs: dict[str, Any] = field(default_factory=dict)
     # Modality dropout (N modalities, ours): with this probability a crop with three or more present modalities
     # loses one, drawn at random, so that the model learns to fuse any subset of at least two. 0 = off.
@@ -83,7 +83,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss weights and forms (see ``fusion.losses``)."""
+    """Loss weights and forms (see ``fusion.training.losses``)."""
 
     recon_ssim: float = 5.0
     recon_mse: float = 1.0
@@ -199,20 +199,20 @@ def preset_path(name: str) -> Path:
     return CONFIG_DIR / f"{name}.yaml"
 
 
-BEST_METRIC_LOSS = "fusion_loss"  # the one best_metric that is minimised; every fusion.metrics name is maximised
+BEST_METRIC_LOSS = "fusion_loss"  # the one best_metric that is minimised; every fusion.metrics.image name is maximised
 
 
 def best_metric_names() -> list[str]:
-    """What ``best_metric`` may name: a ``fusion.metrics`` metric or the validation fusion loss."""
-    from .metrics import metric_names  # imported here: the config module stays free of the metric code
+    """What ``best_metric`` may name: a ``fusion.metrics.image`` metric or the validation fusion loss."""
+    from fusion.metrics.image import metric_names  # imported here: the config module stays free of the metric code
 
     return [*metric_names(), BEST_METRIC_LOSS]
 
 
 def check_references(cfg: FusionTrainConfig) -> None:
     """Check what the dataclasses cannot type-check: the model variant and its ``model.args`` (names and values,
-    through ``fusion.dae_fuse.model_config``) and ``best_metric``. One ConfigError lists every problem."""
-    from .dae_fuse import model_config  # imported here: building a config must not need torch until it is used
+    through ``fusion.models.dae_fuse.model_config``) and ``best_metric``. One ConfigError lists every problem."""
+    from fusion.models.dae_fuse import model_config  # imported here: building a config needs no torch until it is used
 
     problems = []
     modalities: tuple[str, ...] | None = None

@@ -2,16 +2,16 @@
 
 Command line::
 
-    python -m fusion.ablate --data ROOT [ROOT2 ...] --variants full no_cross_attention cnn_only no_adversary \
+    python -m fusion.training.ablate --data ROOT [ROOT2 ...] --variants full no_cross_attention cnn_only no_adversary \
         --minutes 30 --seeds 0 1 --out runs/ablation [--eval NAME=DIR ...] [--preset paper] [key=value ...]
 
-Every variant trains with the trainer (``fusion.train.train``) on the same data, for the same wall-clock budget
-(``max_minutes``, shared among the phases in proportion to their epochs) and with the same seeds (so the same
-crops); then its best checkpoint fuses each evaluation set (``fusion.fuse``) and is scored with the nine metrics
-(``fusion.metrics``). ``OUT/ablation.json`` and ``OUT/ablation.md`` hold, per variant: each metric per evaluation set
-as mean +- std over the seeds (sample std; none for one seed), generator parameters, CPU milliseconds per 1024x768
-pair (one timed forward after a warm-up, measured in this run so that variants compare on one machine state), the
-seeds, the config and the package versions.
+Every variant trains with the trainer (``fusion.training.train.train``) on the same data, for the same wall-clock budget
+(``max_minutes``, shared among the phases in proportion to their epochs) and with the same seeds (so the same crops);
+then its best checkpoint fuses each evaluation set (``fusion.fusers.fuse``) and is scored with the nine metrics
+(``fusion.metrics.image``). ``OUT/ablation.json`` and ``OUT/ablation.md`` hold, per variant: each metric per evaluation
+set as mean +- std over the seeds (sample std; none for one seed), generator parameters, CPU milliseconds per 1024x768
+pair (one timed forward after a warm-up, measured in this run so that variants compare on one machine state), the seeds,
+the config and the package versions.
 
 Resumable: runs live in ``OUT/runs/<variant>/seed<N>`` and resume through the trainer (a finished run is not
 retrained); a run's fused evaluation images (``OUT/runs/<variant>/seed<N>/eval/<set>/``) and scores
@@ -40,11 +40,12 @@ from data.provenance import content_key, package_versions
 from data.shared import SHARED_DATA
 from data.store import KeyedStore
 
-from .checkpoint import CheckpointError, load_checkpoint
+from fusion.fusers.fuse import fuse_folder, load_fuser_checkpoint
+from fusion.metrics.image import evaluate_triples, find_triples, metric_names
+from fusion.models.checkpoint import CheckpointError, load_checkpoint
+from fusion.models.dae_fuse import count_parameters, create_model
+
 from .config import PRESETS, ConfigError, FusionTrainConfig, load_train_config, replace_config, to_dict
-from .dae_fuse import count_parameters, create_model
-from .fuse import fuse_folder, load_fuser_checkpoint
-from .metrics import evaluate_triples, find_triples, metric_names
 from data.registry import Registry
 
 LOGGER = logging.getLogger(__name__)
@@ -257,8 +258,9 @@ def write_report(report: dict[str, Any], out: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fusion.ablate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, type=Path, nargs="+", help="training roots, as for fusion.train")
+    parser = argparse.ArgumentParser(prog="python -m fusion.training.ablate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, type=Path, nargs="+",
+                        help="training roots, as for fusion.training.train")
     parser.add_argument("--variants", nargs="+", default=VARIANTS.names(), metavar="NAME",
                         help=f"variants to train (default: all): {', '.join(VARIANTS.names())}")
     parser.add_argument("--minutes", required=True, type=float, help="wall-clock training budget per run")
@@ -293,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = run_ablation(
             base, args.data, list(dict.fromkeys(args.variants)), args.minutes, args.seeds, args.out, eval_sets,
             device=args.device, split=args.split, workers=args.workers,
-            command=" ".join(["python -m fusion.ablate", *(sys.argv[1:] if argv is None else argv)]),
+            command=" ".join(["python -m fusion.training.ablate", *(sys.argv[1:] if argv is None else argv)]),
         )
     except (ConfigError, CheckpointError, DatasetError) as err:
         parser.exit(2, f"error: {err}\n")

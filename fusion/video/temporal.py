@@ -1,14 +1,14 @@
 """Temporal-consistency metrics of a fused video against its two source videos.
 
-Image metrics (``fusion.metrics``) score each fused frame alone; a video can score well frame by frame and still
+Image metrics (``fusion.metrics.image``) score each fused frame alone; a video can score well frame by frame and still
 flicker. These metrics look at the frame-to-frame differences instead: ``dF_t = F_t - F_{t-1}`` for the fused
 sequence and ``dA_t``, ``dB_t`` for the infrared and visible sources (t = 1..T-1), on grey images read as the image
-metrics read them (``fusion.metrics.to_reference_gray``: rounded BT.601 luma, whole numbers 0..255), so every
+metrics read them (``fusion.metrics.image.to_reference_gray``: rounded BT.601 luma, whole numbers 0..255), so every
 difference is an integer and the sums below are exact (int64).
 
 A metric is a pure function of the sequences' :class:`TemporalStats` (sufficient statistics gathered in one
 streaming pass, one frame in memory per sequence), registered in ``TEMPORAL_METRICS`` like the image metrics in
-``fusion.metrics.METRICS``. Each has a defined value for a static scene (sources and fused frames unchanging) and
+``fusion.metrics.image.METRICS``. Each has a defined value for a static scene (sources and fused frames unchanging) and
 for every other degenerate case, never NaN. A sequence needs at least 2 frames.
 
 * ``flicker`` (ours; a flow-free, source-relative cousin of the warping error of Lai et al., "Learning Blind Video
@@ -27,7 +27,7 @@ for every other degenerate case, never NaN. A sequence needs at least 2 frames.
   should); fused changes over static sources (one flickering frame): 0; a fused video that stays still while a
   source moves: 0. Higher is better.
 
-The field's flow-based measures, VF-Bench's BiSWE and MS2R (``fusion.flow``: definitions, and where they differ
+The field's flow-based measures, VF-Bench's BiSWE and MS2R (``fusion.video.flow``: definitions, and where they differ
 from the benchmark's), are opt-in: ``TemporalStats(flow=flow_stats("dis"))``, or ``flow="dis"`` (a registered
 estimator, a ``package.module:factory`` path or a flow callable) to ``evaluate_temporal`` and
 ``evaluate_sequences``. They then stream through the same pass, one frame pair at a time, and ``values()`` gives
@@ -35,7 +35,7 @@ them after flicker and TC. Off by default: they cost six optical flows per frame
 cost a few integer sums.
 
 ``evaluate_sequences(runs)`` scores file runs (consecutive frames of a scene) and averages over them: what the
-pipeline reports per candidate beside the image metrics. ``python -m fusion.temporal`` scores a fused video (or
+pipeline reports per candidate beside the image metrics. ``python -m fusion.video.temporal`` scores a fused video (or
 frame folder) against its two sources, flow metrics included, with the frames where BiSWE peaks.
 """
 from __future__ import annotations
@@ -52,9 +52,11 @@ import numpy as np
 from data.errors import DatasetError
 from data.io import gray_reference, read_gray_reference
 
-from .flow import FLOW_METRICS, FlowSpec, FlowStats, resolve_flow
-from .metrics import to_reference_gray
 from data.registry import Registry
+from fusion.metrics.image import to_reference_gray
+
+from .flow import FLOW_METRICS, FlowSpec, FlowStats, resolve_flow
+from .sources import VideoStreamError, probe_stream
 
 TemporalMetric = Callable[["TemporalStats"], float]
 TEMPORAL_METRICS: Registry[TemporalMetric] = Registry("temporal metric")
@@ -136,8 +138,9 @@ class TemporalStats:
 
 def flow_stats(flow: FlowSpec | None) -> FlowStats | None:
     """A fresh ``FlowStats`` for ``TemporalStats(flow=...)``: None (no flow metrics), a registered estimator name
-    (``fusion.flow.FLOW_ESTIMATORS``: ``dis``, ``dis_fast``, ``farneback``), a ``package.module:factory`` path or a
-    callable ``(first, second) -> flow`` (grey uint8 (H, W) each -> float32 (H, W, 2), first(x) ~ second(x + flow))."""
+    (``fusion.video.flow.FLOW_ESTIMATORS``: ``dis``, ``dis_fast``, ``farneback``), a ``package.module:factory`` path or
+    a callable ``(first, second) -> flow`` (grey uint8 (H, W) each -> float32 (H, W, 2),
+    first(x) ~ second(x + flow))."""
     return None if flow is None else FlowStats(resolve_flow(flow))
 
 
@@ -237,15 +240,14 @@ def consecutive_runs(ids: Iterable[str]) -> list[list[str]]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# CLI: ``python -m fusion.temporal --fused F --ir IR --vis VIS`` scores an already fused video, flow metrics included
+# CLI: ``python -m fusion.video.temporal --fused F --ir IR --vis VIS`` scores an already fused video, flow metrics
+# included
 # --------------------------------------------------------------------------------------------------------------
 
 def grey_frames(path: str | Path, limit: int | None = None) -> Iterable[np.ndarray]:
     """The first ``limit`` frames (all when None) of a video file or a folder of images, checked and read as the
-    video CLI reads a source (``fusion.video.probe_stream``: every problem in one ``VideoStreamError``), as grey
-    whole numbers 0..255 like the image metrics read files (``data.io.gray_reference``)."""
-    from .video import VideoStreamError, probe_stream  # not at import: fusion.video imports this module
-
+    video command reads a source (``fusion.video.sources.probe_stream``: every problem in one ``VideoStreamError``), as
+    grey whole numbers 0..255 like the image metrics read files (``data.io.gray_reference``)."""
     problems: list[str] = []
     stream = probe_stream(path, problems)
     if stream is None:
@@ -257,7 +259,7 @@ def grey_frames(path: str | Path, limit: int | None = None) -> Iterable[np.ndarr
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fusion.temporal",
+    parser = argparse.ArgumentParser(prog="python -m fusion.video.temporal",
                                      description="Temporal metrics of a fused video against its two sources.")
     parser.add_argument("--fused", required=True, help="fused video file or frame folder")
     parser.add_argument("--ir", required=True, help="infrared video file or frame folder")

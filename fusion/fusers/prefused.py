@@ -3,7 +3,7 @@
 The field's methods (CDDFuse, TarDAL, EMMA, ...) ship code or fused images, not our checkpoint format. A folder of
 their fused images, named by image id (``00001.png``, any format OpenCV reads, grey or colour as the method wrote
 it: colour is the fused Y with the colour modality's chroma), is checked against the samples it claims to fuse and
-then read in place of fusing: ``PrefusedFolder.image_for(pair)`` plays the part of ``fusers.fuse_pair``. Samples
+then read in place of fusing: ``PrefusedFolder.image_for(pair)`` plays the part of ``base.fuse_pair``. Samples
 are matched by id alone, so they may carry any set of sources by name (``data.types.Pair.sources``: ir and vis,
 or vis, nir and lwir, ...); ``modalities`` records which set the method fused when the caller knows it, and then
 samples with another set are refused like any fuser's (``check_sources``).

@@ -51,7 +51,7 @@ the weights of the parts it replaces: ``encoder`` (``ENCODERS``: 'dual', 'cnn' o
 
 Speed is a design constraint (issue 3): the transformer works on H/16 tokens, the CNN on its strided pyramid, and
 full resolution is touched by three cheap convolutions only, so a 1024x768 pair fuses in well under 2 s on two CPU
-cores. Fusing runs an inference copy (``fusion.inference.for_inference``: BN folded, fewer full-resolution
+cores. Fusing runs an inference copy (``fusion.models.inference.for_inference``: BN folded, fewer full-resolution
 passes, channels-last on CPU) with the same outputs. ``benchmarks/bench_fuse.py`` measures both.
 
 Variants are small builders in the ``MODELS`` registry (``dae_fuse_t``, ``dae_fuse_s``, ``dae_fuse_b``); build one

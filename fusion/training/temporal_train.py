@@ -4,14 +4,14 @@ The released DAE-Fuse fuses each frame alone; on real video its output changes w
 23: flicker 0.23-0.29 grey levels per frame where ``max`` has 0). This fine-tunes it on pairs of consecutive frames
 ``(t, t+1)`` of one training clip with, per pair,
 
-* the usual phase-2 fusion losses (``fusion.losses.FusionLoss``: max intensity, max gradient; the release's weights)
-  on both frames;
-* a temporal term (after Lai et al., "Learning Blind Video Temporal Consistency", ECCV 2018): ``L1(F_{t+1},
-  warp(F_t))`` where ``warp`` follows the SOURCES' optical flow ``t+1 -> t`` (``fusion.flow``, DIS; the mean of the
-  infrared and visible flows), over the pixels where that flow is trustworthy: both sources' forward-backward
-  checks pass (``fusion.flow.consistent``, VF-Bench's 1 px), the two sources' flows agree within
-  ``flow_agree_px``, and each source itself is reproduced by the warp within ``source_residual`` (so a real
-  change of a source, e.g. smoke or a light switching on, is never penalised in the fused video);
+* the usual phase-2 fusion losses (``fusion.training.losses.FusionLoss``: max intensity, max gradient; the release's
+  weights) on both frames;
+* a temporal term (after Lai et al., "Learning Blind Video Temporal Consistency", ECCV 2018): ``L1(F_{t+1}, warp(F_t))``
+  where ``warp`` follows the SOURCES' optical flow ``t+1 -> t`` (``fusion.video.flow``, DIS; the mean of the infrared
+  and visible flows), over the pixels where that flow is trustworthy: both sources' forward-backward checks pass
+  (``fusion.video.flow.consistent``, VF-Bench's 1 px), the two sources' flows agree within ``flow_agree_px``, and each
+  source itself is reproduced by the warp within ``source_residual`` (so a real change of a source, e.g. smoke or a
+  light switching on, is never penalised in the fused video);
 * an anchor ``L1(F, F_release)`` to the starting model's own output on the same crop (a frozen copy: the
   transformer branch attends over the whole input, so a crop fuses ~5 grey levels away from the same pixels of the
   full frame, and a full-frame target would teach the crop's context away), so that the fused images keep the
@@ -23,7 +23,7 @@ BatchNorm statistics are frozen (the model trains in eval mode) so that one clip
 Everything that does not change during training is computed once before the first step (``prepare_pairs``):
 source luma frames, flows and masks, at full resolution; steps take random crops.
 
-``python -m fusion.temporal_train --config fusion/configs/temporal_finetune.yaml --out runs/temporal`` trains,
+``python -m fusion.training.temporal_train --config fusion/configs/temporal_finetune.yaml --out runs/temporal`` trains,
 checkpointing every ``checkpoint_every`` steps to ``OUT/last.pt`` (and resumes from it), then writes
 ``OUT/final.pt`` in the release format (generator only, bfloat16) with the fine-tuning record.
 """
@@ -49,8 +49,9 @@ from data.config import from_dict, merge, parse_override, read_yaml
 from data.io import atomic_write_json, gray_reference, visible_from_bgr
 from data.provenance import package_versions
 
-from .checkpoint import RELEASE_FORMAT, build_generator, read_generator_checkpoint, save_checkpoint
-from .flow import consistent, resolve_flow
+from fusion.models.checkpoint import RELEASE_FORMAT, build_generator, read_generator_checkpoint, save_checkpoint
+from fusion.video.flow import consistent, resolve_flow
+
 from .losses import FusionLoss
 
 
@@ -104,7 +105,7 @@ class TemporalTrainConfig:
 
 def read_luma_frames(path: str | Path, kind: str) -> list[np.ndarray]:
     """Every frame of a video as the fuser's input luma (float32 (H, W), 0..255): the infrared frame as its
-    rounded luma, the visible one as ``visible_from_bgr``'s (what ``fusion.video`` feeds a fuser)."""
+    rounded luma, the visible one as ``visible_from_bgr``'s (what ``fusion.video.streaming`` feeds a fuser)."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise FileNotFoundError(f"cannot open video {path}")
@@ -276,7 +277,7 @@ def release_last(cfg: TemporalTrainConfig, out: Path) -> Path:
 
 def write_release(model: torch.nn.Module, init_state: dict[str, Any], cfg: TemporalTrainConfig,
                   history: list[dict[str, float]], kept: float, path: Path) -> Path:
-    """The fine-tuned generator in the release format (bfloat16 weights, as ``fusion.checkpoint.release_state``),
+    """The fine-tuned generator in the release format (bfloat16 weights, as ``fusion.models.checkpoint.release_state``),
     with the starting checkpoint's record and this fine-tuning's (config, steps, last losses, versions)."""
     weights = {k: (v.detach().to(torch.bfloat16) if v.is_floating_point() else v)
                for k, v in model.state_dict().items()}
@@ -292,7 +293,8 @@ def write_release(model: torch.nn.Module, init_state: dict[str, Any], cfg: Tempo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fusion.temporal_train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fusion.training.temporal_train",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="fusion/configs/temporal_finetune.yaml")
     parser.add_argument("--out", type=Path, required=True, help="run folder (last.pt, final.pt, history.json)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the config")

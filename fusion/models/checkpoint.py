@@ -34,7 +34,7 @@ RESUME_KEYS: tuple[str, ...] = (
     "history", "rng",
 )
 # Checkpoints written before ``fusion_epochs`` was recorded say only which phase each epoch was: these phases
-# trained the fusion path (``fusion.train.PHASES`` with ``fuses=True``; a test keeps the two in step).
+# trained the fusion path (``fusion.training.train.PHASES`` with ``fuses=True``; a test keeps the two in step).
 FUSION_PHASES: tuple[str, ...] = ("fuse",)
 
 
@@ -158,11 +158,11 @@ def release_state(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fusion.checkpoint release TRAINING.pt RELEASED.pt``: write a released checkpoint."""
+    """``python -m fusion.models.checkpoint release TRAINING.pt RELEASED.pt``: write a released checkpoint."""
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m fusion.checkpoint", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fusion.models.checkpoint", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     release = sub.add_parser("release", help="generator only, bfloat16 storage, from a training checkpoint")
     release.add_argument("checkpoint", type=Path)

@@ -17,7 +17,7 @@ NeurIPS 2025; code: github.com/Zhaozixiang1228/VF-Bench, ``src/util/metric.py``,
   its MS2R never calls; it is left out here too.) Being a second difference, MS2R is blind to a constant
   difference of velocity: a fused video frozen while both sources pan steadily scores 0, like a perfect one; it
   catches jitter, stutter and motion that speeds up or stops where the sources' does not. ``temporal_correlation``
-  (``fusion.temporal``) is the measure that catches a frozen fused video.
+  (``fusion.video.temporal``) is the measure that catches a frozen fused video.
 
 What differs here, and why:
 
@@ -29,7 +29,7 @@ What differs here, and why:
   fails more often there: masks are smaller, and BiSWE/MS2R values are not comparable across flow estimators
   (compare candidates under one estimator). ``farneback`` (dense polynomial expansion) is registered too; any
   other estimator, e.g. a local SEA-RAFT, plugs in through ``FLOW_ESTIMATORS`` or as a callable.
-* **Grey, not RGB**: frames are read as the other metrics read them (``fusion.metrics.to_reference_gray``: rounded
+* **Grey, not RGB**: frames are read as the other metrics read them (``fusion.metrics.image.to_reference_gray``: rounded
   BT.601 luma), and the flow runs on that grey image; VF-Bench averages the error over RGB channels and feeds RGB
   (infrared replicated) to the flow network. Colour flicker that keeps the luma is invisible here.
 * **Out of frame**: pixels whose flow lands outside the image are masked out as well (there is nothing to warp
@@ -42,7 +42,7 @@ What differs here, and why:
   is 0 (no second difference exists).
 
 ``FlowStats`` holds the per-step and per-frame values (``per_frame()``) so that a flickering frame can be found in
-time, not only in the mean; ``fusion.temporal.TemporalStats(flow=...)`` feeds it beside flicker and TC.
+time, not only in the mean; ``fusion.video.temporal.TemporalStats(flow=...)`` feeds it beside flicker and TC.
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ import cv2
 import numpy as np
 
 from data.registry import Registry
+from fusion.fusers.base import import_factory
 
 # (first, second) grey uint8 (H, W) -> float32 (H, W, 2) flow, (dx, dy) per pixel, with first(x) ~ second(x + flow).
 FlowEstimator = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -91,9 +92,7 @@ def resolve_flow(spec: FlowSpec) -> FlowEstimator:
     if callable(spec):
         return spec
     if ":" in spec:
-        from .fusers import import_factory  # the one parser of factory paths in the project
-
-        return import_factory(spec)()
+        return import_factory(spec)()  # the one parser of factory paths in the project
     return FLOW_ESTIMATORS.get(spec)()
 
 
@@ -127,7 +126,7 @@ class FlowStats:
     """Per-step warping errors and per-frame motion differences of (fused, ir, vis) grey frames, one pair at a time.
 
     ``add(fused, ir, vis)`` takes the next frame of each sequence as grey whole numbers 0..255 (what
-    ``fusion.metrics.to_reference_gray`` returns), one size. Step i (frames i-1, i; i = 1..T-1) stores
+    ``fusion.metrics.image.to_reference_gray`` returns), one size. Step i (frames i-1, i; i = 1..T-1) stores
     ``back[i-1] = e(i <- i-1)``, ``fwd[i-1] = e(i-1 <- i)`` and ``kept[i-1]``, the mean fraction of pixels the
     sources' masks kept; centre frame t = 1..T-2 stores ``motion[t-1] = MS2R_t``. Kept between calls: the previous
     frames and the previous step's forward flows.
@@ -180,7 +179,7 @@ class FlowStats:
         return {name: float(FLOW_METRICS.get(name)(self)) for name in FLOW_METRICS}
 
 
-# Metrics of FlowStats: a registry of their own, beside fusion.temporal.TEMPORAL_METRICS (metrics of exact integer
+# Metrics of FlowStats: a registry of their own, beside fusion.video.temporal.TEMPORAL_METRICS (metrics of exact integer
 # sums, free to compute), because these need an optical flow estimator and cost six flows per frame step.
 FlowMetric = Callable[[FlowStats], float]
 FLOW_METRICS: Registry[FlowMetric] = Registry("flow temporal metric")

@@ -1,7 +1,7 @@
 """Simple fusers: the rules ``mean`` and ``max`` over any number of modalities, and one single-modality
 passthrough per modality (``ir``, ``vis``, and ``passthrough`` with ``modality=`` for any other).
 
-They share the ``Fuser`` interface with DAE-Fuse (``fusion.fusers``). With N sources:
+They share the ``Fuser`` interface with DAE-Fuse (``fusion.fusers.base``). With N sources:
 
 * ``max``: the per-pixel maximum over all N images.
 * ``mean``: the per-pixel mean over all N images, sum / N (for two, (a + b) / 2 as before). Both take any set of at
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fusers import DEFAULT_COLOUR, FUSERS, INPUT_DOMAIN
+from .base import DEFAULT_COLOUR, FUSERS, INPUT_DOMAIN
 
 Rule = Callable[[Sequence[np.ndarray]], np.ndarray]  # the images in the set's order -> fused luma
 
@@ -41,7 +41,7 @@ def _max(images: Sequence[np.ndarray]) -> np.ndarray:
 @dataclass(frozen=True)
 class RuleFuser:
     """A fixed per-pixel rule over the images of any set of at least two modalities; no parameters, so its cache
-    key is its name (and the input domain, ``fusion.fusers.INPUT_DOMAIN``)."""
+    key is its name (and the input domain, ``fusion.fusers.base.INPUT_DOMAIN``)."""
 
     name: str
     rule: Rule
@@ -86,7 +86,7 @@ class PassthroughFuser:
     @property
     def keeps_visible_chroma(self) -> bool:
         # Read by two-band callers that restore colour themselves (video): only the visible passthrough is colour.
-        # ``fusion.fusers.fuse_images`` decides from ``single_modality`` and the sample's colour modality instead.
+        # ``fusion.fusers.base.fuse_images`` decides from ``single_modality`` and the sample's colour modality instead.
         return self.modality == DEFAULT_COLOUR
 
     def check_sources(self, names: Sequence[str]) -> list[str]:

@@ -2,21 +2,23 @@
 
 Command line (a thin wrapper over ``fuse_folder``); sources by modality name, or the two-band flags::
 
-    python -m fusion.fuse --baseline max --src vis=DIR --src nir=DIR --src lwir=DIR --out DIR
-    python -m fusion.fuse --checkpoint runs/dae_fuse/best.pt --ir DIR --vis DIR --out DIR [--device cuda]
-    python -m fusion.fuse --fuser my_pkg.wrap:make_fuser weights=w.pth --ir DIR --vis DIR --out DIR --device cuda
-    python -m fusion.fuse --fuser dae_fuse checkpoint=best.pt "roles={ir: lwir}" --src lwir=DIR --src vis=DIR ...
-    python -m fusion.fuse --video --ir IR.mp4 --vis VIS.mp4 --out FUSED.mp4 [--checkpoint X | --baseline max]
-        (IR/VIS: video files or frame folders; OUT: .mp4, .avi, .mkv or a folder; see fusion.video)
+    python -m fusion.fusers.fuse --baseline max --src vis=DIR --src nir=DIR --src lwir=DIR --out DIR
+    python -m fusion.fusers.fuse --checkpoint runs/dae_fuse/best.pt --ir DIR --vis DIR --out DIR [--device cuda]
+    python -m fusion.fusers.fuse --fuser my_pkg.wrap:make_fuser weights=w.pth --ir DIR --vis DIR --out DIR \
+        --device cuda
+    python -m fusion.fusers.fuse --fuser dae_fuse checkpoint=best.pt "roles={ir: lwir}" --src lwir=DIR --src vis=DIR ...
+
+Videos are fused by ``python -m fusion.video``, which takes the same fuser options (``add_fuser_arguments``,
+``build_fuser``).
 
 ``--ir DIR`` is ``--src ir=DIR`` and ``--vis DIR`` is ``--src vis=DIR``. ``--colour NAME`` says which source is the
-colour camera (default ``vis`` when there is one). ``--device`` reaches every fuser's factory (``fusion.fusers``).
+colour camera (default ``vis`` when there is one). ``--device`` reaches every fuser's factory (``fusion.fusers.base``).
 Every problem with the sources (a missing folder, an image without partners, an unreadable image, sizes that
 differ within a sample, a set of modalities the fuser does not take) is one error naming every offender, before
 anything is fused; a fuser whose factory fails is one line naming it. Both exit with status 2.
 
-Outputs are 8-bit PNGs named by the source stem (``fusion.fusers.output_path``), grey or, for a colour source,
-with its chroma restored (``fusion.fusers.fuse_images``). Values are clipped to 0..255, never stretched. Every
+Outputs are 8-bit PNGs named by the source stem (``fusion.fusers.base.output_path``), grey or, for a colour source,
+with its chroma restored (``fusion.fusers.base.fuse_images``). Values are clipped to 0..255, never stretched. Every
 file is written atomically.
 
 Library side (what the pipeline calls):
@@ -28,9 +30,9 @@ Library side (what the pipeline calls):
 * ``load_fuser_checkpoint(path, device)``: the same, with one clear ``CheckpointError`` for a missing file, a file
   that is not a checkpoint (or holds anything but tensors and plain data), a checkpoint of another architecture,
   or one saved before any fusion epoch; use it to validate checkpoints up front. The format itself (read, write,
-  validate) is ``fusion.checkpoint``'s, shared with the trainer.
+  validate) is ``fusion.models.checkpoint``'s, shared with the trainer.
 * ``fuse_folder(fuser, pairs, out_dir)``: fuse a list of samples (``data.types.Pair`` or
-  ``fusion.fusers.SourceSet``: sources by name) to PNGs, with per-image timings.
+  ``fusion.fusers.base.SourceSet``: sources by name) to PNGs, with per-image timings.
 """
 from __future__ import annotations
 
@@ -53,8 +55,8 @@ from data.provenance import content_key
 from data.store import FolderClaimedError, claim_folder
 from data.types import Pair
 
-from .baselines import BASELINE_NAMES
-from .checkpoint import (  # noqa: F401  (re-exported: the names callers have imported from here)
+from fusion.metrics.image import match_source_folders, parse_sources
+from fusion.models.checkpoint import (  # noqa: F401  (re-exported: the names callers have imported from here)
     FUSION_PHASES,
     CheckpointError,
     build_generator,
@@ -62,8 +64,10 @@ from .checkpoint import (  # noqa: F401  (re-exported: the names callers have im
     read_generator_checkpoint,
     unpickle_checkpoint,
 )
-from .dae_fuse import ARCHITECTURE
-from .fusers import (
+from fusion.models.dae_fuse import ARCHITECTURE
+from fusion.models.inference import for_inference, keep_freed_memory
+
+from .base import (
     DEFAULT_COLOUR,
     FUSERS,
     INPUT_DOMAIN,
@@ -80,8 +84,7 @@ from .fusers import (
     source_problems,
     sources_of,
 )
-from .inference import for_inference, keep_freed_memory
-from .metrics import match_source_folders, parse_sources
+from .baselines import BASELINE_NAMES
 
 LOGGER = logging.getLogger(__name__)
 
@@ -104,7 +107,7 @@ class CheckpointFuser:
     ``ROLES`` and that method only.
 
     One forward pass per pair at full resolution (the model pads to its size multiple and crops back), by
-    ``inference_model`` (``fusion.inference``: the same outputs as ``model`` up to float rounding, less memory
+    ``inference_model`` (``fusion.models.inference``: the same outputs as ``model`` up to float rounding, less memory
     traffic). On CUDA it runs under bf16 autocast; on CPU in fp32. ``cache_key()`` is the sha256 of the checkpoint
     bytes plus the inference settings (architecture config and precision), so a retrained or differently-run model
     never reuses another's cached images. The file is read once: the weights and the key come from the same bytes,
@@ -169,7 +172,7 @@ class CheckpointFuser:
         """(B, 1, H, W) per role, in ``ROLES`` order (two-band: ir, vis), in [0, 1] -> fused (B, 1, H, W) in [0, 1],
         float32.
 
-        Runs ``inference_model`` (``fusion.inference.for_inference``: BN folded, channels-last on CPU; the same
+        Runs ``inference_model`` (``fusion.models.inference.for_inference``: BN folded, channels-last on CPU; the same
         outputs as ``model`` up to float rounding) in chunks of ``FRAMES_PER_FORWARD[device]`` frames.
         """
         chunk = self.FRAMES_PER_FORWARD.get(self.device.type) or sources[0].shape[0]
@@ -204,8 +207,8 @@ class CheckpointFuser:
         return fused[:, 0].cpu().numpy() * np.float32(255.0)
 
 
-# ``python -m fusion.fuse`` runs this file as __main__ and the CLI then imports fusion.fuse (create_fuser does):
-# registering here only under the import name keeps "dae_fuse" registered exactly once.
+# ``python -m fusion.fusers.fuse`` runs this file as __main__ and the CLI then imports fusion.fusers.fuse (create_fuser
+# does): registering here only under the import name keeps "dae_fuse" registered exactly once.
 if __name__ != "__main__":
     FUSERS.register("dae_fuse")(CheckpointFuser)
 
@@ -218,7 +221,7 @@ def load_fuser_checkpoint(path: str | Path, device: str = "cpu", allow_unfused: 
 def fuse_folder(
     fuser: Fuser, pairs: Sequence[Pair], out_dir: str | Path, *, progress: bool = True, skip_existing: bool = False
 ) -> dict[str, Any]:
-    """Fuse every sample (sources by name: ``data.types.Pair``, ``fusion.fusers.SourceSet``) to
+    """Fuse every sample (sources by name: ``data.types.Pair``, ``fusion.fusers.base.SourceSet``) to
     ``out_dir/<stem>.png``.
 
     Returns ``{"per_image": {stem: seconds}, "total_seconds": float, "written": [stems], "skipped": [stems]}``.
@@ -301,23 +304,41 @@ def _source_arguments(args: argparse.Namespace) -> tuple[dict[str, Path], str | 
     return sources, colour, problems
 
 
-def _build_fuser(args: argparse.Namespace) -> Fuser:
-    """The fuser the options name, its factory given ``--device``."""
-    if args.checkpoint:
-        return load_fuser_checkpoint(args.checkpoint, args.device, args.allow_unfused)
-    if args.fuser:
-        return create_fuser(args.fuser[0], device=args.device, **parse_fuser_args(args.fuser[1:]))
-    return create_fuser(args.baseline, device=args.device)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fusion.fuse", description="Fuse a folder of image sets.")
+def add_fuser_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the fuser (``--checkpoint``, ``--baseline`` or ``--fuser``), ``--device`` and
+    ``--allow-unfused``: this command's and ``python -m fusion.video``'s."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a DAE-Fuse training checkpoint (last.pt / best.pt)")
     source.add_argument("--baseline", choices=BASELINE_NAMES, help="a simple fuser instead of a model")
     source.add_argument("--fuser", nargs="+", metavar=("NAME|package.module:factory", "key=value"),
                         help="any fuser: a registered name (" + ", ".join(fuser_names()) + ") or a plug-in "
                              "factory, with its key=value arguments")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda or cuda:N, given to the fuser's factory (default cpu)")
+    parser.add_argument("--allow-unfused", action="store_true",
+                        help="accept a checkpoint saved before any fusion epoch (its fusion rules are untrained)")
+
+
+def build_fuser(args: argparse.Namespace) -> Fuser | None:
+    """The fuser the options of ``add_fuser_arguments`` name, its factory given ``--device``; None once one line on
+    stderr has said why it cannot be built (the command then exits with status 2)."""
+    try:
+        if args.checkpoint:
+            return load_fuser_checkpoint(args.checkpoint, args.device, args.allow_unfused)
+        if args.fuser:
+            return create_fuser(args.fuser[0], device=args.device, **parse_fuser_args(args.fuser[1:]))
+        return create_fuser(args.baseline, device=args.device)
+    except (CheckpointError, FuserSpecError) as err:
+        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - a plug-in's factory may raise anything: one line naming it
+        spec = args.fuser[0] if args.fuser else args.baseline
+        print(f"error: fuser {spec} failed to build: {type(err).__name__}: {err}", file=sys.stderr)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fusion.fusers.fuse", description="Fuse a folder of image sets.")
+    add_fuser_arguments(parser)
     parser.add_argument("--src", action="append", default=[], metavar="NAME=DIR",
                         help="a source folder by modality name (repeat: --src vis=V --src nir=N --src lwir=T)")
     parser.add_argument("--ir", type=Path,
@@ -328,48 +349,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--colour", metavar="NAME",
                         help="the colour source, whose chroma the fused image keeps (default: vis, when given)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (PNG per source stem)")
-    parser.add_argument("--device", default="cpu",
-                        help="cpu, cuda or cuda:N, given to the fuser's factory (default cpu)")
-    parser.add_argument("--allow-unfused", action="store_true",
-                        help="accept a checkpoint saved before any fusion epoch (its fusion rules are untrained)")
     parser.add_argument("--skip-existing", action="store_true", help="keep outputs already in --out (resume)")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--video", action="store_true",
-                        help="--ir/--vis are two video files or frame folders, fused as streams (fusion.video)")
-    from .video import add_video_arguments, run_video
-
-    add_video_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     source_dirs, colour, problems = _source_arguments(args)
-    if args.video and set(source_dirs) != {"ir", "vis"}:
-        problems.append(f"--video fuses two streams, ir and vis; got {', '.join(source_dirs) or 'none'}")
     if problems:
         parser.error("; ".join(problems))
-    if args.video:  # the streams are checked by fusion.video
-        args.ir, args.vis = source_dirs["ir"], source_dirs["vis"]
-    keep_freed_memory()  # a process that fuses frame after frame: 13-17 % faster on CPU (fusion.inference)
+    keep_freed_memory()  # a process that fuses frame after frame: 13-17 % faster on CPU (fusion.models.inference)
     try:
-        if args.video:
-            pairs = None
-        elif set(source_dirs) == {"ir", "vis"} and colour == DEFAULT_COLOUR:
+        if set(source_dirs) == {"ir", "vis"} and colour == DEFAULT_COLOUR:
             pairs = find_pairs(source_dirs["ir"], source_dirs["vis"])  # the two-band reader, with its messages
         else:
             pairs = find_source_sets(source_dirs, colour)
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    try:
-        fuser = _build_fuser(args)
-    except (CheckpointError, FuserSpecError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    fuser = build_fuser(args)
+    if fuser is None:
         return 2
-    except Exception as err:  # noqa: BLE001 - a plug-in's factory may raise anything: one line naming it
-        spec = args.fuser[0] if args.fuser else args.baseline
-        print(f"error: fuser {spec} failed to build: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
-    if args.video:
-        return run_video(fuser, args)
     try:
         report = fuse_folder(fuser, pairs, args.out, progress=not args.no_progress, skip_existing=args.skip_existing)
     except (ValueError, OSError) as err:  # a set the fuser refuses, --out a source folder or another fuser's, ...

@@ -2,9 +2,9 @@
 
 Command line (a thin wrapper over ``train``)::
 
-    python -m fusion.train --data ROOT --out runs/dae_fuse [--preset {paper,quick,tiny}] [--config FILE.yaml]
+    python -m fusion.training.train --data ROOT --out runs/dae_fuse [--preset {paper,quick,tiny}] [--config FILE.yaml]
                            [--resume] [--device cpu|cuda] [--seed N] [key=value ...]
-    torchrun --nproc_per_node 4 -m fusion.train --data ROOT --out runs/dae_fuse --device cuda
+    torchrun --nproc_per_node 4 -m fusion.training.train --data ROOT --out runs/dae_fuse --device cuda
 
 Each step (``Trainer.train_step``), for the phase the epoch belongs to (``PHASES``; phases are data in the config):
 
@@ -15,13 +15,13 @@ Each step (``Trainer.train_step``), for the phase the epoch belongs to (``PHASES
    (phase 1: the reconstruction of that modality; phase 2: the fused image, for every modality, so that the fused
    image leans to no source).
 
-N modalities: the model's ``modalities`` (``model.args.modalities``; ('ir', 'vis') by default) name the sources.
-Any other set trains on roots with one folder per modality (``fusion.data.resolve_multimodal_roots``); a root may
+N modalities: the model's ``modalities`` (``model.args.modalities``; ('ir', 'vis') by default) name the sources. Any
+other set trains on roots with one folder per modality (``fusion.training.data.resolve_multimodal_roots``); a root may
 lack some modalities (real two-band pairs in a three-band run): a batch then carries a ``present`` mask, and each
-reconstruction term, each discriminator and the fusion loss see only the samples that have their modality (the
-fusion loss's maxima run over the present sources). ``data.modality_dropout`` drops a band from some crops so the
-model learns every subset; ``model.init`` + ``model.init_map`` warm-start it from a model of other modalities
-(``fusion.dae_fuse.expand_modalities``).
+reconstruction term, each discriminator and the fusion loss see only the samples that have their modality (the fusion
+loss's maxima run over the present sources). ``data.modality_dropout`` drops a band from some crops so the model learns
+every subset; ``model.init`` + ``model.init_map`` warm-start it from a model of other modalities
+(``fusion.models.dae_fuse.expand_modalities``).
 
 With ``adversarial: false`` (an ablation) there are no discriminators, no adversarial terms and no step 2.
 
@@ -35,11 +35,11 @@ the same) is spent after an epoch ends there, and the run ends after the epoch t
 A non-finite loss stops the run with the loss dict in the error, before anything is stepped or saved. ``last.pt``
 is written (atomically) at the end of every epoch and ``best.pt`` when the validation metric improves in a fusion
 epoch, before ``last.pt``, so that ``last.pt`` never records a best epoch whose ``best.pt`` was not written.
-``resume=True`` continues from ``last.pt`` exactly (model, discriminators, optimisers, schedulers, scaler, RNG
-states; data order and crops are functions of (seed, epoch)) after checking that it is a readable DAE-Fuse
-checkpoint of the same configuration, split and data root (``OPERATIONAL_KEYS`` may differ; a key its config
-predates counts as the value it trained with, ``fusion.config.complete_saved_config``), and restores a ``best.pt``
-that an interruption under the old write order lost. Side effects (TensorBoard, progress) are callbacks, rank 0 only.
+``resume=True`` continues from ``last.pt`` exactly (model, discriminators, optimisers, schedulers, scaler, RNG states;
+data order and crops are functions of (seed, epoch)) after checking that it is a readable DAE-Fuse checkpoint of the
+same configuration, split and data root (``OPERATIONAL_KEYS`` may differ; a key its config predates counts as the value
+it trained with, ``fusion.training.config.complete_saved_config``), and restores a ``best.pt`` that an interruption
+under the old write order lost. Side effects (TensorBoard, progress) are callbacks, rank 0 only.
 """
 from __future__ import annotations
 
@@ -70,6 +70,25 @@ from torch.utils.data import DataLoader, DistributedSampler
 from data.errors import DatasetError
 from data.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from data.provenance import package_versions
+from data.registry import Registry
+from fusion.metrics.image import MIN_SIDE, evaluate
+from fusion.models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    RESUME_KEYS,
+    CheckpointError,
+    build_generator,
+    load_checkpoint,
+    read_generator_checkpoint,
+    save_checkpoint,
+)
+from fusion.models.dae_fuse import (
+    ARCHITECTURE,
+    DAEFuse,
+    build_discriminators,
+    create_model,
+    expand_modalities,
+    model_config,
+)
 
 from .config import (
     PRESETS,
@@ -81,7 +100,6 @@ from .config import (
     load_train_config,
     to_dict,
 )
-from .dae_fuse import ARCHITECTURE, DAEFuse, build_discriminators, create_model, expand_modalities, model_config
 from .data import (
     MultiModalCropDataset,
     PairedCropDataset,
@@ -90,22 +108,11 @@ from .data import (
     resolve_multimodal_roots,
     resolve_training_roots,
 )
-from .checkpoint import (
-    CHECKPOINT_FORMAT,
-    RESUME_KEYS,
-    CheckpointError,
-    build_generator,
-    load_checkpoint,
-    read_generator_checkpoint,
-    save_checkpoint,
-)
 from .losses import GAN_LOSSES, FusionLoss, LossDict, ReconstructionLoss, discriminator_loss
-from .metrics import MIN_SIDE, evaluate
-from data.registry import Registry
 
 LOGGER = logging.getLogger(__name__)
 
-MODALITIES = ("ir", "vis")  # the two-band model's, read as pairs (``fusion.data.PairedCropDataset``)
+MODALITIES = ("ir", "vis")  # the two-band model's, read as pairs (``fusion.training.data.PairedCropDataset``)
 # Config keys a resumed run may change: they change how fast it runs or what is logged, never what it computes.
 OPERATIONAL_KEYS: tuple[str, ...] = ("data.num_workers", "data.cache_images", "num_samples")
 
@@ -517,7 +524,8 @@ class Trainer:
         dev = torch.device(device)
         if self.dist.enabled:
             if not dist.is_initialized():
-                raise RuntimeError("distributed run without a process group: use fusion.train.train() or init one")
+                raise RuntimeError("distributed run without a process group: use "
+                                   "fusion.training.train.train() or init one")
             if dev.type == "cuda":
                 dev = torch.device("cuda", self.dist.local_rank)
                 torch.cuda.set_device(dev)
@@ -623,7 +631,7 @@ class Trainer:
     # -- validation -----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Fuse the validation images; mean fusion metrics (``fusion.metrics``) and fusion loss. Rank 0 only."""
+        """Fuse the validation images; mean fusion metrics (``fusion.metrics.image``) and fusion loss. Rank 0 only."""
         if self.multimodal:
             return self._validate_multimodal()
         self.model.eval()
@@ -976,7 +984,7 @@ def process_group(device: str) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fusion.train", description="Train DAE-Fuse (two phases).")
+    parser = argparse.ArgumentParser(prog="python -m fusion.training.train", description="Train DAE-Fuse (two phases).")
     parser.add_argument("--data", required=True, type=Path, nargs="+",
                         help="one or more roots, each an M3FD-layout root (its --split is used) or a folder with "
                              "paired subfolders; their training pairs are pooled")

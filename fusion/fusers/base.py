@@ -23,8 +23,8 @@ is one clear ``FuserInputError`` before anything is read or fused.
 
 Where fusers come from, all through ``create_fuser(name, device=..., **kwargs)``:
 
-* the registry ``FUSERS``: the simple rules (``fusion.baselines``), ``dae_fuse`` (``fusion.fuse``), and every
-  entry point of the group ``fusebench.fusers`` that an installed package declares, e.g. in its pyproject.toml::
+* the registry ``FUSERS``: the simple rules (``fusion.fusers.baselines``), ``dae_fuse`` (``fusion.fusers.fuse``), and
+  every entry point of the group ``fusebench.fusers`` that an installed package declares, e.g. in its pyproject.toml::
 
       [project.entry-points."fusebench.fusers"]
       cddfuse = "cddfuse_wrapper:make_fuser"
@@ -32,12 +32,12 @@ Where fusers come from, all through ``create_fuser(name, device=..., **kwargs)``
 * a ``package.module:factory`` path, so a user wraps any network without packaging it. A new learned method is
   one file with a factory returning a fuser; nothing here is edited. The module is imported by its dotted name,
   so it must be importable from the process that fuses: installed, or in a folder on ``PYTHONPATH`` (the current
-  directory is on it for ``python -m fusion.fuse`` and ``python -m pipelines...`` started there).
+  directory is on it for ``python -m fusion.fusers.fuse`` and ``python -m pipelines...`` started there).
 
 **What a factory receives**: its ``key=value`` arguments as keywords (values read as YAML scalars: numbers,
 booleans, strings, ``{a: b}`` mappings), plus ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, from ``--device``)
 when its signature has a ``device`` parameter or ``**kwargs``; a factory without either is not given it. What a
-factory raises reaches ``create_fuser``'s caller unchanged; ``python -m fusion.fuse`` and the pipeline report it
+factory raises reaches ``create_fuser``'s caller unchanged; ``python -m fusion.fusers.fuse`` and the pipeline report it
 as one line naming the fuser (exit status 2), never a traceback.
 
 A plug-in's fuser needs only ``fuse`` (or the older ``fuse_luma(ir, vis_y)``, adapted to the set {ir, vis}:
@@ -282,7 +282,7 @@ def fuse_pair(fuser: Any, pair: Any, colour: str | None = DEFAULT_COLOUR) -> np.
 
     ``pair``: a ``data.types.Pair`` or ``SourceSet`` (sources by name; its ``colour`` wins over ``colour``), or a
     pair of the older (ir, vis) form. The modality set is checked before any file is read. A source of
-    already-fused images (``fusion.prefused.PrefusedFolder``) gives its own image for the pair instead.
+    already-fused images (``fusion.fusers.prefused.PrefusedFolder``) gives its own image for the pair instead.
     """
     image_for = getattr(fuser, "image_for", None)
     if image_for is not None:
@@ -455,7 +455,8 @@ class PluginFuser:
         self._key = key
         if callable(getattr(inner, "check_sources", None)):
             self.check_sources = inner.check_sources
-        if callable(getattr(inner, "fuse_luma_batch", None)):  # several frames per call, for video (fusion.video)
+        # several frames per call, for video (fusion.video.streaming)
+        if callable(getattr(inner, "fuse_luma_batch", None)):
             self.fuse_luma_batch = inner.fuse_luma_batch
 
     def _checked(self, fused: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -497,7 +498,7 @@ def as_fuser(obj: Any, name: str, origin: str, factory: Any, kwargs: dict[str, A
     native = callable(getattr(obj, "fuse", None))
     if not native and not callable(getattr(obj, "fuse_luma", None)):
         raise FuserSpecError(f"factory {origin} returned {type(obj).__name__}, which has no fuse_luma(ir, vis_y) "
-                             "nor fuse(images) method (the interface fusion.fusers.Fuser defines)")
+                             "nor fuse(images) method (the interface fusion.fusers.base.Fuser defines)")
     own_key = getattr(obj, "cache_key", None)
     if callable(own_key):
         key = f"plugin:{origin}:{own_key()}:{INPUT_DOMAIN}"
