@@ -38,7 +38,7 @@ from data.io import atomic_write_json
 from data.paired import find_pairs
 from data.provenance import package_versions
 from data.shared import SHARED_DATA
-from fusion.fusers.base import create_fuser
+from fusion.fusers.catalog import create_fuser
 from fusion.fusers.fuse import fuse_folder, load_fuser_checkpoint
 from fusion.metrics.image import FileTriple, evaluate_triples
 from fusion.training.config import FusionTrainConfig, load_train_config, replace_config

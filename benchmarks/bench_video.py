@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from data.shared import SHARED_DATA
-from fusion.fusers.base import create_fuser
+from fusion.fusers.catalog import create_fuser
 from fusion.fusers.fuse import load_fuser_checkpoint
 from fusion.models.checkpoint import ARCHITECTURE
 from fusion.models.dae_fuse import create_model

@@ -37,7 +37,7 @@ class CandidateError(ValueError):
 class CandidateSpec:
     """What a row is made from; saved in results.json as it is.
 
-    ``fuser`` + ``args`` are resolved by ``fusion.fusers.base.create_fuser``; a ``folder`` candidate has no fuser.
+    ``fuser`` + ``args`` are resolved by ``fusion.fusers.catalog.create_fuser``; a ``folder`` candidate has no fuser.
     """
 
     name: str
@@ -119,7 +119,8 @@ def parse_fused(text: str) -> CandidateSpec:
 
 def parse_fuser(tokens: Sequence[str]) -> CandidateSpec:
     """``["NAME=package.module:factory", "key=value", ...]`` (or ``NAME=ENTRY_POINT``) -> a plug-in spec."""
-    from fusion.fusers.base import FuserSpecError, parse_fuser_args
+    from fusion.fusers.base import FuserSpecError
+    from fusion.fusers.catalog import parse_fuser_args
 
     if not tokens:
         raise CandidateError("--fuser needs NAME=package.module:factory")
@@ -181,7 +182,7 @@ def build_source(spec: CandidateSpec, *, device: str, pairs=None, sizes: Mapping
         from fusion.fusers.prefused import PrefusedFolder
 
         return PrefusedFolder.from_pairs(spec.folder, pairs or [], sizes or {}, name=spec.name)
-    from fusion.fusers.base import create_fuser
+    from fusion.fusers.catalog import create_fuser
 
     return create_fuser(spec.fuser, device=device, **spec.args)
 

@@ -10,7 +10,8 @@ import pytest
 
 from data.io import luma, read_visible, restore_colour, write_image
 from data.types import Pair
-from fusion.fusers.base import FUSERS, create_fuser, fuse_arrays, fuse_pair
+from fusion.fusers.base import FUSERS, fuse_arrays, fuse_pair
+from fusion.fusers.catalog import create_fuser
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import pytest
 
 from data.errors import DatasetError
 from data.m3fd import load_m3fd
-from fusion.fusers.base import FuserSpecError, create_fuser, fuse_pair, fuser_names
+from fusion.fusers.base import FuserSpecError, fuse_pair
+from fusion.fusers.catalog import create_fuser, fuser_names
 from fusion.fusers.prefused import PrefusedFolder, check_prefused_folder
 from pipelines.candidates import CandidateError, parse_fused, parse_fuser
 from pipelines.engine import OptionsError, PipelineConfig, build_candidates, run_pipeline

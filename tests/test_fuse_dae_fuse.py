@@ -22,7 +22,7 @@ from fusion.fusers.fuse import (
     main,
     unpickle_checkpoint,
 )
-from fusion.fusers.base import create_fuser
+from fusion.fusers.catalog import create_fuser
 from fusion.training.train import PHASES, train
 from tests.conftest import tiny_config
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import runpy
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -23,16 +24,12 @@ LAYERS: dict[str, int] = {"models": 0, "metrics": 0, "fusers": 1, "video": 2, "t
 MODULES: dict[str, tuple[str, ...]] = {
     "models": ("dae_fuse", "inference", "checkpoint"),
     "metrics": ("image", "__main__"),
-    "fusers": ("base", "baselines", "prefused", "fuse"),
+    "fusers": ("base", "baselines", "prefused", "dae_fuse", "catalog", "fuse"),
     "video": ("sources", "flow", "temporal", "streaming", "sudden_change", "__main__"),
     "training": ("losses", "config", "data", "train", "ablate", "temporal_train"),
 }
 # Data packages beside the subpackages: importable from anywhere in ``fusion``, importing nothing of it.
 DATA_PACKAGES = ("configs", "weights")
-# The one import against the order: the fuser registry fills itself with the built-in fusers on first use
-# (``fusion.fusers.base._register_builtin_and_installed``), so ``create_fuser("max")`` works without importing
-# them first. It goes once ``base`` is split into the interface (below the fusers) and the builder (above them).
-REGISTRY_FILLING = {("fusion.fusers.base", "fusion.fusers.baselines"), ("fusion.fusers.base", "fusion.fusers.fuse")}
 FORBIDDEN = ("detection", "pipelines", "ultralytics")
 
 # Every command, by the name users type; each module's parser must announce the same name.
@@ -126,7 +123,7 @@ def test_imports_point_one_way():
             elif here[0] != there[0]:
                 if LAYERS[there[0]] >= LAYERS[here[0]]:
                     wrong.append(f"{where} ({there[0]} is not below {here[0]})")
-            elif there[1] != "__init__" and (source, target) not in REGISTRY_FILLING:
+            elif there[1] != "__init__":
                 order = MODULES[here[0]]
                 if here[1] == "__init__" or order.index(there[1]) >= order.index(here[1]):
                     wrong.append(f"{where} ({there[1]} is not before {here[1]} in fusion.{here[0]})")
@@ -143,6 +140,19 @@ def test_the_direction_check_sees_function_level_and_relative_imports(tmp_path, 
     (fake / "video" / "flow.py").write_text("")
     monkeypatch.setattr(sys.modules[__name__], "FUSION", fake)
     assert imported_modules(fake / "video" / "streaming.py") == [(2, "fusion.training.train"), (3, "fusion.video.flow")]
+
+
+def test_fusers_by_name_without_torch_until_dae_fuse():
+    """``fusion.fusers.catalog`` builds every fuser by name from below: the interface and the simple rules import no
+    torch, DAE-Fuse and the installed plug-ins join the registry when a name is not yet in it."""
+    probe = ("import sys\n"
+             "from fusion.fusers.base import FUSERS\n"
+             "from fusion.fusers.catalog import create_fuser, fuser_names\n"
+             "assert create_fuser('max').name == 'max' and 'torch' not in sys.modules, sorted(sys.modules)\n"
+             "assert 'dae_fuse' not in FUSERS\n"
+             "assert 'dae_fuse' in fuser_names() and fuser_names() == FUSERS.names()\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=FUSION.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -16,12 +16,11 @@ from fusion.fusers.fuse import fuse_folder, main
 from fusion.fusers.base import (
     FuserInputError,
     SourceSet,
-    create_fuser,
-    factory_arguments,
     fuse_arrays,
     fuse_images,
     fuse_pair,
 )
+from fusion.fusers.catalog import create_fuser, factory_arguments
 from fusion.fusers.prefused import PrefusedFolder
 
 PLUGINS = '''

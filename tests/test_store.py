@@ -144,7 +144,7 @@ def test_fuse_folder_claims_its_folder_for_its_fuser(tmp_path, synthetic_root):
     without skip_existing takes it over; a dead writer's half image is swept."""
     from data.m3fd import load_m3fd
     from fusion.fusers.fuse import FUSER_MARKER, fuse_folder
-    from fusion.fusers.base import create_fuser
+    from fusion.fusers.catalog import create_fuser
 
     pairs = load_m3fd(synthetic_root).pairs()[:2]
     out = tmp_path / "fused"

@@ -11,7 +11,7 @@ import pytest
 from data.errors import DatasetError
 from data.io import write_image
 from data.shared import SHARED_DATA
-from fusion.fusers.base import create_fuser
+from fusion.fusers.catalog import create_fuser
 from fusion.video.sudden_change import (
     ChangeSequence,
     TimeVaryingCorruption,

@@ -27,7 +27,8 @@ from fusion.training.config import (
     load_train_config,
     replace_config,
 )
-from fusion.fusers.base import create_fuser, fuse_pair
+from fusion.fusers.base import fuse_pair
+from fusion.fusers.catalog import create_fuser
 from fusion.fusers.fuse import CheckpointError, load_fuser_checkpoint
 from fusion.models.checkpoint import release_state, save_checkpoint
 from fusion.training.data import PairedCropDataset, resolve_training_pairs, split_validation

@@ -11,7 +11,8 @@ import pytest
 from data.errors import DatasetError
 from data.io import read_gray_reference, read_image, write_image
 from data.types import Pair
-from fusion.fusers.base import create_fuser, fuse_arrays, fuse_pair
+from fusion.fusers.base import fuse_arrays, fuse_pair
+from fusion.fusers.catalog import create_fuser
 from fusion.fusers.fuse import load_fuser_checkpoint
 from fusion.video.temporal import (
     TEMPORAL_METRICS,

@@ -16,7 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fusion.fusers.base import Fuser, create_fuser
+from fusion.fusers.base import Fuser
+from fusion.fusers.catalog import create_fuser
 from fusion.fusers.fuse import add_fuser_arguments, build_fuser
 from fusion.models.inference import keep_freed_memory
 

@@ -53,7 +53,7 @@ import cv2
 import numpy as np
 
 from data.registry import Registry
-from fusion.fusers.base import import_factory
+from fusion.fusers.catalog import import_factory
 
 # (first, second) grey uint8 (H, W) -> float32 (H, W, 2) flow, (dx, dy) per pixel, with first(x) ~ second(x + flow).
 FlowEstimator = Callable[[np.ndarray, np.ndarray], np.ndarray]

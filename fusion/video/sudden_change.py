@@ -41,7 +41,8 @@ from data.errors import DatasetError
 from data.io import atomic_path, atomic_write_json, atomic_write_text, gray_reference, visible_from_bgr
 from data.registry import Registry
 
-from fusion.fusers.base import Fuser, create_fuser, fuse_arrays
+from fusion.fusers.base import Fuser, fuse_arrays
+from fusion.fusers.catalog import create_fuser
 from fusion.metrics.image import METRIC_TERMS, METRICS, FusionSet
 
 from .flow import FlowStats, resolve_flow
