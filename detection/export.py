@@ -20,8 +20,10 @@ The store reuses the export when ``manifest.json`` carries the same content key 
 and each source image's path, size and modification time), so re-running costs a ``stat`` per image, and an
 interrupted export (no manifest, or a temporary folder) is never taken for a finished one. ``store`` decides
 ``--force``: the pipeline passes its run's store, so a forced run rebuilds each export once however many stages
-ask for it. Otherwise every input is validated first (each image decoded once by
-``data.probe.probe_images``).
+ask for it. Otherwise every input is validated first, before anything is written: each image's size is read from
+its header (``data.probe.probe_sizes``; a file whose header cannot vouch for it, e.g. a truncated one, is decoded,
+so it is reported as unreadable), and no image is decoded otherwise: an ordinary export links its images, an
+early-fusion export decodes each source once, to stack it.
 
 Early fusion (:func:`export_stacked`) writes the same layout with one N-channel TIFF per sample instead of a
 link, each modality a channel, and ``channels: N`` in ``data.yaml`` (how Ultralytics trains on N channels).
@@ -45,7 +47,7 @@ import yaml
 from data.errors import DatasetError
 from data.io import IMAGE_EXTENSIONS, gray_reference, read_8bit
 from data.m3fd import check_annotation
-from data.probe import probe_images
+from data.probe import probe_sizes
 from data.store import KeyedStore, finished
 from data.types import Annotation
 
@@ -164,7 +166,7 @@ def _check_image(image_id: str, path: Path, size: tuple[int, int] | str, ann: An
                  problems: list[str], class_names: Sequence[str]) -> _Checked | None:
     """Validate one image/annotation pair; appends to ``problems`` and returns None when it cannot be used.
 
-    ``size`` is the image's (width, height) from ``data.probe.probe_images``, or its decoding error.
+    ``size`` is the image's (width, height) from ``data.probe.probe_sizes``, or why it cannot be read.
     """
     if isinstance(size, str):
         problems.append(f"{image_id}: unreadable image {path}: {size}")
@@ -250,7 +252,7 @@ def _validate(
                             f"expected one of {', '.join(IMAGE_EXTENSIONS)}")
         else:
             usable[id_] = path
-    sizes = probe_images(list(usable.values()))  # decodes every image once, in parallel
+    sizes = probe_sizes(list(usable.values()))  # from the headers; a file they cannot vouch for is decoded
     checked: dict[str, _Checked] = {}
     for id_, path in usable.items():
         item = _check_image(id_, path, sizes[path], annotations[id_], problems, class_names)
@@ -493,8 +495,10 @@ def _check_stack_sources(sources_by_id: Mapping[str, Mapping[str, Path]], ids: S
                          modalities: Sequence[str], checked: Mapping[str, _Checked]) -> list[str]:
     """Every modality of every id present, readable and as large as the first modality's image (registered).
 
-    The first modality's sizes come from ``checked`` (``_validate`` decoded those images); an id it left out
+    The first modality's sizes come from ``checked`` (``_validate`` probed those images); an id it left out
     (its annotation had a problem) has its first image probed here, so a size mismatch is reported with it.
+    Sizes are read from the headers (``data.probe.probe_sizes``): the stack decodes each source once, when it
+    is built.
     """
     problems: list[str] = []
     to_probe: dict[Path, tuple[str, str]] = {}
@@ -519,7 +523,7 @@ def _check_stack_sources(sources_by_id: Mapping[str, Mapping[str, Path]], ids: S
             else:
                 to_probe[path] = (id_, modality)
     sizes: dict[tuple[str, str], tuple[int, int] | str] = {
-        to_probe[path]: size for path, size in probe_images(list(to_probe)).items()}
+        to_probe[path]: size for path, size in probe_sizes(list(to_probe)).items()}
     for (id_, modality), size in sizes.items():
         if modality == modalities[0]:
             continue
@@ -622,7 +626,12 @@ def export_stacked(
         stacked = {id_: replace(item, image=Path(f"{id_}{STACK_SUFFIX}")) for id_, item in checked.items()}
 
         def place(item: _Checked, target: Path) -> None:
-            write_stacked(target, stack_planes(sources[target.stem], modalities, colour))
+            stack = stack_planes(sources[target.stem], modalities, colour)
+            if stack.shape[:2] != (item.height, item.width):  # the labels were written for the header's size
+                files = ", ".join(map(str, sources[target.stem].values()))
+                raise ValueError(f"{target.stem}: the decoded images are {stack.shape[1]}x{stack.shape[0]}, their "
+                                 f"headers say {item.width}x{item.height} ({files})")
+            write_stacked(target, stack)
 
         return _write_export(tmp, out_dir, ids_by_split, stacked, warnings, key, eval_split, class_names, place,
                              channels=channels)

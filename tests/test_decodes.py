@@ -1,6 +1,8 @@
-"""How often the fuse and score stages decode an image, counted through a reader that counts its calls: each
+"""How often the fuse, score and export stages decode an image, counted through a reader that counts its calls: each
 source once on its way to the scores, no fused image again when it was just fused, and the numbers those of reading
-every file (fusion.metrics.image.evaluate_triples, fusion.video.temporal.evaluate_sequences), bit for bit."""
+every file (fusion.metrics.image.evaluate_triples, fusion.video.temporal.evaluate_sequences), bit for bit; the YOLO
+exports take sizes from the headers (none decoded for the fused export, each source once to stack it) and write
+what they wrote when they decoded for the sizes, byte for byte."""
 from __future__ import annotations
 
 from collections import Counter
@@ -11,14 +13,17 @@ import numpy as np
 import pytest
 
 import data.io
+import detection.export as export_module
 import pipelines.stages.fuse as fuse_stage
 from data.io import clear_dir, decoding_once, gray_reference_of, read_gray_reference, read_ir, write_image
 from data.m3fd import load_m3fd
+from data.probe import probe_images
 from data.store import KeyedStore
 from data.synthetic import generate_synthetic_m3fd
 from pipelines.candidates import Candidate, CandidateSpec
 from pipelines.config import PipelineConfig
 from pipelines.executors import LocalExecutor
+from pipelines.stages.detect import detector_splits, export_fused, export_stack
 from pipelines.stages.fuse import stage_fuse, used_ids
 from pipelines.stages.score import EvalScorer, score_fused, score_plan, stage_score
 
@@ -184,3 +189,34 @@ def test_what_cannot_be_scored_while_fusing_is_read_back(tmp_path, runs_root):
     with pytest.raises(ValueError, match="out of time order"), EvalScorer(plan) as strict:
         for stem in reversed(plan.runs[0]):
             strict.add(stem, folder / f"{stem}.png")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_exports_read_sizes_from_headers_and_stack_each_source_from_one_decode(tmp_path, runs_root, decodes,
+                                                                               monkeypatch):
+    cfg = PipelineConfig(out=tmp_path / "out", data=runs_root, preset="tiny", progress=False)
+    dataset, store = load_m3fd(runs_root), KeyedStore(tmp_path / "out" / "state")
+    candidate = Candidate(CandidateSpec(name="max", kind="baseline", fuser="max"))
+    candidate.record.fuse = stage_fuse(cfg, candidate, dataset, store)
+    used = sorted({i for ids in detector_splits(cfg, dataset)[0].values() for i in ids})
+    sources = [p for i in used for p in dataset.sources(i).values()]
+
+    _reset(decodes)
+    fused = export_fused(cfg, candidate, dataset, store)
+    assert decodes.raw["n"] == 0, "the fused export links its images: their sizes come from the headers"
+    stacked = export_stack(cfg, dataset, store)
+    assert decodes == Counter(dict.fromkeys(sources, 1)) and decodes.raw["n"] == len(sources)
+    written = {ds.root: _files(ds.root) for ds in (fused, stacked)}
+
+    # Built again with the sizes decoded (the probe the exports used before): the same files, byte for byte.
+    monkeypatch.setattr(export_module, "probe_sizes", probe_images)
+    forced = KeyedStore(tmp_path / "out" / "state", force=True)
+    _reset(decodes)
+    assert export_fused(cfg, candidate, dataset, forced) == fused
+    assert decodes.raw["n"] == len(used)
+    assert export_stack(cfg, dataset, forced) == stacked
+    assert decodes.raw["n"] == len(used) + 2 * len(sources)
+    assert {ds.root: _files(ds.root) for ds in (fused, stacked)} == written

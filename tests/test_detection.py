@@ -124,7 +124,7 @@ def test_export_is_reused_when_unchanged_and_rebuilt_when_changed(tmp_path, monk
     manifest = tmp_path / "yolo" / "manifest.json"
     stamp = manifest.stat().st_mtime_ns
     with monkeypatch.context() as patch:
-        patch.setattr(export_module, "probe_images", lambda paths: pytest.fail("a reused export decodes nothing"))
+        patch.setattr(export_module, "probe_sizes", lambda paths: pytest.fail("a reused export probes nothing"))
         assert export_yolo_dataset(images, annotations, splits, tmp_path / "yolo") == first
     assert manifest.stat().st_mtime_ns == stamp  # reused, not rewritten
 
@@ -141,8 +141,8 @@ def test_forced_export_is_rebuilt_and_swapped_in_whole(tmp_path, monkeypatch):
     stale = tmp_path / "yolo" / "labels" / "val" / "stale.txt"
     stale.write_text("left by an older export")
     probed = []
-    real_probe = export_module.probe_images
-    monkeypatch.setattr(export_module, "probe_images", lambda paths: probed.append(1) or real_probe(paths))
+    real_probe = export_module.probe_sizes
+    monkeypatch.setattr(export_module, "probe_sizes", lambda paths: probed.append(1) or real_probe(paths))
     again = export_yolo_dataset(images, annotations, splits, tmp_path / "yolo",
                                 store=KeyedStore(tmp_path, force=True))
     assert probed and again.key == first.key  # validated and written again, same content
@@ -185,9 +185,12 @@ def test_bad_input_raises_one_error_naming_every_offender(tmp_path):
     src = tmp_path / "src"
     (src / "garbled.png").parent.mkdir(parents=True)
     (src / "garbled.png").write_bytes(b"not a png at all")
+    truncated = _blank(src / "truncated.png", 50, 40)
+    truncated.write_bytes(truncated.read_bytes()[:-1])  # its header is whole: only decoding it tells
     images = {
         "missing": src / "missing.png",
         "garbled": src / "garbled.png",
+        "truncated": truncated,
         "imageonly": _blank(src / "imageonly.png", 50, 40),
         "farout": _blank(src / "farout.png", 50, 40),
         "dog": _blank(src / "dog.png", 50, 40),
@@ -196,18 +199,21 @@ def test_bad_input_raises_one_error_naming_every_offender(tmp_path):
     annotations = {
         "missing": Annotation("missing", 50, 40, ()),
         "garbled": Annotation("garbled", 50, 40, ()),
+        "truncated": Annotation("truncated", 50, 40, ()),
         "annonly": Annotation("annonly", 50, 40, ()),
         "farout": Annotation("farout", 50, 40, (Box("Car", 10, 10, 60, 30),)),
         "dog": Annotation("dog", 50, 40, (Box("Dog", 1, 1, 5, 5),)),
         "ok": Annotation("ok", 50, 40, ()),
     }
-    splits = {"train": ["missing", "garbled", "imageonly", "annonly", "farout", "dog", "ok"], "val": ["ok"],
-              "test": []}
+    splits = {"train": ["missing", "garbled", "truncated", "imageonly", "annonly", "farout", "dog", "ok"],
+              "val": ["ok"], "test": []}
     with pytest.raises(DatasetError) as info:
         export_yolo_dataset(images, annotations, splits, tmp_path / "yolo")
     problems = info.value.problems
-    for offender in ("missing.png", "garbled.png", "imageonly", "annonly", "farout", "Dog", "split 'test'"):
+    for offender in ("missing.png", "garbled.png", "truncated.png", "imageonly", "annonly", "farout", "Dog",
+                     "split 'test'"):
         assert sum(offender in p for p in problems) == 1, (offender, problems)
+    assert f"truncated: unreadable image {truncated}: cannot decode image" in problems
     assert any(", ".join(CLASS_NAMES) in p for p in problems)  # the unknown class error lists the known ones
     assert not (tmp_path / "yolo").exists()
 

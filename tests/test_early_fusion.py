@@ -124,12 +124,14 @@ def test_stacked_export_reports_every_bad_modality_before_writing(tmp_path):
     del sources["00001"]["vis"]
     cv2.imwrite(str(sources["00002"]["vis"]), np.zeros((20, 24, 3), np.uint8))  # not registered with its IR
     sources["00003"]["vis"] = tmp_path / "src" / "missing.png"
+    vis = sources["00000"]["vis"]
+    vis.write_bytes(vis.read_bytes()[:-12])  # truncated: its header is whole, its pixels are not
     annotations["00000"] = Annotation("00000", 48, 40, (Box("Truck", 1, 1, 5, 5),))  # not a class of the dataset
     with pytest.raises(DatasetError) as info:
         export_stacked(SPLITS, sources, annotations, CLASSES, tmp_path / "yolo", colour="vis")
     message = str(info.value)
     for expected in ("00001: no vis image", "00002: vis image is 24x20, ir is 48x40", "00003: vis image file not found",
-                     "00000: class(es) Truck"):
+                     "00000: class(es) Truck", f"00000: unreadable vis image {vis}: cannot decode image"):
         assert expected in message
     assert not (tmp_path / "yolo").exists()
     with pytest.raises(ValueError, match="two or more"):
