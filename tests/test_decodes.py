@@ -20,6 +20,9 @@ from data.m3fd import load_m3fd
 from data.probe import probe_images
 from data.store import KeyedStore
 from data.synthetic import generate_synthetic_m3fd
+from fusion.fusers.base import SourceSet, fuse_images, read_sources
+from fusion.fusers.catalog import create_fuser
+from fusion.fusers.fuse import fuse_folder
 from pipelines.candidates import Candidate, CandidateSpec
 from pipelines.config import PipelineConfig
 from pipelines.executors import LocalExecutor
@@ -140,6 +143,77 @@ def test_a_score_record_already_there_is_not_scored_while_fusing(tmp_path, synth
     stage_score(cfg, candidate, dataset, first, store)
     clear_dir(Path(first.dir))  # the fused folder lost, its score record kept
     assert stage_fuse(cfg, candidate, dataset, store).scored is None
+
+
+@pytest.mark.parametrize("modality", ["ir", "vis"])
+def test_a_single_modality_candidate_decodes_its_own_sources_and_only_the_others_it_scores(tmp_path, runs_root,
+                                                                                          decodes, modality):
+    """Its one modality read of every sample (72 -> 45 decodes here), the others only for the evaluation images'
+    metrics; its images those of reading every source, bit for bit."""
+    cfg = PipelineConfig(out=tmp_path / "out", data=runs_root, preset="tiny", progress=False)
+    dataset, store = load_m3fd(runs_root), KeyedStore(tmp_path / "out" / "state")
+    candidate = Candidate(CandidateSpec(name=modality, kind="baseline", fuser=modality))
+    ids, eval_ids = used_ids(cfg, dataset), sorted(dataset.splits[cfg.eval_split])
+
+    _reset(decodes)
+    fused = stage_fuse(cfg, candidate, dataset, store)
+    own = [dataset.path(i, modality) for i in ids]
+    scored_only = [p for i in eval_ids for m, p in dataset.sources(i).items() if m != modality]
+    assert decodes == Counter(dict.fromkeys(own + scored_only, 1))
+    assert decodes.raw["n"] == len(ids) + len(eval_ids) < 2 * len(ids)
+
+    _reset(decodes)
+    scores = stage_score(cfg, candidate, dataset, fused, store)
+    assert decodes.raw["n"] == 0
+    assert vars(scores) == _old_scores(dataset, Path(fused.dir), eval_ids)
+    fuser = candidate.source(cfg)
+    for pair in dataset.pairs():
+        if pair.stem in set(ids):
+            every_source = read_sources(pair.sources, pair.colour)  # what the passthrough read before
+            written = cv2.imread(str(Path(fused.dir) / f"{pair.stem}.png"), cv2.IMREAD_UNCHANGED)
+            assert np.array_equal(written, fuse_images(fuser, *every_source, pair.colour)), pair.stem
+
+
+class _TwoBand:
+    """A fuser declaring the two bands it takes (as a two-band DAE-Fuse does)."""
+
+    name, modalities, keeps_visible_chroma = "two_band", ("ir", "vis"), True
+
+    def fuse(self, images):
+        return np.maximum(images["ir"], images["vis"])
+
+    def cache_key(self) -> str:
+        return "test:two_band"
+
+
+def test_fuse_folder_decodes_only_the_modalities_a_fuser_reads(tmp_path, decodes):
+    """Three-band samples: a fuser declaring its modalities decodes those, one taking any set decodes all; the
+    ``on_fused`` hook runs while the sample's decodes are kept, so reading every source there adds only the rest."""
+    root = generate_synthetic_m3fd(tmp_path / "m3fd", num_scenes=3, frames_per_scene=1, size=(64, 64), nir=True)
+    samples = [SourceSet(p.stem, {m: root / folder / p.name for m, folder in (("ir", "Ir"), ("vis", "Vis"),
+                                                                               ("nir", "Nir"))})
+               for p in sorted((root / "Ir").iterdir())]
+    for fuser, read in ((create_fuser("passthrough", modality="nir"), ("nir",)), (_TwoBand(), ("ir", "vis")),
+                        (create_fuser("max"), ("ir", "vis", "nir"))):
+        _reset(decodes)
+        fuse_folder(fuser, samples, tmp_path / fuser.name, progress=False)
+        assert decodes == Counter({s.sources[m]: 1 for s in samples for m in read}), fuser.name
+        assert decodes.raw["n"] == len(read) * len(samples)
+
+    seen = {}
+
+    def on_fused(sample, image):
+        seen[sample.stem] = image
+        for path in sample.sources.values():
+            read_gray_reference(path)
+
+    _reset(decodes)
+    report = fuse_folder(create_fuser("passthrough", modality="nir"), samples, tmp_path / "hook", progress=False,
+                         on_fused=on_fused)
+    assert decodes == Counter({path: 1 for s in samples for path in s.sources.values()})
+    assert list(seen) == report["written"] == [s.stem for s in samples]
+    assert all(np.array_equal(image, cv2.imread(str(tmp_path / "hook" / f"{stem}.png"), cv2.IMREAD_UNCHANGED))
+               for stem, image in seen.items())
 
 
 class _Cluster(LocalExecutor):

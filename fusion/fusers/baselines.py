@@ -73,11 +73,16 @@ class PassthroughFuser:
     """One modality's image as the 'fused' image: the single-modality row of that sensor."""
 
     modality: str
-    modalities: tuple[str, ...] | None = None  # any set holding ``modality`` (check_sources)
 
     @property
     def name(self) -> str:
         return self.modality
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Its one modality: taken from any set that holds it (``check_sources``), the only image read of it
+        (``fusion.fusers.base.modalities_read``)."""
+        return (self.modality,)
 
     @property
     def single_modality(self) -> str:

@@ -26,20 +26,24 @@ Library side (what the pipeline calls):
 * ``CheckpointFuser`` and ``load_fuser_checkpoint(path, device)``: the DAE-Fuse checkpoint fuser, defined in
   ``fusion.fusers.dae_fuse`` and importable from here too.
 * ``fuse_folder(fuser, pairs, out_dir)``: fuse a list of samples (``data.types.Pair`` or
-  ``fusion.fusers.base.SourceSet``: sources by name) to PNGs, with per-image timings.
+  ``fusion.fusers.base.SourceSet``: sources by name) to PNGs, with per-image timings; ``on_fused`` sees each image
+  while its sample's decodes are in memory (the pipeline's fuse stage scores it there).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from data.errors import DatasetError
-from data.io import write_image
+from data.io import decoding_once, write_image
 from data.paired import check_image_groups, find_pairs
 from data.store import FolderClaimedError, claim_folder
 from data.types import Pair
@@ -77,7 +81,8 @@ LOGGER = logging.getLogger(__name__)
 FUSER_MARKER = ".fuser.json"
 
 def fuse_folder(
-    fuser: Fuser, pairs: Sequence[Pair], out_dir: str | Path, *, progress: bool = True, skip_existing: bool = False
+    fuser: Fuser, pairs: Sequence[Pair], out_dir: str | Path, *, progress: bool = True, skip_existing: bool = False,
+    on_fused: Callable[[Pair, np.ndarray], None] | None = None,
 ) -> dict[str, Any]:
     """Fuse every sample (sources by name: ``data.types.Pair``, ``fusion.fusers.base.SourceSet``) to
     ``out_dir/<stem>.png``.
@@ -88,6 +93,10 @@ def fuse_folder(
     (``data.store.claim_folder``, record ``out_dir/.fuser.json``), and a folder fused by another fuser is never
     resumed (its images would be passed off as this fuser's); without ``skip_existing`` every image is written
     again and the folder is taken over. Nothing else is skipped: a pair that fails to read or fuse raises.
+
+    ``on_fused(pair, image)`` is called with each image fused now (uint8, as written), after it is written and
+    while the pair's decodes are kept (``data.io.decoding_once``): reading its sources again through ``data.io``
+    decodes nothing (the pipeline scores the image there). Its time is not in ``per_image``.
 
     Raises:
         FuserInputError: the fuser does not take some sample's set of modalities (every distinct set named), before
@@ -118,19 +127,22 @@ def fuse_folder(
         raise ValueError(f"{out_dir} holds images of another fuser ({err.held}); resume only the same fuser "
                          f"({key}), or fuse into another folder") from None
     per_image: dict[str, float] = {}
-    written, skipped = [], []
+    written = []
     t0 = time.perf_counter()
-    for pair in tqdm(pairs, desc=f"fuse {getattr(fuser, 'name', 'fuser')}", disable=not progress, unit="pair"):
-        target = output_path(out_dir, pair.stem)
-        if skip_existing and target.is_file():
-            skipped.append(pair.stem)
-            continue
-        t = time.perf_counter()
-        write_image(target, fuse_pair(fuser, pair))
-        per_image[pair.stem] = time.perf_counter() - t
-        written.append(pair.stem)
+    kept = {pair.stem for pair in pairs if skip_existing and output_path(out_dir, pair.stem).is_file()}
+    skipped = [pair.stem for pair in pairs if pair.stem in kept]
+    todo = [pair for pair in pairs if pair.stem not in kept]
     if skipped:
         LOGGER.info("kept %d existing outputs in %s", len(skipped), out_dir)
+    for pair in tqdm(todo, desc=f"fuse {getattr(fuser, 'name', 'fuser')}", disable=not progress, unit="pair"):
+        with decoding_once() if on_fused is not None else contextlib.nullcontext():
+            t = time.perf_counter()
+            image = fuse_pair(fuser, pair)
+            write_image(output_path(out_dir, pair.stem), image)
+            per_image[pair.stem] = time.perf_counter() - t
+            written.append(pair.stem)
+            if on_fused is not None:
+                on_fused(pair, image)
     return {"per_image": per_image, "total_seconds": time.perf_counter() - t0, "written": written, "skipped": skipped}
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data.io import clear_dir, decoding_once, write_image
+from data.io import clear_dir
 from data.provenance import content_key, files_fingerprint
 from data.store import KeyedStore
 
@@ -115,47 +114,17 @@ def fuse_into_cache(cfg: PipelineConfig, candidate: Candidate, pairs, key: str, 
 
 def fuse_and_score(fuser, pairs: Sequence, out_dir: str | Path, scorer: EvalScorer | None = None, *,
                    progress: bool = True) -> dict[str, float]:
-    """Fuse the ``pairs`` not yet in ``out_dir`` as ``fusion.fusers.fuse.fuse_folder(..., skip_existing=True)`` does (its
-    refusals, its claim on the folder for the fuser, its images), and hand each image ``scorer`` wants to it while
-    the image and its decoded sources (``data.io.decoding_once``) are in memory: a sample is read once.
+    """Fuse the ``pairs`` not yet in ``out_dir`` (``fusion.fusers.fuse.fuse_folder(..., skip_existing=True)``: its
+    refusals, its claim on the folder for the fuser, its images and timings) and hand each image ``scorer`` wants
+    to it while the image and its decoded sources are in memory (``fuse_folder``'s ``on_fused``): a sample is read
+    once.
 
-    Returns seconds per image fused now: reading, fusing and writing it, as ``fuse_folder`` times them (scoring is
-    not counted). Raises what ``fuse_folder`` raises.
+    Returns seconds per image fused now (scoring is not counted). Raises what ``fuse_folder`` raises.
     """
-    from tqdm.auto import tqdm
+    from fusion.fusers.fuse import fuse_folder
 
-    from data.store import FolderClaimedError, claim_folder
-    from fusion.fusers.fuse import FUSER_MARKER
-    from fusion.fusers.base import FuserInputError, fuse_pair, output_path, source_problems, sources_of
-
-    out_dir = Path(out_dir)
-    if out_dir.resolve() in {p.parent.resolve() for pair in pairs for p in sources_of(pair).values()}:
-        raise ValueError(f"output folder {out_dir} holds source images: fusing into it would overwrite them")
-    if not hasattr(fuser, "image_for"):  # a pre-fused folder takes any sample it has an image for
-        sets = dict.fromkeys(tuple(sources_of(pair)) for pair in pairs)
-        lines = [line for names in sets for line in source_problems(fuser, names)]
-        if lines:
-            raise FuserInputError(f"fuser {getattr(fuser, 'name', fuser)}: " + "; ".join(dict.fromkeys(lines)))
-    key = fuser.cache_key()
-    try:  # sweeps the half-written images of a killed run too
-        claim_folder(out_dir, key, record=FUSER_MARKER, other="refuse", start={"fuser": getattr(fuser, "name", None)})
-    except FolderClaimedError as err:
-        raise ValueError(f"{out_dir} holds images of another fuser ({err.held}); resume only the same fuser "
-                         f"({key}), or fuse into another folder") from None
-    todo = [pair for pair in pairs if not output_path(out_dir, pair.stem).is_file()]
-    if len(todo) < len(pairs):
-        LOGGER.info("kept %d existing outputs in %s", len(pairs) - len(todo), out_dir)
-    per_image: dict[str, float] = {}
-    for pair in tqdm(todo, desc=f"fuse {getattr(fuser, 'name', 'fuser')}", disable=not progress, unit="pair"):
-        wanted = scorer is not None and scorer.wants(pair.stem)
-        with decoding_once() if wanted else contextlib.nullcontext():
-            started = time.perf_counter()
-            image = fuse_pair(fuser, pair)
-            write_image(output_path(out_dir, pair.stem), image)
-            per_image[pair.stem] = time.perf_counter() - started
-            if wanted:
-                scorer.add(pair.stem, image)
-    return per_image
+    on_fused = None if scorer is None else (lambda pair, image: scorer.add(pair.stem, image))
+    return fuse_folder(fuser, pairs, out_dir, progress=progress, skip_existing=True, on_fused=on_fused)["per_image"]
 
 
 def fuse_in_shards(cfg: PipelineConfig, candidate: Candidate, pairs, folder: Path, executor: RunExecutor,
