@@ -11,6 +11,7 @@ from data.errors import DatasetError
 from data.io import remove_stale_temps_tree
 
 from .config import OptionsError, PipelineConfig, SyntheticScenes, check_splits
+from .records import DatasetInfo, SplitInfo
 
 LOGGER = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def load_run_dataset(cfg: PipelineConfig, root: Path, name: str | None = None):
         raise OptionsError(f"--dataset: {err}") from None
 
 
-def resolve_dataset(cfg: PipelineConfig, synthetic: SyntheticScenes | None):
+def resolve_dataset(cfg: PipelineConfig, synthetic: SyntheticScenes | None) -> tuple[Any, DatasetInfo]:
     """Load and validate the dataset (raises DatasetError before any heavy work). Returns (dataset, info).
 
     Writes nothing into ``--out`` but the synthetic scenes when no data is given (``generate_scenes``);
@@ -71,12 +72,11 @@ def resolve_dataset(cfg: PipelineConfig, synthetic: SyntheticScenes | None):
         problems.append(f"split '{cfg.eval_split}' (--eval-split) has no boxes: there is nothing to detect")
     if problems:
         raise DatasetError(str(root), problems)
-    info: dict[str, Any] = {
-        "root": str(Path(root).resolve()), "reader": dataset.name, "modalities": list(dataset.modalities),
-        "colour": dataset.colour, "synthetic": is_synthetic, "n_images": len(dataset.ids),
-        "class_names": list(dataset.class_names),
-        "split": {"method": dataset.split_info.get("method"), "file": str(cfg.out / "split.json"),
-                  "seed": dataset.split_info.get("seed"), "counts": {k: len(v) for k, v in dataset.splits.items()}}}
+    info = DatasetInfo(
+        root=str(Path(root).resolve()), reader=dataset.name, modalities=list(dataset.modalities),
+        colour=dataset.colour, synthetic=is_synthetic, n_images=len(dataset.ids), class_names=list(dataset.class_names),
+        split=SplitInfo(method=dataset.split_info.get("method"), file=str(cfg.out / "split.json"),
+                        seed=dataset.split_info.get("seed"), counts={k: len(v) for k, v in dataset.splits.items()}))
     return dataset, info
 
 

@@ -41,7 +41,7 @@ from .config import OptionsError, PipelineConfig, PipelinePreset, check_options,
 from .datasets import dataset_root, prepare_out, resolve_dataset
 from .executors import ExecutorConfig, RunExecutor, default_executor
 from .progress import Progress
-from .records import CandidateResult, DatasetInfo, RunConfig, RunResults, ScenarioSize, SuddenChange
+from .records import CandidateResult, DatasetInfo, RunConfig, RunResults, ScenarioSize
 from .stages.detect import (
     clear_tb_events,
     detection_settings,
@@ -246,7 +246,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: list[int], executor: RunExecutor,
-                       settings: dict[str, Any], dataset, data_info: dict[str, Any], candidates: list[Candidate],
+                       settings: dict[str, Any], dataset, data_info: DatasetInfo, candidates: list[Candidate],
                        started: float) -> dict[str, Any]:
     """Steps 2-4 of ``run_pipeline`` on its checked inputs, with ``--out`` locked: fuse, score and export every
     candidate, train and score the detectors, then assemble and write the results."""
@@ -310,14 +310,14 @@ def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: li
                  for s, ids in scenario_ids.items()}
     results = assemble_results(cfg, preset, seeds, settings, data_info, candidates, scenarios, time.time() - started)
     results.robustness = robustness
-    sudden = stage_sudden_change(cfg, candidates, dataset)
-    results.sudden_change = SuddenChange.from_dict(sudden) if sudden else None
+    results.sudden_change = stage_sudden_change(cfg, candidates, dataset)
     write_outputs(cfg, results, candidates, dataset, sorted(dataset.splits[cfg.eval_split]))
     return results.to_dict()
 
 
-def assemble_results(cfg: PipelineConfig, preset: PipelinePreset, seeds: list[int], settings: dict, data_info: dict,
-                     candidates: list[Candidate], scenarios: dict[str, ScenarioSize], wall: float) -> RunResults:
+def assemble_results(cfg: PipelineConfig, preset: PipelinePreset, seeds: list[int], settings: dict,
+                     data_info: DatasetInfo, candidates: list[Candidate], scenarios: dict[str, ScenarioSize],
+                     wall: float) -> RunResults:
     """The results document: config, versions, data and split, ranked candidates, bootstrap, Spearman, scenarios
     (``stages.outputs`` writes it, once, as results.json). The rows are assembled and judged as
     ``pipelines.records`` dataclasses."""
@@ -344,7 +344,7 @@ def assemble_results(cfg: PipelineConfig, preset: PipelinePreset, seeds: list[in
         bootstrap.seconds = round(time.perf_counter() - started, 3)
     return RunResults(
         config=RunConfig.of(cfg, seeds=seeds, detection=settings, preset=preset), versions=package_versions(),
-        data=DatasetInfo.from_dict(data_info), candidates=report.ranked(records, cfg.protocol),
+        data=data_info, candidates=report.ranked(records, cfg.protocol),
         best_single_map50=best_single, bootstrap=bootstrap,
         spearman=report.spearman_table(records, cfg.protocol) if len(records) >= 3 else [], scenarios=scenarios,
         wall_time_s=wall, command=" ".join(sys.argv))

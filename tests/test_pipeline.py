@@ -263,7 +263,7 @@ def test_cli_refuses_bad_data_and_options_with_one_message_and_exit_2(tmp_path, 
 def test_synthetic_data_passed_with_data_stays_labelled_synthetic(tmp_path, synthetic_root):
     cfg = PipelineConfig(out=tmp_path / "out", data=synthetic_root, preset="tiny", progress=False)
     _, info = resolve_dataset(cfg, None)
-    assert info["synthetic"] is True
+    assert info.synthetic is True
 
 
 def test_a_fused_folder_is_reused_from_its_own_record_without_the_run_state(tmp_path, synthetic_root, monkeypatch):

@@ -6,16 +6,19 @@ have no fused image."""
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pipelines.records import SuddenChange
 
 if TYPE_CHECKING:
     from pipelines.candidates import Candidate
     from pipelines.config import PipelineConfig
 
 
-def stage_sudden_change(cfg: PipelineConfig, candidates: list[Candidate], dataset) -> dict[str, Any]:
+def stage_sudden_change(cfg: PipelineConfig, candidates: list[Candidate], dataset) -> SuddenChange | None:
+    """The sudden-change section; None without ``--sudden-change``."""
     if not cfg.sudden_change:
-        return {}
+        return None
     from fusion.video.sudden_change import ChangeSequence, parse_corruption, sudden_change_report
     from fusion.video.temporal import consecutive_runs
 
@@ -30,7 +33,8 @@ def stage_sudden_change(cfg: PipelineConfig, candidates: list[Candidate], datase
     fusers = {c.name: c.source(cfg) for c in candidates
               if not c.error and c.spec.fuses_images and c.kind != "folder"}
     if not sequences or not fusers:
-        return {"skipped": "no run of 2 or more consecutive evaluation frames" if not sequences else "no fuser"}
+        why = "no run of 2 or more consecutive evaluation frames" if not sequences else "no fuser"
+        return SuddenChange(skipped=why)
     result = sudden_change_report(sequences, fusers, cfg.out / "plots")
-    return {"corruption": cfg.sudden_change, "plot": str(result.plot), "table": str(result.table),
-            "json": str(result.json), "summaries": [asdict(s) for s in result.summaries]}
+    return SuddenChange(corruption=cfg.sudden_change, plot=str(result.plot), table=str(result.table),
+                        json=str(result.json), summaries=[asdict(s) for s in result.summaries])
