@@ -311,7 +311,7 @@ def compare_candidates(cfg: PipelineConfig, preset: PipelinePreset, *, seeds: li
     results = assemble_results(cfg, preset, seeds, settings, data_info, candidates, scenarios, time.time() - started)
     results.robustness = robustness
     results.sudden_change = stage_sudden_change(cfg, candidates, dataset)
-    write_outputs(cfg, results, candidates, dataset, sorted(dataset.splits[cfg.eval_split]))
+    write_outputs(cfg, results, dataset, sorted(dataset.splits[cfg.eval_split]))
     return results.to_dict()
 
 

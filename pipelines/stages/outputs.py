@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from data.io import atomic_write_json, atomic_write_text, read_image, read_ir, read_visible
+from fusion.fusers.base import output_path
 
 from .. import report
 from ..records import CandidateResult, DetectionSummary, MeanStd, RunResults
 
 if TYPE_CHECKING:
-    from pipelines.candidates import Candidate
     from pipelines.config import PipelineConfig
 
 GRID_SCENES = 4  # scenes shown in the side-by-side grid of fused images
 
 
-def write_outputs(cfg: PipelineConfig, results: RunResults, candidates: list[Candidate], dataset, eval_ids) -> None:
+def write_outputs(cfg: PipelineConfig, results: RunResults, dataset, eval_ids) -> None:
     records, bootstrap, robust = results.candidates, results.bootstrap, results.robustness
     # matplotlib's font cache goes into the run, not the user's home (Ultralytics' setup does the same when it ran).
     os.environ.setdefault("MPLCONFIGDIR", str(cfg.out / ".matplotlib"))
@@ -43,7 +43,7 @@ def write_outputs(cfg: PipelineConfig, results: RunResults, candidates: list[Can
     grid = {}
     for r in records:
         if r.fused_dir:
-            grid[r.name] = [read_image(Path(r.fused_dir) / f"{i}.png") for i in scenes]
+            grid[r.name] = [read_image(output_path(Path(r.fused_dir), i)) for i in scenes]
     if grid:
         sources = {f"{m} (source)": [read_visible_bgr(dataset.path(i, m)) if m == dataset.colour
                                      else read_ir(dataset.path(i, m)) for i in scenes] for m in dataset.modalities}

@@ -19,6 +19,7 @@ from data.io import read_ir, read_visible, write_image
 from data.provenance import content_key
 from data.store import KeyedStore
 from data.types import Pair
+from fusion.fusers.base import output_path
 
 from ..executors import Job
 from ..records import CellScore, CorruptedRun, ProtocolScore, Robustness, RobustIntervals, RobustnessCell
@@ -115,7 +116,7 @@ def stage_robustness(cfg: PipelineConfig, candidates: list[Candidate], dataset, 
             try:
                 fused = fuse_into_cache(cfg, cand, pairs, content_key("fuse", cand.source(cfg).cache_key(),
                                                                       corrupt_key), store, executor)
-                yolo = export_yolo_dataset({i: Path(fused.dir) / f"{i}.png" for i in ids},
+                yolo = export_yolo_dataset({i: output_path(Path(fused.dir), i) for i in ids},
                                            {i: dataset.annotation(i) for i in ids}, {"test": ids},
                                            cfg.out / "cache" / "yolo" / fused.key[:16], eval_split="test",
                                            class_names=dataset.class_names, store=store)

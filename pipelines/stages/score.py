@@ -26,6 +26,7 @@ import numpy as np
 from data.io import gray_reference_of, read_gray_reference
 from data.provenance import content_key
 from data.store import KeyedStore
+from fusion.fusers.base import output_path
 
 if TYPE_CHECKING:
     from pipelines.candidates import Candidate
@@ -267,6 +268,6 @@ def score_fused(plan: ScorePlan, fused_dir: Path, done: PartialScores | None = N
         LOGGER.info("scoring %d image(s) and %d run(s) from %s", len(left.ids), len(left.runs), fused_dir)
         with EvalScorer(left, workers=metric_workers()) as scorer:
             for stem in left.reading_order():
-                scorer.add(stem, fused_dir / f"{stem}.png")
+                scorer.add(stem, output_path(fused_dir, stem))
         done.update(scorer.done)
     return plan.scores(done)
